@@ -1,0 +1,54 @@
+# MedFL: `make demo` runs the default federated run, `make test` runs the test suite.
+# Both create .venv on first use and reuse it afterwards.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.medfl-installed
+
+# Flower state and the local SuperLink's ports stay inside this checkout: the ports are
+# derived from the checkout's path so two checkouts (or users) never share a SuperLink.
+PORT_BASE := $(shell $(PYTHON) -m medfl.localsim port)
+export MEDFL_HOME := $(CURDIR)
+export FLWR_HOME := $(CURDIR)/.flwr
+export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT ?= $(PORT_BASE)
+export FLWR_LOCAL_CONTROL_API_PORT ?= $(shell echo $$(($(PORT_BASE)+1)))
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export PATH := $(BIN):$(PATH)
+
+RUN_CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test install lint bench clean stop-superlink
+
+install: $(STAMP) $(FLWR_HOME)/config.toml
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m medfl.localsim activate $(BIN)/activate
+	touch $(STAMP)
+
+$(FLWR_HOME)/config.toml: simulations/flwr-config.toml
+	mkdir -p $(FLWR_HOME)
+	cp simulations/flwr-config.toml $@
+
+demo: install
+	@name="demo-$$(date -u +%Y%m%d-%H%M%S)"; \
+	flwr run . --stream --run-config "run-name='$$name' $(RUN_CONFIG)" && \
+	$(BIN)/medfl show outputs/$$name
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check medfl server client tests bench
+
+stop-superlink:
+	-$(PYTHON) -m medfl.localsim stop
+
+clean: stop-superlink
+	rm -rf $(VENV) $(FLWR_HOME)

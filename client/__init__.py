@@ -1,0 +1,1 @@
+"""MedFL ClientApp (runs at each hospital)."""

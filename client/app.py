@@ -1,0 +1,81 @@
+"""MedFL ClientApp: a thin adapter from Flower messages to ``medfl.site``.
+
+It runs inside the hospital. It reads this site's data locally, trains with DP-SGD and
+evaluates, and replies with only what the egress contract in DESIGN.md / PRIVACY.md
+allows: model arrays, declared scalar metrics, and the site's public name.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from medfl import site as site_lib
+from medfl import federation as fed
+from medfl.config import parse_run_config
+
+logger = logging.getLogger(__name__)
+# Flower may run several ClientApps side by side on a few cores: one thread each avoids
+# oversubscription, which on 2 cores made training several times slower.
+torch.set_num_threads(1)
+
+app = ClientApp()
+
+
+def _setup(msg: Message, context: Context):
+    cfg = parse_run_config(dict(context.run_config))
+    site = site_lib.resolve_site(dict(context.node_config))
+    return cfg, site, site_lib.load_site(cfg, site)
+
+
+def _seed(cfg, site: str, server_round: int) -> int:
+    # Distinct per site and round, reproducible from the run's seed.
+    return cfg.seed * 1_000_003 + site_lib.HEART_SITES.index(site) * 10_007 + server_round
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Share this site's clipped (optionally noised) feature moments."""
+    cfg, site, data = _setup(msg, context)
+    kind = msg.content["config"]["query"]
+    if kind != fed.QUERY_FEATURE_MOMENTS:
+        raise ValueError(f"unknown query {kind!r}; valid: {fed.QUERY_FEATURE_MOMENTS!r}")
+    rng = np.random.default_rng(_seed(cfg, site, 0))
+    moments = site_lib.feature_stats(cfg, data, rng=rng)
+    sigma = cfg.preprocessing.stats_noise_multiplier
+    if cfg.privacy.enabled and sigma > 0:
+        # A Gaussian mechanism on the whole vector, once: account it as one full-batch step.
+        plan, history = fed.load_dp_state(context.state)
+        fed.save_dp_state(context.state, plan, [*history, (sigma, 1.0, 1)])
+    return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, site, data = _setup(msg, context)
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
+    scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(config))
+    plan, history = fed.load_dp_state(context.state)
+    result = site_lib.fit(
+        cfg, data, weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
+        server_round=server_round, plan=plan, history=history,
+        seed=_seed(cfg, site, server_round),
+    )
+    fed.save_dp_state(context.state, result.plan, result.history)
+    logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,
+                result.metrics["epsilon"])
+    return fed.reply(msg, site=site, metrics=result.metrics, weights=result.weights)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, site, data = _setup(msg, context)
+    scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(msg.content["config"]))
+    stats = site_lib.evaluate(cfg, data, weights=fed.from_array_record(msg.content["arrays"]),
+                              scaler=scaler)
+    return fed.reply(msg, site=site, metrics=stats.to_metrics())

@@ -1,0 +1,70 @@
+"""The ``medfl`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import medfl
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help=f"MedFL: federated learning for hospitals. {medfl.DISCLAIMER}")
+
+
+@app.callback()
+def _root() -> None:
+    """MedFL command line."""
+
+
+def _fmt(value: float | str | None, digits: int = 3) -> str:
+    if value is None:
+        return "suppressed"
+    if isinstance(value, str):
+        return value
+    if math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}"
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="a run folder, e.g. outputs/latest")) -> None:
+    """Print a run's per-site table and global figures from its summary.json."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} not found: is {run_dir} a finished MedFL run?")
+    s = json.loads(path.read_text())
+    console = Console()
+    table = Table(title=f"MedFL run {s['run_name']} — {s['task']}, {s['strategy']}, "
+                        f"{s['rounds']} rounds")
+    for col in ("site", "n_train", "n_test", "ε spent", "δ", "accuracy", "AUROC"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for site in s["sites"]:
+        m = site["metrics"]
+        table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
+                      _fmt(site["epsilon"], 2), _fmt(site["delta"] or "-", 4) if site["delta"]
+                      else "-", _fmt(m["accuracy"]), _fmt(m["auroc"]))
+    g = s["global"]["metrics"]
+    table.add_section()
+    table.add_row("all sites", str(sum(x["n_train"] or 0 for x in s["sites"])),
+                  str(s["global"]["n_test"]), "", "", _fmt(g["accuracy"]), _fmt(g["auroc"]))
+    console.print(table)
+    console.print(f"mean per-site accuracy (FLamby's headline): "
+                  f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
+    if any(x["metrics"]["auroc"] is None for x in s["sites"]):
+        console.print(f"'suppressed': a class with fewer than k={s['privacy']['k_threshold']} "
+                      "patients at that site; the value never left the site.")
+    console.print(f"run directory: {run_dir.resolve()}")
+    console.print(medfl.DISCLAIMER, style="dim")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

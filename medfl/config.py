@@ -1,0 +1,194 @@
+"""Typed run configuration, parsed once from Flower's flattened ``run_config``.
+
+Defaults live only in ``pyproject.toml [tool.flwr.app.config]``; this module knows the
+*schema* (key, type, allowed values), not the defaults. Keys are kebab-case and nested
+tables flatten with dots (``privacy.target-epsilon``); fields are snake_case.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from medfl.errors import ConfigError
+
+TASKS = ("heart-disease",)
+MODELS = ("logreg", "mlp")
+STRATEGIES = ("fedavg",)
+ACCOUNTANTS = ("rdp", "prv", "gdp")
+SCALINGS = ("federated", "site", "none")
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hidden: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    local_epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    enabled: bool
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float
+    accountant: str
+    k_threshold: int
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    scaling: str
+    stats_noise_multiplier: float
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    threshold: float
+    histogram_bins: int
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str
+    fraction_train: float
+    fraction_evaluate: float
+    min_nodes: int
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole resolved run configuration (frozen; build it with :func:`parse_run_config`)."""
+
+    num_server_rounds: int
+    seed: int
+    task: str
+    device: str
+    output_dir: str
+    run_name: str
+    model: ModelConfig
+    train: TrainConfig
+    privacy: PrivacyConfig
+    preprocessing: PreprocessingConfig
+    evaluation: EvaluationConfig
+    strategy: StrategyConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# key -> (type, validator description, check). ``check`` returns True when valid.
+def _choice(options: tuple[str, ...]):
+    return (str, f"one of {', '.join(options)}", lambda v: v in options)
+
+
+def _positive_int():
+    return (int, "an integer >= 1", lambda v: v >= 1)
+
+
+_SCHEMA: dict[str, tuple[type, str, Any]] = {
+    "num-server-rounds": _positive_int(),
+    "seed": (int, "an integer", lambda v: True),
+    "task": _choice(TASKS),
+    "device": _choice(DEVICES),
+    "output-dir": (str, "a folder path, or empty for <project>/outputs", lambda v: True),
+    "run-name": (str, "a name without '/', or empty for a timestamp",
+                 lambda v: "/" not in v and v not in (".", "..", "latest")),
+    "model.name": _choice(MODELS),
+    "model.hidden": (int, "an integer >= 0 (0: no hidden layer)", lambda v: v >= 0),
+    "train.local-epochs": _positive_int(),
+    "train.batch-size": _positive_int(),
+    "train.lr": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
+    "train.optimizer": _choice(OPTIMIZERS),
+    "train.momentum": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
+    "train.weight-decay": (float, "a number >= 0", lambda v: v >= 0),
+    "privacy.enabled": (bool, "true or false", lambda v: True),
+    "privacy.target-epsilon": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
+    "privacy.target-delta": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
+    "privacy.max-grad-norm": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
+    "privacy.accountant": _choice(ACCOUNTANTS),
+    "privacy.k-threshold": _positive_int(),
+    "preprocessing.scaling": _choice(SCALINGS),
+    "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",
+                                             lambda v: v >= 0 and math.isfinite(v)),
+    "evaluation.threshold": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
+    "evaluation.histogram-bins": (int, "an integer in [2, 10000]", lambda v: 2 <= v <= 10000),
+    "strategy.name": _choice(STRATEGIES),
+    "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "strategy.fraction-evaluate": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
+    "strategy.min-nodes": _positive_int(),
+}
+
+KNOWN_KEYS = frozenset(_SCHEMA)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    typ, valid, check = _SCHEMA[key]
+    ok_type = (
+        isinstance(value, bool) if typ is bool
+        else isinstance(value, int) and not isinstance(value, bool) if typ is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool) if typ is float
+        else isinstance(value, str)
+    )
+    if not ok_type:
+        raise ConfigError(f"config key {key!r} has value {value!r}; expected {valid}")
+    value = typ(value)
+    if not check(value):
+        raise ConfigError(f"config key {key!r} has value {value!r}; expected {valid}")
+    return value
+
+
+def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a flattened run config and build the typed :class:`RunConfig`.
+
+    Raises ``ConfigError`` naming the first unknown key (with a suggestion), missing key,
+    or invalid value (with what would be valid).
+    """
+    for key in raw:
+        if key not in _SCHEMA:
+            close = difflib.get_close_matches(key, sorted(_SCHEMA), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+    missing = sorted(KNOWN_KEYS - set(raw))
+    if missing:
+        raise ConfigError(
+            f"config keys missing: {missing}; defaults live in pyproject.toml "
+            "[tool.flwr.app.config]"
+        )
+    v = {key: _coerce(key, value) for key, value in raw.items()}
+
+    def section(prefix: str, cls: type) -> Any:
+        fields = {
+            k[len(prefix) + 1:].replace("-", "_"): val
+            for k, val in v.items() if k.startswith(prefix + ".")
+        }
+        return cls(**fields)
+
+    privacy = section("privacy", PrivacyConfig)
+    return RunConfig(
+        num_server_rounds=v["num-server-rounds"],
+        seed=v["seed"],
+        task=v["task"],
+        device=v["device"],
+        output_dir=v["output-dir"],
+        run_name=v["run-name"],
+        model=section("model", ModelConfig),
+        train=section("train", TrainConfig),
+        privacy=privacy,
+        preprocessing=section("preprocessing", PreprocessingConfig),
+        evaluation=section("evaluation", EvaluationConfig),
+        strategy=section("strategy", StrategyConfig),
+    )

@@ -1,0 +1,25 @@
+"""Exception hierarchy: every error MedFL raises on bad input is a ``MedflError``."""
+
+from __future__ import annotations
+
+__all__ = ["MedflError", "ConfigError", "DataError", "PrivacyBudgetExceeded", "BundleError"]
+
+
+class MedflError(Exception):
+    """Base class: the message names what was wrong and what would be valid."""
+
+
+class ConfigError(MedflError, ValueError):
+    """A run-config or node-config key is unknown, or its value is invalid."""
+
+
+class DataError(MedflError, ValueError):
+    """A data file is missing, corrupt, tampered with, or does not fit the schema."""
+
+
+class PrivacyBudgetExceeded(MedflError):
+    """A site was asked to spend more privacy budget than it may."""
+
+
+class BundleError(MedflError, ValueError):
+    """A model bundle is incomplete, tampered with, or does not match its manifest."""

@@ -1,0 +1,89 @@
+"""Server-side steps that are not Flower: the standardiser, the bundle, the run's files."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+import medfl
+from medfl.config import RunConfig
+from medfl.data.heart import FEATURE_NAMES, HEART_SITES, LABEL_NAMES, input_schema
+from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
+from medfl.errors import DataError
+from medfl.evaluation.stats import SiteEvalStats
+from medfl.models import build_model, state_arrays
+from medfl.reporting.run_dir import RunDirectory
+from medfl.reporting.summary import build_summary
+from medfl.serving.bundle import save_bundle
+from medfl.site import BOUNDS, NUMERIC_IDX
+
+logger = logging.getLogger(__name__)
+
+
+def initial_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
+    """The global model's starting weights, reproducible from the run's seed."""
+    torch.manual_seed(cfg.seed)
+    return state_arrays(build_model(cfg.model, n_features=len(FEATURE_NAMES)))
+
+
+def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
+                      *, expected: int) -> Standardizer:
+    """Pool the sites' moments. Every expected site must have answered: a scaler fitted on
+    a subset would silently shift the others' inputs."""
+    if len(moments) < expected:
+        raise DataError(
+            f"only {len(moments)} of {expected} sites shared feature statistics "
+            f"({sorted(moments)}); the consortium standardiser needs all of them"
+        )
+    return pool_moments(list(moments.values()), bounds=BOUNDS, columns=NUMERIC_IDX)
+
+
+def site_order(names: list[str]) -> list[str]:
+    known = [s for s in HEART_SITES if s in names]
+    return known + sorted(set(names) - set(known))
+
+
+def finish_run(
+    run_dir: RunDirectory,
+    cfg: RunConfig,
+    *,
+    weights: dict[str, torch.Tensor],
+    scaler: Standardizer | None,
+    train: dict[str, dict[str, Any]],
+    evaluation: dict[str, SiteEvalStats],
+    rounds_completed: int,
+) -> dict[str, Any]:
+    """Write the bundle and ``summary.json``, then point ``latest`` at the run."""
+    names = site_order(sorted(set(train) | set(evaluation)))
+    summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
+                            run_name=run_dir.path.name, rounds_completed=rounds_completed)
+    manifest = {
+        "task": cfg.task,
+        "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
+                         "n_features": len(FEATURE_NAMES), "n_outputs": 1,
+                         "output": "logit of P(disease)"},
+        "input_schema": input_schema(),
+        "preprocessing": {
+            "encoding": "one-hot cp and restecg, first level dropped (FLamby)",
+            "scaling": cfg.preprocessing.scaling,
+            "standardizer": scaler.to_dict() if scaler is not None else None,
+        },
+        "label_names": list(LABEL_NAMES),
+        "threshold": cfg.evaluation.threshold,
+        "metrics": {"global": summary["global"]["metrics"],
+                    "mean_site_accuracy": summary["mean_site_accuracy"]},
+        "privacy": [{"site": s["name"], "epsilon": s["epsilon"], "delta": s["delta"]}
+                    for s in summary["sites"]],
+        "created": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "medfl_version": medfl.__version__, "run_name": run_dir.path.name},
+        "disclaimer": medfl.DISCLAIMER,
+    }
+    from medfl.reporting.run_dir import jsonable
+
+    save_bundle(run_dir.path / "model", weights, jsonable(manifest))
+    run_dir.write_json("summary.json", summary)
+    run_dir.mark_latest()
+    return summary

@@ -1,0 +1,176 @@
+"""DP-SGD with Opacus, planned once per run and accounted across rounds.
+
+A site's privacy loss is tracked by an Opacus accountant whose *history* — a list of
+``(noise_multiplier, sample_rate, steps)`` entries — is the whole state. The client keeps
+that history between rounds (in Flower's ``context.state``) and restores it into a fresh
+``PrivacyEngine`` every round, so ε is cumulative over the run (a fresh engine per round
+would under-report it). Any other noised release (e.g. feature statistics) is added to the
+same history as a Gaussian mechanism with ``sample_rate = 1`` and one step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch import nn, optim
+from torch.utils.data import DataLoader
+
+from medfl.errors import ConfigError, PrivacyBudgetExceeded
+
+History = list[tuple[float, float, int]]
+
+_MAX_SIGMA = 1e4
+
+
+def make_accountant(name: str, history: History | None = None) -> IAccountant:
+    """An Opacus accountant (``rdp``, ``prv`` or ``gdp``) holding ``history``."""
+    try:
+        accountant = create_accountant(name)
+    except ValueError as exc:
+        raise ConfigError(f"unknown accountant {name!r}; valid: rdp, prv, gdp") from exc
+    accountant.history = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
+    return accountant
+
+
+def epsilon_from_history(history: History, *, delta: float, accountant: str) -> float:
+    """ε spent by ``history`` at ``delta``; ``inf`` is never returned for an empty history (0)."""
+    if not history:
+        return 0.0
+    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: str,
+    prior: History | None = None,
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest noise multiplier σ such that ``prior`` + ``steps`` DP-SGD steps at ``sample_rate``
+    spend at most ``target_epsilon``.
+
+    Without ``prior`` this is exactly Opacus' ``get_noise_multiplier`` (what
+    ``make_private_with_epsilon`` uses); with it, a bisection on the composed history.
+    Raises ``PrivacyBudgetExceeded`` when ``prior`` alone already spends the target.
+    """
+    if steps < 1:
+        raise ConfigError(f"DP-SGD needs at least one step, got steps={steps}")
+    if not prior:
+        return float(get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+            steps=steps, accountant=accountant, epsilon_tolerance=tolerance,
+        ))
+    spent = epsilon_from_history(prior, delta=delta, accountant=accountant)
+    if spent >= target_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"the releases before training already spend ε={spent:.3f} of the target "
+            f"ε={target_epsilon}; lower preprocessing.stats-noise-multiplier's cost "
+            "(raise it) or raise privacy.target-epsilon"
+        )
+
+    def eps(sigma: float) -> float:
+        history = [*prior, (sigma, sample_rate, steps)]
+        return epsilon_from_history(history, delta=delta, accountant=accountant)
+
+    low, high = 0.0, 10.0
+    while eps(high) > target_epsilon:
+        low, high = high, 2 * high
+        if high > _MAX_SIGMA:
+            raise PrivacyBudgetExceeded(
+                f"no noise multiplier up to {_MAX_SIGMA} reaches ε={target_epsilon}"
+            )
+    while eps(high) < target_epsilon - tolerance:
+        mid = (low + high) / 2
+        if eps(mid) > target_epsilon:
+            low = mid
+        else:
+            high = mid
+    return float(high)
+
+
+@dataclass(frozen=True)
+class DPPlan:
+    """What a site decided, once, for the whole run.
+
+    ``steps_per_round`` DP-SGD steps per round for ``rounds`` rounds at ``sample_rate``
+    and ``noise_multiplier``; ``prior`` is any release made before training.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    rounds: int
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    target_epsilon: float
+    prior: tuple[tuple[float, float, int], ...] = ()
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        n_train: int,
+        batch_size: int,
+        local_epochs: int,
+        rounds: int,
+        target_epsilon: float,
+        delta: float,
+        max_grad_norm: float,
+        accountant: str,
+        prior: History | None = None,
+    ) -> DPPlan:
+        """Plan the run so that the last round ends exactly at (≤) ``target_epsilon``.
+
+        Opacus' Poisson loader samples each record with rate ``1 / len(loader)``, where
+        the loader has ``ceil(n / batch_size)`` batches; an epoch is that many steps.
+        """
+        batches = max(1, math.ceil(n_train / batch_size))
+        sample_rate = 1.0 / batches
+        steps_per_round = batches * local_epochs
+        sigma = calibrate_noise(
+            target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+            steps=steps_per_round * rounds, accountant=accountant, prior=prior,
+        )
+        return cls(sigma, sample_rate, steps_per_round, rounds, max_grad_norm, delta,
+                   accountant, target_epsilon, tuple(prior or ()))
+
+
+def attach_dp(
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    loader: DataLoader,
+    *,
+    plan: DPPlan,
+    history: History,
+    seed: int | None = None,
+) -> tuple[nn.Module, optim.Optimizer, DataLoader, PrivacyEngine]:
+    """Make model/optimizer/loader private with Opacus, restoring the accountant history.
+
+    Poisson sampling is on (the accounting assumes it). The returned engine's
+    ``accountant.history`` grows with every ``optimizer.step()``.
+    """
+    engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
+    engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    model, optimizer, loader = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=plan.max_grad_norm,
+        poisson_sampling=True,
+    )
+    if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
+        raise ConfigError(
+            f"loader sample rate {loader.sample_rate} differs from the planned "
+            f"{plan.sample_rate}; the training set size changed during the run"
+        )
+    return model, optimizer, loader, engine

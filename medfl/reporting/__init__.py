@@ -1,0 +1,1 @@
+"""The run directory: config, per-round log, summary (reports grow here)."""

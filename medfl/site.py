@@ -1,0 +1,191 @@
+"""What one hospital does in a round, independent of Flower.
+
+The ClientApp adapts Flower messages to these functions: resolve which site this node
+is, compute its share of the feature statistics, train the global model with DP-SGD,
+and evaluate the global model, returning only what the egress contract allows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medfl.config import RunConfig
+from medfl.data.heart import (
+    FEATURE_NAMES,
+    HEART_SITES,
+    NUMERIC_COLUMNS,
+    PUBLIC_BOUNDS,
+    SiteData,
+    load_heart_site,
+)
+from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
+from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
+from medfl.evaluation.stats import SiteEvalStats, site_eval_stats
+from medfl.models import build_model, state_arrays
+from medfl.privacy.dp import DPPlan, History, attach_dp, epsilon_from_history
+from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
+
+logger = logging.getLogger(__name__)
+
+NUMERIC_IDX = tuple(FEATURE_NAMES.index(c) for c in NUMERIC_COLUMNS)
+BOUNDS = np.array([PUBLIC_BOUNDS[c] for c in NUMERIC_COLUMNS], dtype=np.float64)
+
+
+def resolve_site(node_config: dict[str, Any]) -> str:
+    """The site this node serves.
+
+    Deployment: ``node_config`` names it (``site='cleveland'``). Simulation: Flower sets
+    ``partition-id`` / ``num-partitions``, and partition *i* is the *i*-th hospital.
+    """
+    if "site" in node_config:
+        site = str(node_config["site"])
+        if site not in HEART_SITES:
+            raise ConfigError(f"node-config site={site!r} is unknown; valid: {list(HEART_SITES)}")
+        return site
+    if "partition-id" not in node_config:
+        raise ConfigError("node-config needs site='<name>' (deployment) or partition-id "
+                          "(simulation); neither was given")
+    pid, num = int(node_config["partition-id"]), int(node_config.get("num-partitions", 0))
+    if num != len(HEART_SITES):
+        raise ConfigError(
+            f"the heart-disease task has {len(HEART_SITES)} hospitals but the federation has "
+            f"{num} supernodes; run with --federation-config 'num-supernodes=4'"
+        )
+    return HEART_SITES[pid]
+
+
+def load_site(cfg: RunConfig, site: str) -> SiteData:
+    """One constructor for a site's data (only the heart-disease task exists so far)."""
+    if cfg.task != "heart-disease":
+        raise ConfigError(f"task {cfg.task!r} has no data loader yet")
+    return load_heart_site(site)
+
+
+def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:
+    """This site's clipped (and optionally noised) moments of the numeric features."""
+    if data.n_train < cfg.privacy.k_threshold:
+        raise DataError(
+            f"site has {data.n_train} training rows, fewer than privacy.k-threshold="
+            f"{cfg.privacy.k_threshold}; it cannot share feature statistics"
+        )
+    return site_moments(
+        data.x_train[:, list(NUMERIC_IDX)].astype(np.float64), bounds=BOUNDS,
+        noise_multiplier=cfg.preprocessing.stats_noise_multiplier, rng=rng,
+    )
+
+
+def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -> Standardizer:
+    """The standardiser this site applies, per ``preprocessing.scaling``."""
+    if cfg.preprocessing.scaling == "federated":
+        if received is None:
+            raise ConfigError("scaling 'federated' but the server sent no standardiser")
+        return received
+    if cfg.preprocessing.scaling == "site":
+        return local_standardizer(data.x_train, columns=NUMERIC_IDX)
+    return Standardizer((), (), ())
+
+
+def _model(cfg: RunConfig, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    model = build_model(cfg.model, n_features=len(FEATURE_NAMES))
+    if weights is not None:
+        model.load_state_dict(weights, strict=True)
+    return model
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a training round produced; ``metrics`` is what may leave the site."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: dict[str, float | int]
+    plan: DPPlan | None
+    history: History
+
+
+def fit(
+    cfg: RunConfig,
+    data: SiteData,
+    *,
+    weights: dict[str, torch.Tensor],
+    scaler: Standardizer,
+    server_round: int,
+    plan: DPPlan | None,
+    history: History,
+    seed: int,
+) -> FitResult:
+    """Train the global model locally for ``train.local-epochs`` epochs.
+
+    With DP on, the first call plans the run's noise (``plan`` None) and every call
+    restores the accountant ``history``; a round that would push ε past the target is
+    refused with ``PrivacyBudgetExceeded`` before any training.
+    """
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    model = _model(cfg, weights).to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    x = scaler.transform(data.x_train)
+    loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
+                         seed=seed)
+    p = cfg.privacy
+    if p.enabled:
+        if plan is None:
+            plan = DPPlan.make(
+                n_train=data.n_train, batch_size=cfg.train.batch_size,
+                local_epochs=cfg.train.local_epochs, rounds=cfg.num_server_rounds,
+                target_epsilon=p.target_epsilon, delta=p.target_delta,
+                max_grad_norm=p.max_grad_norm, accountant=p.accountant, prior=history,
+            )
+        after = [*history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+        eps_after = epsilon_from_history(after, delta=plan.delta, accountant=plan.accountant)
+        if eps_after > plan.target_epsilon + 0.01:
+            spent = epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant)
+            raise PrivacyBudgetExceeded(
+                f"round {server_round} would raise ε from {spent:.3f} to {eps_after:.3f}, "
+                f"past this run's target ε={plan.target_epsilon}"
+            )
+        model, optimizer, loader, engine = attach_dp(model, optimizer, loader, plan=plan,
+                                                     history=history)
+    result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
+                          device=device)
+    if p.enabled:
+        history = [tuple(h) for h in engine.accountant.history]
+        epsilon = epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant)
+        weights_out = {k.removeprefix("_module."): v for k, v in state_arrays(model).items()}
+        dp_metrics = {
+            "epsilon": epsilon, "delta": plan.delta,
+            "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
+            "max-grad-norm": plan.max_grad_norm,
+        }
+    else:
+        weights_out = state_arrays(model)
+        dp_metrics = {"epsilon": float("inf"), "delta": 0.0, "noise-multiplier": 0.0,
+                      "sample-rate": 0.0, "max-grad-norm": 0.0}
+    steps = (
+        sum(n for s, q, n in history if (s, q) == (plan.noise_multiplier, plan.sample_rate))
+        if p.enabled else result.steps
+    )
+    metrics = {
+        "num-examples": data.n_train,
+        "train-loss": result.mean_loss,
+        "steps": steps,
+        **dp_metrics,
+    }
+    return FitResult(weights_out, metrics, plan, history)
+
+
+def evaluate(
+    cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor], scaler: Standardizer
+) -> SiteEvalStats:
+    """Evaluate the global model on this site's test set; already suppressed at ``k``."""
+    device = resolve_device(cfg.device)
+    model = _model(cfg, weights).to(device)
+    scores = predict_proba(model, scaler.transform(data.x_test), device=device)
+    return site_eval_stats(
+        data.y_test, scores, threshold=cfg.evaluation.threshold,
+        bins=cfg.evaluation.histogram_bins, k=cfg.privacy.k_threshold,
+    )

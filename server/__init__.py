@@ -1,0 +1,1 @@
+"""MedFL ServerApp (runs at the consortium's coordinator)."""
