@@ -14,8 +14,8 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from medfl import site as site_lib
 from medfl import federation as fed
+from medfl import site as site_lib
 from medfl.config import parse_run_config
 
 logger = logging.getLogger(__name__)

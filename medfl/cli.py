@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -32,11 +33,15 @@ def _fmt(value: float | str | None, digits: int = 3) -> str:
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="a run folder, e.g. outputs/latest")) -> None:
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
+) -> None:
     """Print a run's per-site table and global figures from its summary.json."""
     path = run_dir / "summary.json"
     if not path.is_file():
-        raise typer.BadParameter(f"{path} not found: is {run_dir} a finished MedFL run?")
+        typer.echo(f"error: {path} not found: is {run_dir} a finished MedFL run? "
+                   "(runs are in outputs/<run-name>/, the newest is outputs/latest)", err=True)
+        raise typer.Exit(2)
     s = json.loads(path.read_text())
     console = Console()
     table = Table(title=f"MedFL run {s['run_name']} — {s['task']}, {s['strategy']}, "

@@ -105,7 +105,9 @@ def reply(msg: Message, *, site: str, metrics: dict[str, Any],
 
 
 def site_of(msg: Message) -> str:
-    return str(msg.content["site"]["name"]) if "site" in msg.content else f"node-{msg.metadata.src_node_id}"
+    if "site" in msg.content:
+        return str(msg.content["site"]["name"])
+    return f"node-{msg.metadata.src_node_id}"
 
 
 def moments_to_metrics(m: FeatureMoments) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def test_one_hot_drops_first_level():
                           "fbs": [0], "restecg": [2], "thalach": [150], "exang": [0],
                           "oldpeak": [1.0]})
     x = encode_features(frame)[0]
-    row = dict(zip(FEATURE_NAMES, x))
+    row = dict(zip(FEATURE_NAMES, x, strict=True))
     assert (row["cp_2"], row["cp_3"], row["cp_4"]) == (0, 0, 0)  # cp=1 is the dropped level
     assert (row["restecg_1"], row["restecg_2"]) == (0, 1)
 

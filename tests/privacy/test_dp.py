@@ -13,7 +13,6 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from medfl import site as site_lib
 from medfl.config import ModelConfig, parse_run_config
-from medfl.data.heart import load_heart_site
 from medfl.data.scaling import local_standardizer
 from medfl.errors import PrivacyBudgetExceeded
 from medfl.models import build_model

@@ -1,0 +1,184 @@
+"""The real ServerApp over the real ClientApp, in-process (no Ray): the run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+from opacus.accountants import RDPAccountant
+
+from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+from medfl.serving import load_bundle
+
+SITES = ["cleveland", "hungarian", "switzerland", "va"]
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory, request):
+    # A module-scoped run shared by the assertions below (one federated run is ~5 s).
+    from conftest import InProcessGrid, run_config
+    from flwr.app import Context, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import app as client_app
+    from server.app import main
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    out = tmp_path_factory.mktemp("outputs")
+    cfg = run_config(num_server_rounds=3, output_dir=str(out), run_name="dp")
+    grid = InProcessGrid(client_app, cfg)
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    return out / "dp", grid
+
+
+def test_run_directory_has_every_file(dp_run):
+    path, _ = dp_run
+    for name in ("config.json", "rounds.jsonl", "summary.json", "model/weights.safetensors",
+                 "model/manifest.json"):
+        assert (path / name).is_file(), name
+    latest = path.parent / "latest"
+    assert latest.is_symlink() and latest.resolve() == path.resolve()
+
+
+def test_summary_has_the_required_keys_and_site_sizes(dp_run):
+    s = json.loads((dp_run[0] / "summary.json").read_text())
+    for key in ("task", "dataset", "strategy", "rounds", "sites", "global", "mean_site_accuracy"):
+        assert key in s
+    assert s["rounds"] == 3 and s["strategy"] == "fedavg"
+    assert [x["name"] for x in s["sites"]] == SITES
+    assert [(x["n_train"], x["n_test"]) for x in s["sites"]] == [
+        (199, 104), (172, 89), (30, 16), (85, 45)]
+    for x in s["sites"]:
+        for key in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps",
+                    "max_grad_norm", "accountant"):
+            assert x[key] is not None, (x["name"], key)
+        assert set(x["metrics"]) >= {"accuracy", "auroc"}
+
+
+def test_mean_site_accuracy_is_the_unweighted_mean(dp_run):
+    s = json.loads((dp_run[0] / "summary.json").read_text())
+    accs = [x["metrics"]["accuracy"] for x in s["sites"]]
+    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / 4)
+
+
+def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run):
+    s = json.loads((dp_run[0] / "summary.json").read_text())
+    target = s["privacy"]["target_epsilon"]
+    for x in s["sites"]:
+        assert x["accountant"] == "rdp"
+        assert 0 < x["epsilon"] <= target
+        acc = RDPAccountant()
+        acc.history = [(x["noise_multiplier"], x["sample_rate"], x["steps"])]
+        assert acc.get_epsilon(delta=x["delta"]) == pytest.approx(x["epsilon"], rel=1e-9)
+
+
+def test_rounds_log_one_line_per_round_with_all_sites(dp_run):
+    lines = (dp_run[0] / "rounds.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    rounds = [json.loads(line) for line in lines]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    eps = [[r["train"][site]["epsilon"] for r in rounds] for site in SITES]
+    for series in eps:
+        assert series == sorted(series)  # cumulative across rounds
+    assert all(sorted(r["evaluate"]) == SITES for r in rounds)
+    assert all(r["train_failed"] == [] and r["evaluate_failed"] == [] for r in rounds)
+
+
+def test_global_metrics_are_pooled_from_the_sites_shared_statistics(dp_run):
+    path, grid = dp_run
+    s = json.loads((path / "summary.json").read_text())
+    final_eval = [r for r in grid.replies if r.metadata.message_type == "evaluate"][-4:]
+    stats = [SiteEvalStats.from_metrics(r.content["metrics"]) for r in final_eval]
+    n = sum(st.n for st in stats)
+    correct = sum(st.n_correct for st in stats)
+    assert n == 254
+    assert s["global"]["metrics"]["accuracy"] == pytest.approx(correct / n)
+    assert s["global"]["metrics"]["auroc"] == pytest.approx(pool_site_stats(stats)["auroc"])
+
+
+def test_switzerland_auroc_is_suppressed_not_zero(dp_run):
+    # Switzerland's test set has one patient without disease: fewer than k = 10.
+    s = json.loads((dp_run[0] / "summary.json").read_text())
+    swiss = s["sites"][2]
+    assert swiss["metrics"]["auroc"] is None
+    assert swiss["metrics"]["accuracy"] is not None
+
+
+def test_bundle_verifies_and_reproduces_the_global_model(dp_run):
+    path, grid = dp_run
+    bundle = load_bundle(path)
+    m = bundle.manifest
+    assert m["weights_sha256"] == hashlib.sha256(
+        (path / "model/weights.safetensors").read_bytes()).hexdigest()
+    assert m["architecture"]["name"] == "logreg"
+    assert [c["name"] for c in m["input_schema"]["columns"]][:3] == ["age", "sex", "cp"]
+    assert m["label_names"] == ["no disease", "disease"]
+    std = m["preprocessing"]["standardizer"]
+    assert len(std["mean"]) == 5 and all(v > 0 for v in std["std"])
+    # the bundle's weights are the arrays the server sent in the final evaluation round
+    last_sent = [g for g in grid.sent if g.metadata.message_type == "evaluate"][-1]
+    sent = last_sent.content["arrays"].to_torch_state_dict()
+    for name, tensor in bundle.weights.items():
+        np.testing.assert_array_equal(tensor.numpy(), sent[name].numpy())
+
+
+def test_config_json_records_seed_versions_and_hardware(dp_run):
+    c = json.loads((dp_run[0] / "config.json").read_text())
+    assert c["seed"] == 42
+    assert c["config"]["privacy"]["target_epsilon"] == 3.0
+    assert c["environment"]["libraries"]["flwr"] and c["environment"]["libraries"]["opacus"]
+    assert c["environment"]["cpu"]
+    assert "gpu" in c["environment"]
+
+
+def test_only_declared_values_leave_a_site(dp_run):
+    # Every reply carries arrays with the global model's names and shapes, metrics from a
+    # declared set, and the site's public name: nothing else.
+    _, grid = dp_run
+    declared = {
+        "query": {"count", "sums", "sumsq"},
+        "train": {"num-examples", "train-loss", "steps", "epsilon", "delta",
+                  "noise-multiplier", "sample-rate", "max-grad-norm"},
+        "evaluate": {"num-examples", "n-correct", "loss-sum", "auroc", "hist-neg", "hist-pos"},
+    }
+    shapes = {k: tuple(v.shape) for k, v in load_bundle(dp_run[0]).weights.items()}
+    for r in grid.replies:
+        assert not r.has_error()
+        kind = r.metadata.message_type
+        assert set(r.content.keys()) <= {"metrics", "site", "arrays"}
+        assert set(r.content["metrics"].keys()) == declared[kind]
+        assert dict(r.content["site"]) == {"name": dict(r.content["site"])["name"]}
+        if "arrays" in r.content:
+            got = {k: tuple(v.shape) for k, v in r.content["arrays"].items()}
+            assert got == shapes
+
+
+def test_dp_off_run_reports_infinite_epsilon(run_inprocess):
+    path, _ = run_inprocess(num_server_rounds=1, privacy__enabled=False)
+    s = json.loads((path / "summary.json").read_text())
+    assert all(x["epsilon"] == "inf" for x in s["sites"])
+    assert s["privacy"]["dp_sgd"] is False
+    assert not math.isnan(s["mean_site_accuracy"])
+
+
+def test_same_seed_same_model(run_inprocess):
+    a, _ = run_inprocess(num_server_rounds=1, run_name="a")
+    b, _ = run_inprocess(num_server_rounds=1, run_name="b")
+    wa, wb = load_bundle(a).weights, load_bundle(b).weights
+    for k in wa:  # equal up to float32 summation order
+        np.testing.assert_allclose(wa[k].numpy(), wb[k].numpy(), rtol=1e-5, atol=1e-6)
+    c, _ = run_inprocess(num_server_rounds=1, run_name="c", seed=7)
+    assert not np.allclose(load_bundle(c).weights["0.weight"].numpy(), wa["0.weight"].numpy())
+
+
+def test_existing_run_name_is_refused_and_left_intact(run_inprocess):
+    from medfl.errors import ConfigError
+
+    path, _ = run_inprocess(num_server_rounds=1, privacy__enabled=False, run_name="keep")
+    before = (path / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match="'keep' already exists"):
+        run_inprocess(num_server_rounds=1, privacy__enabled=False, run_name="keep")
+    assert (path / "summary.json").read_bytes() == before

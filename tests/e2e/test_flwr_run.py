@@ -1,0 +1,74 @@
+"""End to end: the real `flwr run` (local SuperLink, Ray simulation) from another folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from medfl.localsim import flower_env, stop_superlink, superlink_pids
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 65000:
+            try:
+                with socket.socket() as s2:
+                    s2.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair on loopback")
+
+
+def test_flwr_run_writes_a_complete_run_directory(tmp_path):
+    flwr_home = tmp_path / "flwr-home"
+    flwr_home.mkdir()
+    shutil.copy(ROOT / "simulations" / "flwr-config.toml", flwr_home / "config.toml")
+    out = tmp_path / "outputs"
+    env = {**os.environ, **flower_env(ROOT, port=_free_port_pair())}
+    env["FLWR_HOME"] = str(flwr_home)
+    env.pop("MEDFL_HOME", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    workdir = tmp_path / "elsewhere"  # the user's shell is not in the project
+    workdir.mkdir()
+    cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "--stream",
+           # (Flower refuses a TOML file together with key=value pairs)
+           "--run-config", f"num-server-rounds=2 output-dir='{out}' run-name='e2e'"]
+    try:
+        proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=420)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-4000:]
+        run = out / "e2e"
+        assert (run / "summary.json").is_file(), log[-4000:]
+    finally:
+        stopped = stop_superlink(flwr_home)
+    assert stopped >= 1  # the run started its own SuperLink under our FLWR_HOME
+    assert superlink_pids(flwr_home) == []
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    assert [s["name"] for s in summary["sites"]] == ["cleveland", "hungarian", "switzerland",
+                                                     "va"]
+    assert all(0 < s["epsilon"] <= 3.0 for s in summary["sites"])
+    assert 0.5 < summary["mean_site_accuracy"] <= 1.0
+    assert len((run / "rounds.jsonl").read_text().splitlines()) == 2
+    assert (run / "model" / "manifest.json").is_file()
+    assert (out / "latest").resolve() == run.resolve()
+    # nothing was written into the folder the command was started from
+    assert list(workdir.iterdir()) == []
+    # Flower's state stayed in our FLWR_HOME
+    assert (flwr_home / "local-superlink").is_dir()
