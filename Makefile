@@ -52,3 +52,6 @@ stop-superlink:
 
 clean: stop-superlink
 	rm -rf $(VENV) $(FLWR_HOME)
+
+bench: install
+	$(BIN)/python -m bench.heart_utility $(BENCH_ARGS)

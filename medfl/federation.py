@@ -214,11 +214,10 @@ class RecordingFedAvg(FedAvg):
 
 
 def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Example-weighted mean train loss and the largest ε any site has spent."""
+    """Training examples this round and the largest ε any site has spent (sites do not
+    share their training loss: it is outside the DP-SGD mechanism)."""
     rows = [next(iter(r.metric_records.values())) for r in records]
-    total = sum(float(m[weight_key]) for m in rows)
-    loss = sum(float(m["train-loss"]) * float(m[weight_key]) for m in rows) / total
-    out = {"train-loss": loss}
+    out = {"num-examples": sum(int(m[weight_key]) for m in rows)}
     eps = [float(m["epsilon"]) for m in rows]
     if all(math.isfinite(e) for e in eps):
         out["max-epsilon"] = max(eps)

@@ -169,9 +169,11 @@ def fit(
         sum(n for s, q, n in history if (s, q) == (plan.noise_multiplier, plan.sample_rate))
         if p.enabled else result.steps
     )
+    # The training loss stays at the site: it is computed on the raw batches, outside the
+    # DP-SGD mechanism, so sending it would leak around the (ε, δ) guarantee.
+    logger.debug("local training loss %.4f over %d steps", result.mean_loss, result.steps)
     metrics = {
         "num-examples": data.n_train,
-        "train-loss": result.mean_loss,
         "steps": steps,
         **dp_metrics,
     }

@@ -140,7 +140,7 @@ def test_only_declared_values_leave_a_site(dp_run):
     _, grid = dp_run
     declared = {
         "query": {"count", "sums", "sumsq"},
-        "train": {"num-examples", "train-loss", "steps", "epsilon", "delta",
+        "train": {"num-examples", "steps", "epsilon", "delta",
                   "noise-multiplier", "sample-rate", "max-grad-norm"},
         "evaluate": {"num-examples", "n-correct", "loss-sum", "auroc", "hist-neg", "hist-pos"},
     }
