@@ -28,8 +28,10 @@ app = ClientApp()
 
 def _setup(msg: Message, context: Context):
     cfg = parse_run_config(dict(context.run_config))
-    site = site_lib.resolve_site(dict(context.node_config))
-    return cfg, site, site_lib.load_site(cfg, site)
+    node = dict(context.node_config)
+    site = site_lib.resolve_site(node)
+    data_path = str(node["data-path"]) if "data-path" in node else None
+    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path)
 
 
 def _seed(cfg, site: str, server_round: int) -> int:

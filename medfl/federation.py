@@ -175,19 +175,34 @@ class RecordingFedAvg(FedAvg):
         self.final_site_stats: dict[str, SiteEvalStats] = {}
         self.final_train: dict[str, dict[str, Any]] = {}
 
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
         train: dict[str, dict[str, Any]] = {}
         failed: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        accepted: list[Message] = []
         for rep in replies:
             if rep.has_error():
                 failed.append({"node": rep.metadata.src_node_id, "error_code": rep.error.code})
+                accepted.append(rep)  # FedAvg counts and logs failures itself
+                continue
+            reason = check_update(rep.content, self._expected)
+            if reason is not None:
+                logger.warning("round %d: rejected the update of %s: %s", server_round,
+                               site_of(rep), reason)
+                rejected.append({"site": site_of(rep), "reason": reason})
                 continue
             m = rep.content["metrics"]
             train[site_of(rep)] = {k: m[k] for k in m}
+            accepted.append(rep)
         self.final_train.update(train)
-        self._current = {"round": server_round, "train": train, "train_failed": failed}
-        return super().aggregate_train(server_round, replies)
+        self._current = {"round": server_round, "train": train, "train_failed": failed,
+                         "train_rejected": rejected}
+        return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         valid, errors = self._check_and_log_replies(list(replies), is_train=False)
@@ -211,6 +226,32 @@ class RecordingFedAvg(FedAvg):
         self._on_round(record)
         metrics = {k: v for k, v in pooled.items() if _finite(v) is not None}
         return MetricRecord(metrics) if metrics else None
+
+
+def check_update(content: RecordDict, expected: dict[str, tuple[int, ...]]) -> str | None:
+    """Why an update must not be aggregated, or ``None`` when it is acceptable.
+
+    The arrays must carry exactly the global model's names and shapes, only finite values,
+    and ``num-examples`` must be a positive number. The reason names the offending key,
+    never a value.
+    """
+    if "arrays" not in content or "metrics" not in content:
+        return "the reply has no arrays or no metrics"
+    arrays = content["arrays"]
+    names = set(arrays.keys())
+    if names != set(expected):
+        return (f"array names differ from the global model's (missing "
+                f"{sorted(set(expected) - names)}, unexpected {sorted(names - set(expected))})")
+    for name, arr in arrays.items():
+        values = arr.numpy()
+        if tuple(values.shape) != expected[name]:
+            return f"array {name!r} has shape {tuple(values.shape)}, expected {expected[name]}"
+        if not np.all(np.isfinite(values)):
+            return f"array {name!r} holds non-finite values (NaN or infinity)"
+    n = content["metrics"].get("num-examples")
+    if not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        return "num-examples is missing, not finite or not positive"
+    return None
 
 
 def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,11 +60,19 @@ def resolve_site(node_config: dict[str, Any]) -> str:
     return HEART_SITES[pid]
 
 
-def load_site(cfg: RunConfig, site: str) -> SiteData:
-    """One constructor for a site's data (only the heart-disease task exists so far)."""
+def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None) -> SiteData:
+    """One constructor for a site's data (only the heart-disease task exists so far).
+
+    ``data_path`` (deployment: ``node_config`` ``data-path``) is a folder holding the
+    site's ``processed.<site>.data`` file; by default the copy embedded in the package.
+    The file's sha256 is verified either way.
+    """
     if cfg.task != "heart-disease":
         raise ConfigError(f"task {cfg.task!r} has no data loader yet")
-    return load_heart_site(site)
+    if data_path is not None and not Path(data_path).is_dir():
+        raise DataError("node-config data-path is not a folder; it must be the folder "
+                        f"holding processed.{site}.data")
+    return load_heart_site(site, directory=Path(data_path) if data_path else None)
 
 
 def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:

@@ -182,3 +182,55 @@ def test_existing_run_name_is_refused_and_left_intact(run_inprocess):
     with pytest.raises(ConfigError, match="'keep' already exists"):
         run_inprocess(num_server_rounds=1, privacy__enabled=False, run_name="keep")
     assert (path / "summary.json").read_bytes() == before
+
+
+def _deployment_nodes(tmp_path):
+    from medfl.data.heart import data_dir
+
+    nodes = []
+    for site in SITES:
+        folder = tmp_path / f"hospital-{site}"
+        folder.mkdir()
+        name = f"processed.{site}.data"
+        (folder / name).write_bytes((data_dir() / name).read_bytes())
+        nodes.append({"site": site, "data-path": str(folder)})
+    return nodes
+
+
+def test_deployment_node_config_reads_each_sites_own_folder(tmp_path):
+    from client.app import app as client_app
+    from conftest import run_config
+    from flwr.app import Context, RecordDict
+
+    from bench.inprocess import InProcessGrid
+    from server.app import main
+
+    cfg = run_config(num_server_rounds=1, privacy__enabled=False,
+                     output_dir=str(tmp_path / "out"), run_name="dep")
+    grid = InProcessGrid(client_app, cfg, node_configs=_deployment_nodes(tmp_path))
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    s = json.loads((tmp_path / "out" / "dep" / "summary.json").read_text())
+    assert [x["n_train"] for x in s["sites"]] == [199, 172, 30, 85]
+
+
+def test_tampered_site_file_stops_the_run_before_training(tmp_path):
+    from client.app import app as client_app
+    from conftest import run_config
+    from flwr.app import Context, RecordDict
+
+    from bench.inprocess import InProcessGrid
+    from medfl.errors import DataError
+    from server.app import main
+
+    nodes = _deployment_nodes(tmp_path)
+    bad = tmp_path / "hospital-va" / "processed.va.data"
+    bad.write_bytes(bad.read_bytes() + b"63,1,4,140,260,0,1,112,1,3,2,?,?,2\n")
+    cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path / "out"), run_name="bad")
+    grid = InProcessGrid(client_app, cfg, node_configs=nodes)
+    with pytest.raises(DataError, match="only 3 of 4 sites shared feature statistics"):
+        main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    va_reply = [r for r in grid.replies if r.has_error()]
+    assert len(va_reply) == 1 and "checksum mismatch for processed.va.data" in \
+        va_reply[0].error.reason
+    assert not any(m.metadata.message_type == "train" for m in grid.sent)
+    assert not (tmp_path / "out" / "bad" / "summary.json").exists()

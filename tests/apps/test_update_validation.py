@@ -1,0 +1,55 @@
+"""The server refuses updates with NaN, wrong names/shapes or a bad example count."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from medfl.federation import RecordingFedAvg, check_update
+
+EXPECTED = {"0.weight": (1, 3), "0.bias": (1,)}
+
+
+def _content(weight, bias=np.zeros(1, np.float32), n=10):
+    return RecordDict({
+        "arrays": ArrayRecord({"0.weight": Array(weight), "0.bias": Array(bias)}),
+        "metrics": MetricRecord({"num-examples": n, "epsilon": 1.0}),
+        "site": ConfigRecord({"name": "x"}),
+    })
+
+
+def test_good_update_passes():
+    assert check_update(_content(np.ones((1, 3), np.float32)), EXPECTED) is None
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (_content(np.array([[1.0, np.nan, 0.0]], np.float32)), "'0.weight' holds non-finite"),
+    (_content(np.array([[1.0, np.inf, 0.0]], np.float32)), "'0.weight' holds non-finite"),
+    (_content(np.ones((3, 1), np.float32)), r"'0.weight' has shape \(3, 1\), expected \(1, 3\)"),
+    (_content(np.ones((1, 3), np.float32), n=0), "num-examples"),
+])
+def test_bad_updates_are_named(content, reason):
+    assert re.search(reason, check_update(content, EXPECTED) or "")
+
+
+def test_strategy_aggregates_only_the_valid_updates():
+    rounds = []
+    strategy = RecordingFedAvg(on_round=rounds.append, min_available_nodes=1)
+    strategy._expected = EXPECTED
+    replies = []
+    for node, (w, n) in enumerate([(np.full((1, 3), 1.0, np.float32), 10),
+                                   (np.full((1, 3), 3.0, np.float32), 30),
+                                   (np.full((1, 3), np.nan, np.float32), 10)]):
+        ins = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node + 1,
+                      message_type="train")
+        content = _content(w, n=n)
+        content["site"] = ConfigRecord({"name": f"site{node}"})
+        replies.append(Message(content, reply_to=ins))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    # FedAvg of the two valid sites: (1 * 10 + 3 * 30) / 40 = 2.5
+    np.testing.assert_allclose(arrays["0.weight"].numpy(), np.full((1, 3), 2.5))
+    assert strategy._current["train_rejected"] == [
+        {"site": "site2", "reason": "array '0.weight' holds non-finite values (NaN or infinity)"}]
