@@ -198,11 +198,11 @@ def _deployment_nodes(tmp_path):
 
 
 def test_deployment_node_config_reads_each_sites_own_folder(tmp_path):
-    from client.app import app as client_app
     from conftest import run_config
     from flwr.app import Context, RecordDict
 
     from bench.inprocess import InProcessGrid
+    from client.app import app as client_app
     from server.app import main
 
     cfg = run_config(num_server_rounds=1, privacy__enabled=False,
@@ -214,11 +214,11 @@ def test_deployment_node_config_reads_each_sites_own_folder(tmp_path):
 
 
 def test_tampered_site_file_stops_the_run_before_training(tmp_path):
-    from client.app import app as client_app
     from conftest import run_config
     from flwr.app import Context, RecordDict
 
     from bench.inprocess import InProcessGrid
+    from client.app import app as client_app
     from medfl.errors import DataError
     from server.app import main
 

@@ -13,7 +13,8 @@ from medfl.federation import RecordingFedAvg, check_update
 EXPECTED = {"0.weight": (1, 3), "0.bias": (1,)}
 
 
-def _content(weight, bias=np.zeros(1, np.float32), n=10):
+def _content(weight, n=10):
+    bias = np.zeros(1, np.float32)
     return RecordDict({
         "arrays": ArrayRecord({"0.weight": Array(weight), "0.bias": Array(bias)}),
         "metrics": MetricRecord({"num-examples": n, "epsilon": 1.0}),
