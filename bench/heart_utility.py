@@ -61,7 +61,7 @@ def main() -> None:
                 e = [x["epsilon"] for x in s["sites"]]
                 eps.append(max(e) if all(isinstance(v, float) for v in e) else float("inf"))
             rows.append((label, _fmt(mean_acc), _fmt(auroc), _fmt(worst),
-                         "∞" if eps[0] == float("inf") else f"{max(eps):.3f}",
+                         "∞" if eps[0] == float("inf") else f"{max(eps):.4f}",
                          f"{statistics.median(secs):.1f}"))
             print(rows[-1], flush=True)
     table = [
