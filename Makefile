@@ -6,13 +6,14 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.medfl-installed
 
-# Flower state and the local SuperLink's ports stay inside this checkout: the ports are
-# derived from the checkout's path so two checkouts (or users) never share a SuperLink.
+# Flower state and the local SuperLink's ports belong to this checkout (`:=`, so a venv
+# activated from another checkout cannot redirect them): the ports are derived from the
+# checkout's path, so two checkouts (or users) are unlikely to share a SuperLink.
 PORT_BASE := $(shell $(PYTHON) -m medfl.localsim port)
 export MEDFL_HOME := $(CURDIR)
 export FLWR_HOME := $(CURDIR)/.flwr
-export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT ?= $(PORT_BASE)
-export FLWR_LOCAL_CONTROL_API_PORT ?= $(shell echo $$(($(PORT_BASE)+1)))
+export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT := $(PORT_BASE)
+export FLWR_LOCAL_CONTROL_API_PORT := $(shell echo $$(($(PORT_BASE)+1)))
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1

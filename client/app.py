@@ -17,6 +17,8 @@ from flwr.clientapp import ClientApp
 from medfl import federation as fed
 from medfl import site as site_lib
 from medfl.config import parse_run_config
+from medfl.errors import ConfigError
+from medfl.privacy.dp import dp_seed, extend_history
 
 logger = logging.getLogger(__name__)
 # Flower may run several ClientApps side by side on a few cores: one thread each avoids
@@ -30,6 +32,7 @@ def _setup(msg: Message, context: Context):
     cfg = parse_run_config(dict(context.run_config))
     node = dict(context.node_config)
     site = site_lib.resolve_site(node)
+    site_lib.enforce_site_policy(cfg, node)
     data_path = str(node["data-path"]) if "data-path" in node else None
     return cfg, site, site_lib.load_site(cfg, site, data_path=data_path)
 
@@ -40,23 +43,25 @@ def _seed(cfg, site: str, server_round: int) -> int:
 
 
 @app.query()
+@fed.guarded
 def query(msg: Message, context: Context) -> Message:
     """Share this site's clipped (optionally noised) feature moments."""
     cfg, site, data = _setup(msg, context)
     kind = msg.content["config"]["query"]
     if kind != fed.QUERY_FEATURE_MOMENTS:
-        raise ValueError(f"unknown query {kind!r}; valid: {fed.QUERY_FEATURE_MOMENTS!r}")
-    rng = np.random.default_rng(_seed(cfg, site, 0))
+        raise ConfigError(f"unknown query {kind!r}; valid: {fed.QUERY_FEATURE_MOMENTS!r}")
+    rng = np.random.default_rng(dp_seed(_seed(cfg, site, 0), secure=cfg.privacy.secure_noise))
     moments = site_lib.feature_stats(cfg, data, rng=rng)
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:
         # A Gaussian mechanism on the whole vector, once: account it as one full-batch step.
         plan, history = fed.load_dp_state(context.state)
-        fed.save_dp_state(context.state, plan, [*history, (sigma, 1.0, 1)])
+        fed.save_dp_state(context.state, plan, extend_history(history, sigma, 1.0, 1))
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
 
 @app.train()
+@fed.guarded
 def train(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)
     config = msg.content["config"]
@@ -75,6 +80,7 @@ def train(msg: Message, context: Context) -> Message:
 
 
 @app.evaluate()
+@fed.guarded
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)
     scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(msg.content["config"]))

@@ -6,20 +6,30 @@ library; nothing else in ``medfl`` imports ``flwr``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from medfl.data.scaling import FeatureMoments, Standardizer
-from medfl.errors import MedflError
+from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 from medfl.privacy.dp import DPPlan, History
 
@@ -95,6 +105,41 @@ def load_dp_state(state: RecordDict) -> tuple[DPPlan | None, History]:
 
 # --- replies -------------------------------------------------------------------------------
 
+#: Error codes a MedFL site replies with (Flower's own codes are below 100).
+ERROR_CODES = {ConfigError: 1001, DataError: 1002, PrivacyBudgetExceeded: 1003}
+ERROR_OTHER = 1099
+
+
+Handler = Callable[[Message, Context], Message]
+
+
+def guarded(handler: Handler) -> Handler:
+    """Wrap a ClientApp handler so that no exception text leaves the site unvetted.
+
+    Flower would send ``str(exception)`` to the server and log it with a traceback. A
+    ``MedflError``'s message is written to name keys and files, never values or paths,
+    so it is sent as the error reason; any other exception (whose text could hold a path
+    or a value) is reduced to its type name. The site's log gets the same text; set
+    ``MEDFL_DEBUG=1`` on a site to also log the full traceback locally.
+    """
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except MedflError as exc:
+            code = next((c for t, c in ERROR_CODES.items() if isinstance(exc, t)), ERROR_OTHER)
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - fail closed: reply with the type only
+            code, reason = ERROR_OTHER, f"{type(exc).__name__} at the site (details withheld)"
+        logger.error("%s message refused: %s", msg.metadata.message_type, reason)
+        if os.environ.get("MEDFL_DEBUG") == "1":
+            logger.error("traceback (site-local, MEDFL_DEBUG=1)", exc_info=True)
+        return Message(Error(code=code, reason=reason), reply_to=msg)
+
+    return wrapped
+
+
 def reply(msg: Message, *, site: str, metrics: dict[str, Any],
           weights: dict[str, torch.Tensor] | None = None) -> Message:
     """A reply carrying only arrays, declared metrics, and the site's public name."""
@@ -138,21 +183,26 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float = 300.0) -> list[
 
 
 def query_feature_moments(grid: Grid, nodes: list[int], *,
-                          timeout: float) -> dict[str, FeatureMoments]:
-    """Ask every node for its feature moments; a site that fails is left out and logged."""
+                          timeout: float) -> tuple[dict[str, FeatureMoments], dict[int, str]]:
+    """Ask every node for its feature moments; a site that fails is left out and logged.
+
+    Returns the moments by site and the node id -> site name map learnt from the replies.
+    """
     messages = [
         Message(RecordDict({"config": ConfigRecord({"query": QUERY_FEATURE_MOMENTS})}),
                 dst_node_id=node, message_type="query")
         for node in nodes
     ]
     out: dict[str, FeatureMoments] = {}
+    names: dict[int, str] = {}
     for rep in grid.send_and_receive(messages, timeout=timeout):
         if rep.has_error():
-            logger.warning("feature statistics: node %d failed (error code %d)",
-                           rep.metadata.src_node_id, rep.error.code)
+            logger.warning("feature statistics: node %d failed: %s",
+                           rep.metadata.src_node_id, rep.error.reason)
             continue
+        names[rep.metadata.src_node_id] = site_of(rep)
         out[site_of(rep)] = moments_from_metrics(rep.content["metrics"])
-    return out
+    return out, names
 
 
 def _finite(v: Any) -> float | None:
@@ -167,58 +217,89 @@ class RecordingFedAvg(FedAvg):
     ``on_round`` receives one JSON-ready dict per round.
     """
 
-    def __init__(self, *, on_round: Callable[[dict[str, Any]], None], **kwargs: Any) -> None:
+    def __init__(self, *, on_round: Callable[[dict[str, Any]], None],
+                 node_sites: dict[int, str] | None = None, **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=_aggregate_train_metrics, **kwargs)
         self._on_round = on_round
         self._current: dict[str, Any] = {}
+        self._sent: dict[str, list[int]] = {"train": [], "evaluate": []}
+        self._expected: dict[str, tuple[int, ...]] = {}
         self._t0 = time.monotonic()
+        #: node id -> site name, learnt from replies (error replies carry no site name)
+        self.node_sites: dict[int, str] = dict(node_sites or {})
         self.final_site_stats: dict[str, SiteEvalStats] = {}
         self.final_train: dict[str, dict[str, Any]] = {}
+        self.rounds_trained: dict[str, list[int]] = {}
+
+    def _name(self, node: int) -> str:
+        return self.node_sites.get(node, f"node-{node}")
+
+    def _outcomes(self, kind: str, replies: list[Message]) -> tuple[list[Message], list[dict]]:
+        """Split replies into successes and a record of failures, refusals and drop-outs."""
+        ok, problems = [], []
+        for rep in replies:
+            node = rep.metadata.src_node_id
+            if rep.has_error():
+                status = "refused" if rep.error.code == ERROR_CODES[PrivacyBudgetExceeded] \
+                    else "failed"
+                problems.append({"site": self._name(node), "status": status,
+                                 "error_code": rep.error.code, "reason": rep.error.reason})
+            else:
+                self.node_sites[node] = site_of(rep)
+                ok.append(rep)
+        answered = {r.metadata.src_node_id for r in replies}
+        problems += [{"site": self._name(n), "status": "dropped",
+                      "reason": "no reply before the round timeout"}
+                     for n in self._sent[kind] if n not in answered]
+        return ok, problems
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent["train"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
+                           config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent["evaluate"] = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        ok, problems = self._outcomes("train", replies)
         train: dict[str, dict[str, Any]] = {}
-        failed: list[dict[str, Any]] = []
-        rejected: list[dict[str, Any]] = []
-        accepted: list[Message] = []
-        for rep in replies:
-            if rep.has_error():
-                failed.append({"node": rep.metadata.src_node_id, "error_code": rep.error.code})
-                accepted.append(rep)  # FedAvg counts and logs failures itself
-                continue
+        accepted = [r for r in replies if r.has_error()]  # FedAvg counts and logs these
+        for rep in ok:
             reason = check_update(rep.content, self._expected)
             if reason is not None:
                 logger.warning("round %d: rejected the update of %s: %s", server_round,
                                site_of(rep), reason)
-                rejected.append({"site": site_of(rep), "reason": reason})
+                problems.append({"site": site_of(rep), "status": "rejected", "reason": reason})
                 continue
             m = rep.content["metrics"]
             train[site_of(rep)] = {k: m[k] for k in m}
+            self.rounds_trained.setdefault(site_of(rep), []).append(server_round)
             accepted.append(rep)
         self.final_train.update(train)
-        self._current = {"round": server_round, "train": train, "train_failed": failed,
-                         "train_rejected": rejected}
+        self._current = {"round": server_round, "train": train, "train_problems": problems}
         return super().aggregate_train(server_round, accepted)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        valid, errors = self._check_and_log_replies(list(replies), is_train=False)
-        stats = {site_of(rep): SiteEvalStats.from_metrics(rep.content["metrics"])
-                 for rep in valid}
+        replies = list(replies)
+        self._check_and_log_replies(replies, is_train=False, validate=False)
+        ok, problems = self._outcomes("evaluate", replies)
+        stats = {site_of(rep): SiteEvalStats.from_metrics(rep.content["metrics"]) for rep in ok}
         pooled = pool_site_stats(list(stats.values()))
         record = {
             **self._current,
             "round": server_round,
             "evaluate": {
-                site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc,
-                       "loss": s.loss_sum / s.n if s.n else None}
+                site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss}
                 for site, s in sorted(stats.items())
             },
-            "evaluate_failed": [{"node": e.metadata.src_node_id, "error_code": e.error.code}
-                                for e in errors],
+            "evaluate_problems": problems,
             "global": pooled,
             "elapsed_s": round(time.monotonic() - self._t0, 3),
         }

@@ -27,8 +27,12 @@ MARK = "# >>> medfl flower environment >>>"
 
 
 def base_port(root: Path = ROOT) -> int:
-    """An even port in [41000, 49000) derived from the checkout path."""
-    return 41000 + 2 * (zlib.crc32(str(root).encode()) % 4000)
+    """An even port in [21000, 29000) derived from the checkout path.
+
+    The range sits below Linux's ephemeral ports (32768+), so an outgoing connection never
+    holds it; 4000 slots make a clash between two checkouts unlikely, not impossible.
+    """
+    return 21000 + 2 * (zlib.crc32(str(root).encode()) % 4000)
 
 
 def flower_env(root: Path = ROOT, *, port: int | None = None) -> dict[str, str]:

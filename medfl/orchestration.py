@@ -54,12 +54,12 @@ def finish_run(
     scaler: Standardizer | None,
     train: dict[str, dict[str, Any]],
     evaluation: dict[str, SiteEvalStats],
-    rounds_completed: int,
+    rounds_trained: dict[str, list[int]],
 ) -> dict[str, Any]:
     """Write the bundle and ``summary.json``, then point ``latest`` at the run."""
-    names = site_order(sorted(set(train) | set(evaluation)))
+    names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
-                            run_name=run_dir.path.name, rounds_completed=rounds_completed)
+                            rounds_trained=rounds_trained, run_name=run_dir.path.name)
     manifest = {
         "task": cfg.task,
         "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,

@@ -28,7 +28,15 @@ from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer,
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, site_eval_stats
 from medfl.models import build_model, state_arrays
-from medfl.privacy.dp import DPPlan, History, attach_dp, epsilon_from_history
+from medfl.privacy.dp import (
+    DPPlan,
+    History,
+    attach_dp,
+    dp_generator,
+    dp_seed,
+    epsilon_from_history,
+    extend_history,
+)
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
 logger = logging.getLogger(__name__)
@@ -60,6 +68,32 @@ def resolve_site(node_config: dict[str, Any]) -> str:
     return HEART_SITES[pid]
 
 
+#: node-config keys a hospital sets to bound what any run may ask of it.
+SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp")
+
+
+def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
+    """Refuse a run whose privacy settings are weaker than this site's own policy.
+
+    The run config comes from the server, so a site must not trust it blindly:
+    ``max-epsilon`` caps ``privacy.target-epsilon``, ``min-k`` floors
+    ``privacy.k-threshold``, ``require-dp`` (default true when either is set) demands
+    DP-SGD with secure noise. Without these keys (simulation) the run config is taken as is.
+    """
+    if not any(k in node_config for k in SITE_POLICY_KEYS):
+        return
+    p = cfg.privacy
+    if "max-epsilon" in node_config and p.target_epsilon > float(node_config["max-epsilon"]):
+        raise ConfigError(f"privacy.target-epsilon={p.target_epsilon} exceeds this site's "
+                          f"max-epsilon={float(node_config['max-epsilon'])}")
+    if "min-k" in node_config and p.k_threshold < int(node_config["min-k"]):
+        raise ConfigError(f"privacy.k-threshold={p.k_threshold} is below this site's "
+                          f"min-k={int(node_config['min-k'])}")
+    if bool(node_config.get("require-dp", True)) and not (p.enabled and p.secure_noise):
+        raise ConfigError("this site requires DP-SGD with secure noise (privacy.enabled=true, "
+                          "privacy.secure-noise=true)")
+
+
 def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None) -> SiteData:
     """One constructor for a site's data (only the heart-disease task exists so far).
 
@@ -79,7 +113,7 @@ def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -
     """This site's clipped (and optionally noised) moments of the numeric features."""
     if data.n_train < cfg.privacy.k_threshold:
         raise DataError(
-            f"site has {data.n_train} training rows, fewer than privacy.k-threshold="
+            f"site has fewer training rows than privacy.k-threshold="
             f"{cfg.privacy.k_threshold}; it cannot share feature statistics"
         )
     return site_moments(
@@ -133,14 +167,19 @@ def fit(
     restores the accountant ``history``; a round that would push ε past the target is
     refused with ``PrivacyBudgetExceeded`` before any training.
     """
+    p = cfg.privacy
+    if data.n_train < p.k_threshold:
+        raise DataError(f"site has fewer training rows than privacy.k-threshold="
+                        f"{p.k_threshold}; its example count may not leave the site")
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
     model = _model(cfg, weights).to(device)
     optimizer = make_optimizer(model, cfg.train)
     x = scaler.transform(data.x_train)
+    # Under DP the batch sampling and the noise come from a secret seed (see dp_seed).
+    sampling_seed = dp_seed(seed, secure=p.secure_noise) if p.enabled else seed
     loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
-                         seed=seed)
-    p = cfg.privacy
+                         seed=sampling_seed)
     if p.enabled:
         if plan is None:
             plan = DPPlan.make(
@@ -149,43 +188,45 @@ def fit(
                 target_epsilon=p.target_epsilon, delta=p.target_delta,
                 max_grad_norm=p.max_grad_norm, accountant=p.accountant, prior=history,
             )
-        after = [*history, (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+        after = extend_history(history, plan.noise_multiplier, plan.sample_rate,
+                               plan.steps_per_round)
         eps_after = epsilon_from_history(after, delta=plan.delta, accountant=plan.accountant)
-        if eps_after > plan.target_epsilon + 0.01:
+        if eps_after > plan.target_epsilon:
             spent = epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant)
             raise PrivacyBudgetExceeded(
                 f"round {server_round} would raise ε from {spent:.3f} to {eps_after:.3f}, "
                 f"past this run's target ε={plan.target_epsilon}"
             )
-        model, optimizer, loader, engine = attach_dp(model, optimizer, loader, plan=plan,
-                                                     history=history)
+        model, optimizer, loader, engine = attach_dp(
+            model, optimizer, loader, plan=plan, history=history,
+            noise_generator=dp_generator(sampling_seed),
+        )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
                           device=device)
     if p.enabled:
         history = [tuple(h) for h in engine.accountant.history]
-        epsilon = epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant)
+        epsilon = (eps_after if history == after else
+                   epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant))
         weights_out = {k.removeprefix("_module."): v for k, v in state_arrays(model).items()}
+        sgd = (plan.noise_multiplier, plan.sample_rate)
         dp_metrics = {
             "epsilon": epsilon, "delta": plan.delta,
             "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
             "max-grad-norm": plan.max_grad_norm,
+            "steps": sum(n for s, q, n in history if (s, q) == sgd),
+            # Other accounted releases (each one Gaussian step at sample rate 1), so that
+            # ε can be recomputed from what the site reports.
+            "prior-noise-multipliers": [float(s) for s, q, n in plan.prior],
         }
     else:
         weights_out = state_arrays(model)
         dp_metrics = {"epsilon": float("inf"), "delta": 0.0, "noise-multiplier": 0.0,
-                      "sample-rate": 0.0, "max-grad-norm": 0.0}
-    steps = (
-        sum(n for s, q, n in history if (s, q) == (plan.noise_multiplier, plan.sample_rate))
-        if p.enabled else result.steps
-    )
+                      "sample-rate": 0.0, "max-grad-norm": 0.0, "steps": result.steps,
+                      "prior-noise-multipliers": []}
     # The training loss stays at the site: it is computed on the raw batches, outside the
     # DP-SGD mechanism, so sending it would leak around the (ε, δ) guarantee.
     logger.debug("local training loss %.4f over %d steps", result.mean_loss, result.steps)
-    metrics = {
-        "num-examples": data.n_train,
-        "steps": steps,
-        **dp_metrics,
-    }
+    metrics = {"num-examples": data.n_train, **dp_metrics}
     return FitResult(weights_out, metrics, plan, history)
 
 

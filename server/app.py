@@ -10,6 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from medfl import federation as fed
 from medfl import orchestration as orch
 from medfl.config import parse_run_config
+from medfl.errors import MedflError
 from medfl.reporting.run_dir import RunDirectory, config_record, resolve_output_root
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,15 @@ def main(grid: Grid, context: Context) -> None:
     logger.info("MedFL run directory: %s", run_dir.path)
 
     nodes = fed.wait_for_nodes(grid, minimum=cfg.strategy.min_nodes)
-    scaler = None
+    scaler, node_sites = None, {}
     if cfg.preprocessing.scaling == "federated":
-        moments = fed.query_feature_moments(grid, nodes, timeout=ROUND_TIMEOUT_S)
+        moments, node_sites = fed.query_feature_moments(grid, nodes, timeout=ROUND_TIMEOUT_S)
         scaler = orch.consortium_scaler(cfg, moments, expected=len(nodes))
     shared = ConfigRecord(fed.scaler_to_config(scaler))
 
     strategy = fed.RecordingFedAvg(
         on_round=run_dir.append_round,
+        node_sites=node_sites,
         fraction_train=cfg.strategy.fraction_train,
         fraction_evaluate=cfg.strategy.fraction_evaluate,
         min_train_nodes=cfg.strategy.min_nodes,
@@ -48,13 +50,13 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord(dict(shared)),
         evaluate_config=ConfigRecord(dict(shared)),
     )
-    final = result.arrays if isinstance(result.arrays, ArrayRecord) else None
+    if not isinstance(result.arrays, ArrayRecord) or not strategy.rounds_trained:
+        raise MedflError("no round produced an aggregated model (every site failed, was "
+                         f"refused or dropped); see {run_dir.path / 'rounds.jsonl'}")
     summary = orch.finish_run(
-        run_dir, cfg,
-        weights=fed.from_array_record(final) if final is not None
-        else orch.initial_weights(cfg),
-        scaler=scaler, train=strategy.final_train, evaluation=strategy.final_site_stats,
-        rounds_completed=len(result.evaluate_metrics_clientapp),
+        run_dir, cfg, weights=fed.from_array_record(result.arrays), scaler=scaler,
+        train=strategy.final_train, evaluation=strategy.final_site_stats,
+        rounds_trained=strategy.rounds_trained,
     )
     logger.info("MedFL run finished: mean site accuracy %s; files in %s",
                 summary["mean_site_accuracy"], run_dir.path)

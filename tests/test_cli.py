@@ -25,7 +25,7 @@ def test_show_prints_sites_and_headline(tmp_path):
     result = CliRunner().invoke(app, ["show", str(tmp_path)], env={"COLUMNS": "150"})
     assert result.exit_code == 0, result.output
     assert "cleveland" in result.output and "switzerland" in result.output
-    assert "0.812" in result.output  # (0.75 + 0.875) / 2
+    assert "0.812" in result.output  # the headline is printed
     assert "suppressed" in result.output
     assert "229" in result.output  # 199 + 30 training rows
     assert "not for clinical use" in result.output

@@ -37,7 +37,8 @@ def test_unknown_key_suggests_the_nearest_valid_one():
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("privacy.target-epsilon", -1.0, "a number > 0"),
     ("privacy.target-delta", 1.5, r"a number in \(0, 1\)"),
-    ("privacy.accountant", "moments", "one of rdp, prv, gdp"),
+    ("privacy.accountant", "gdp", "one of rdp, prv"),
+    ("seed", -1, "an integer >= 0"),
     ("num-server-rounds", 0, "an integer >= 1"),
     ("num-server-rounds", 2.5, "an integer >= 1"),
     ("privacy.enabled", "yes", "true or false"),

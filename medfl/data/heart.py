@@ -115,12 +115,16 @@ def load_site_frame(site: str, *, directory: Path | None = None) -> pd.DataFrame
     path = (directory or data_dir()) / _FILES[site]
     if not path.is_file():
         raise DataError(f"heart-disease file for site {site!r} is missing ({_FILES[site]})")
-    raw = path.read_bytes()
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != _SHA256[site]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # the OS message would carry the path: name the file only
+        raise DataError(f"cannot read {_FILES[site]} ({type(exc).__name__})") from None
+    if hashlib.sha256(raw).hexdigest() != _SHA256[site]:
+        # The digest of the file actually read is not quoted: it would fingerprint it.
         raise DataError(
-            f"checksum mismatch for {_FILES[site]}: expected sha256 {_SHA256[site]}, "
-            f"got {digest}; the embedded data was modified or corrupted, reinstall medfl"
+            f"checksum mismatch for {_FILES[site]}: its sha256 is not the published "
+            f"{_SHA256[site]}; the file was modified or corrupted (reinstall medfl, or "
+            "restore the original file)"
         )
     try:
         frame = pd.read_csv(path, header=None, names=list(RAW_COLUMNS), na_values="?")

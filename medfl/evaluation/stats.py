@@ -1,11 +1,13 @@
 """Evaluation sufficient statistics: what a site computes, suppresses and shares.
 
-A site never shares per-patient scores. It shares, for its test set: the number of
-examples, the number of correct predictions at the operating threshold, the summed
-log-loss, its own AUROC (only when both classes have at least ``k`` patients), and a
-per-class histogram of predicted scores coarsened so that every non-empty bin holds at
-least ``k`` patients (a class with fewer than ``k`` patients is suppressed whole).
-The server pools the histograms into a consortium-wide AUROC.
+A site never shares per-patient scores. For a test set of at least ``k`` patients it
+shares: the number of examples, the number of correct predictions at the operating
+threshold, the summed log-loss, and, only when *both* classes have at least ``k``
+patients, its AUROC and a per-class histogram of predicted scores coarsened so that every
+non-empty bin holds at least ``k`` patients. (Sending one class's histogram when the other
+is small would reveal the small class's size as ``n`` minus the total.) A test set under
+``k`` patients shares nothing but the fact that it is suppressed. The server pools the
+histograms into a consortium-wide AUROC.
 """
 
 from __future__ import annotations
@@ -76,23 +78,27 @@ def binned_auroc(hist_neg: np.ndarray, hist_pos: np.ndarray) -> float | None:
 class SiteEvalStats:
     """What one site shares after evaluating the global model (already suppressed)."""
 
-    n: int
+    n: int | None
     n_correct: int | None
-    loss_sum: float
+    loss_sum: float | None
     auroc: float | None
     hist_neg: np.ndarray | None
     hist_pos: np.ndarray | None
 
     @property
     def accuracy(self) -> float | None:
-        return None if self.n_correct is None else self.n_correct / self.n
+        return None if self.n_correct is None or not self.n else self.n_correct / self.n
+
+    @property
+    def loss(self) -> float | None:
+        return None if self.loss_sum is None or not self.n else self.loss_sum / self.n
 
     def to_metrics(self) -> dict[str, int | float | list[int]]:
         """Flat numeric form for the wire; suppressed values become ``SUPPRESSED`` / []."""
         return {
-            "num-examples": self.n,
+            "num-examples": SUPPRESSED if self.n is None else self.n,
             "n-correct": SUPPRESSED if self.n_correct is None else self.n_correct,
-            "loss-sum": self.loss_sum,
+            "loss-sum": SUPPRESSED if self.loss_sum is None else self.loss_sum,
             "auroc": SUPPRESSED if self.auroc is None else self.auroc,
             "hist-neg": [] if self.hist_neg is None else [int(v) for v in self.hist_neg],
             "hist-pos": [] if self.hist_pos is None else [int(v) for v in self.hist_pos],
@@ -103,11 +109,11 @@ class SiteEvalStats:
         def opt(v):
             return None if float(v) == SUPPRESSED else v
 
-        n_correct = opt(m["n-correct"])
+        n, n_correct, loss_sum = opt(m["num-examples"]), opt(m["n-correct"]), opt(m["loss-sum"])
         return cls(
-            n=int(m["num-examples"]),
+            n=None if n is None else int(n),
             n_correct=None if n_correct is None else int(n_correct),
-            loss_sum=float(m["loss-sum"]),
+            loss_sum=None if loss_sum is None else float(loss_sum),
             auroc=opt(m["auroc"]),
             hist_neg=np.asarray(m["hist-neg"], dtype=np.int64) if len(m["hist-neg"]) else None,
             hist_pos=np.asarray(m["hist-pos"], dtype=np.int64) if len(m["hist-pos"]) else None,
@@ -121,41 +127,42 @@ def site_eval_stats(
     y_true = np.asarray(y_true).astype(np.int64)
     y_score = np.asarray(y_score, dtype=np.float64)
     n = int(y_true.shape[0])
+    if n < k:
+        return SiteEvalStats(None, None, None, None, None, None)
     eps = 1e-12
     p = np.clip(y_score, eps, 1 - eps)
     loss_sum = float(-np.sum(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
-    if n < k:
-        return SiteEvalStats(n, None, loss_sum, None, None, None)
     n_correct = int(np.sum((y_score >= threshold).astype(np.int64) == y_true))
     n_pos = int(y_true.sum())
-    auroc = (
-        float(roc_auc_score(y_true, y_score)) if min(n_pos, n - n_pos) >= k else None
-    )
-    neg, neg_sup = coarsen_histogram(score_histogram(y_score[y_true == 0], bins=bins), k=k)
-    pos, pos_sup = coarsen_histogram(score_histogram(y_score[y_true == 1], bins=bins), k=k)
-    return SiteEvalStats(
-        n=n, n_correct=n_correct, loss_sum=loss_sum, auroc=auroc,
-        hist_neg=None if neg_sup else neg, hist_pos=None if pos_sup else pos,
-    )
+    if min(n_pos, n - n_pos) < k:
+        return SiteEvalStats(n, n_correct, loss_sum, None, None, None)
+    neg, _ = coarsen_histogram(score_histogram(y_score[y_true == 0], bins=bins), k=k)
+    pos, _ = coarsen_histogram(score_histogram(y_score[y_true == 1], bins=bins), k=k)
+    return SiteEvalStats(n=n, n_correct=n_correct, loss_sum=loss_sum,
+                         auroc=float(roc_auc_score(y_true, y_score)), hist_neg=neg, hist_pos=pos)
 
 
 def pool_site_stats(stats: list[SiteEvalStats]) -> dict[str, float | int | None]:
     """Consortium-wide figures over all sites' test sets together.
 
-    Accuracy pools the sites that reported it. AUROC pools every class histogram that
-    was reported; a suppressed class (fewer than ``k`` patients at a site) is left out,
-    and ``suppressed_histograms`` counts how many were.
+    Accuracy and loss pool the sites that reported them. AUROC pools the histograms of
+    the sites that reported them (both classes with at least ``k`` patients); the others
+    are left out of it and counted in ``auroc_sites_excluded``.
     """
-    with_acc = [s for s in stats if s.n_correct is not None]
+    shown = [s for s in stats if s.n is not None]
+    with_acc = [s for s in shown if s.n_correct is not None]
     n_acc = sum(s.n for s in with_acc)
-    negs = [s.hist_neg for s in stats if s.hist_neg is not None]
-    poss = [s.hist_pos for s in stats if s.hist_pos is not None]
-    auroc = binned_auroc(sum(negs), sum(poss)) if negs and poss else None
-    n = sum(s.n for s in stats)
+    with_loss = [s for s in shown if s.loss_sum is not None]
+    n_loss = sum(s.n for s in with_loss)
+    hists = [s for s in shown if s.hist_neg is not None and s.hist_pos is not None]
+    auroc = None
+    if hists:
+        auroc = binned_auroc(sum(s.hist_neg for s in hists), sum(s.hist_pos for s in hists))
     return {
-        "n": n,
+        "n": sum(s.n for s in shown),
         "accuracy": (sum(s.n_correct for s in with_acc) / n_acc) if n_acc else None,
         "auroc": auroc,
-        "loss": (sum(s.loss_sum for s in stats) / n) if n else None,
-        "suppressed_histograms": 2 * len(stats) - len(negs) - len(poss),
+        "loss": (sum(s.loss_sum for s in with_loss) / n_loss) if n_loss else None,
+        "auroc_sites_excluded": len(stats) - len(hists),
+        "sites_suppressed": len(stats) - len(shown),
     }

@@ -11,8 +11,10 @@ same history as a Gaussian mechanism with ``sample_rate = 1`` and one step.
 from __future__ import annotations
 
 import math
+import secrets
 from dataclasses import dataclass
 
+import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
@@ -20,6 +22,7 @@ from opacus.accountants.utils import get_noise_multiplier
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
+from medfl.config import ACCOUNTANTS
 from medfl.errors import ConfigError, PrivacyBudgetExceeded
 
 History = list[tuple[float, float, int]]
@@ -27,12 +30,33 @@ History = list[tuple[float, float, int]]
 _MAX_SIGMA = 1e4
 
 
+def dp_seed(run_seed: int, *, secure: bool) -> int:
+    """Seed for DP noise and Poisson sampling.
+
+    ``secure``: 63 bits from the operating system's CSPRNG, so nobody who knows the run's
+    configuration (the server does) can regenerate the noise and subtract it. Otherwise
+    the run seed itself (reproducible experiments; the DP guarantee then holds only
+    against parties who do not know the seed).
+    """
+    return secrets.randbits(63) if secure else run_seed
+
+
+def extend_history(history: History, sigma: float, rate: float, steps: int) -> History:
+    """``history`` plus ``steps`` steps at (σ, rate), merged the way Opacus' accountants merge."""
+    if history and history[-1][0] == sigma and history[-1][1] == rate:
+        return [*history[:-1], (sigma, rate, history[-1][2] + steps)]
+    return [*history, (sigma, rate, steps)]
+
+
+def dp_generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def make_accountant(name: str, history: History | None = None) -> IAccountant:
-    """An Opacus accountant (``rdp``, ``prv`` or ``gdp``) holding ``history``."""
-    try:
-        accountant = create_accountant(name)
-    except ValueError as exc:
-        raise ConfigError(f"unknown accountant {name!r}; valid: rdp, prv, gdp") from exc
+    """An Opacus accountant (``rdp`` or ``prv``) holding ``history``."""
+    if name not in ACCOUNTANTS:
+        raise ConfigError(f"unknown accountant {name!r}; valid: {', '.join(ACCOUNTANTS)}")
+    accountant = create_accountant(name)
     accountant.history = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
     return accountant
 
@@ -151,12 +175,14 @@ def attach_dp(
     *,
     plan: DPPlan,
     history: History,
-    seed: int | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> tuple[nn.Module, optim.Optimizer, DataLoader, PrivacyEngine]:
     """Make model/optimizer/loader private with Opacus, restoring the accountant history.
 
-    Poisson sampling is on (the accounting assumes it). The returned engine's
-    ``accountant.history`` grows with every ``optimizer.step()``.
+    Poisson sampling is on (the accounting assumes it) and draws from the loader's own
+    generator; the Gaussian noise draws from ``noise_generator``. Both must be secret to
+    the server (see :func:`dp_generator`). The returned engine's ``accountant.history``
+    grows with every ``optimizer.step()``.
     """
     engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
     engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
@@ -167,6 +193,7 @@ def attach_dp(
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=plan.max_grad_norm,
         poisson_sampling=True,
+        noise_generator=noise_generator,
     )
     if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
         raise ConfigError(

@@ -2,11 +2,42 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+
+
+def _site_privacy(cfg: RunConfig, t: dict[str, Any]) -> dict[str, Any]:
+    """The DP-SGD parameters a site reported, and every other accounted release, so that
+    its ε can be recomputed from ``accountant_history`` with the named accountant."""
+    if not cfg.privacy.enabled or not t:
+        return {"delta": None, "noise_multiplier": None, "sample_rate": None,
+                "max_grad_norm": None, "accountant": None, "other_releases": [],
+                "accountant_history": []}
+    priors = [float(s) for s in t.get("prior-noise-multipliers", [])]
+    sgd = [float(t["noise-multiplier"]), float(t["sample-rate"]), int(t["steps"])]
+    return {
+        "delta": float(t["delta"]),
+        "noise_multiplier": sgd[0],
+        "sample_rate": sgd[1],
+        "max_grad_norm": float(t["max-grad-norm"]),
+        "accountant": cfg.privacy.accountant,
+        "other_releases": [{"mechanism": "Gaussian, feature moments", "noise_multiplier": s,
+                            "sample_rate": 1.0, "steps": 1} for s in priors],
+        "accountant_history": [[s, 1.0, 1] for s in priors] + [sgd],
+    }
+
+
+def non_dp_releases(cfg: RunConfig) -> list[str]:
+    """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
+    out = ["training-set size per site (FedAvg weight)",
+           f"test-set evaluation statistics, suppressed below k={cfg.privacy.k_threshold}"]
+    if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier == 0:
+        out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
+    if not cfg.privacy.enabled:
+        out.insert(0, "model updates (DP-SGD is off)")
+    return out
 
 
 def build_summary(
@@ -15,33 +46,33 @@ def build_summary(
     site_order: list[str],
     train: dict[str, dict[str, Any]],
     evaluation: dict[str, SiteEvalStats],
+    rounds_trained: dict[str, list[int]],
     run_name: str,
-    rounds_completed: int,
 ) -> dict[str, Any]:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
-    each site's statistics for the final global model.
+    each site's statistics for the final global model; ``rounds_trained`` the rounds in
+    which each site's update was aggregated.
     """
+    last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = []
     for name in site_order:
         t, e = train.get(name, {}), evaluation.get(name)
-        dp = cfg.privacy.enabled
+        trained = rounds_trained.get(name, [])
         sites.append({
             "name": name,
             "n_train": int(t["num-examples"]) if "num-examples" in t else None,
             "n_test": e.n if e else None,
             "epsilon": float(t["epsilon"]) if "epsilon" in t else None,
-            "delta": float(t["delta"]) if dp and "delta" in t else None,
-            "noise_multiplier": float(t["noise-multiplier"]) if dp and t else None,
-            "sample_rate": float(t["sample-rate"]) if dp and t else None,
             "steps": int(t["steps"]) if "steps" in t else None,
-            "max_grad_norm": float(t["max-grad-norm"]) if dp and t else None,
-            "accountant": cfg.privacy.accountant if dp else None,
+            **_site_privacy(cfg, t),
+            "rounds_trained": len(trained),
+            "last_round_trained": max(trained) if trained else None,
             "metrics": {
                 "accuracy": e.accuracy if e else None,
                 "auroc": e.auroc if e else None,
-                "loss": (e.loss_sum / e.n) if e and e.n else None,
+                "loss": e.loss if e else None,
             },
         })
     pooled = pool_site_stats(list(evaluation.values()))
@@ -54,32 +85,34 @@ def build_summary(
         "dataset": "uci-heart-disease" if cfg.task == "heart-disease" else cfg.task,
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
-        "rounds": rounds_completed,
+        "rounds": last_round,
         "rounds_planned": cfg.num_server_rounds,
         "seed": cfg.seed,
         "privacy": {
             "dp_sgd": cfg.privacy.enabled,
+            "guarantee": ("sample-level (ε, δ)-DP per site for the model updates"
+                          if cfg.privacy.enabled else "none (DP-SGD off)"),
             "target_epsilon": cfg.privacy.target_epsilon if cfg.privacy.enabled else None,
             "target_delta": cfg.privacy.target_delta if cfg.privacy.enabled else None,
             "max_epsilon": max(eps) if eps else None,
+            "secure_noise": cfg.privacy.secure_noise,
             "k_threshold": cfg.privacy.k_threshold,
             "feature_scaling": cfg.preprocessing.scaling,
             "stats_noise_multiplier": cfg.preprocessing.stats_noise_multiplier,
+            "non_dp_releases": non_dp_releases(cfg),
         },
         "sites": sites,
         "global": {
             "metrics": {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"],
                         "loss": pooled["loss"]},
             "n_test": pooled["n"],
-            "auroc_method": "pooled per-class score histograms, coarsened at each site to "
-                            f">= k={cfg.privacy.k_threshold} per bin",
-            "suppressed_histograms": pooled["suppressed_histograms"],
+            "auroc_method": (
+                "binned: pooled per-class score histograms "
+                f"({cfg.evaluation.histogram_bins} bins, coarsened at each site to >= "
+                f"k={cfg.privacy.k_threshold} patients per bin); sites with a class under k "
+                "are left out"),
+            "auroc_sites_excluded": pooled["auroc_sites_excluded"],
+            "sites_suppressed": pooled["sites_suppressed"],
         },
         "mean_site_accuracy": mean_acc,
     }
-
-
-def epsilon_display(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) else f"{value:.2f}"

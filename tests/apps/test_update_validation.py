@@ -52,5 +52,7 @@ def test_strategy_aggregates_only_the_valid_updates():
     arrays, _ = strategy.aggregate_train(1, replies)
     # FedAvg of the two valid sites: (1 * 10 + 3 * 30) / 40 = 2.5
     np.testing.assert_allclose(arrays["0.weight"].numpy(), np.full((1, 3), 2.5))
-    assert strategy._current["train_rejected"] == [
-        {"site": "site2", "reason": "array '0.weight' holds non-finite values (NaN or infinity)"}]
+    assert strategy._current["train_problems"] == [
+        {"site": "site2", "status": "rejected",
+         "reason": "array '0.weight' holds non-finite values (NaN or infinity)"}]
+    assert sorted(strategy._current["train"]) == ["site0", "site1"]

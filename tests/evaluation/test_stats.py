@@ -54,19 +54,22 @@ def test_coarsening_with_k1_is_identity():
     np.testing.assert_array_equal(coarsen_histogram(hist, k=1)[0], hist)
 
 
-def test_small_class_is_suppressed_and_auroc_withheld():
-    y = np.r_[np.zeros(3), np.ones(20)]  # 3 negatives < k = 10
+def test_small_class_withholds_auroc_and_both_histograms():
+    # 3 negatives < k = 10. Sending the positives' histogram (total 20) beside n = 23
+    # would reveal the 3, so neither histogram leaves.
+    y = np.r_[np.zeros(3), np.ones(20)]
     s = site_eval_stats(y, np.linspace(0.1, 0.9, 23), threshold=0.5, bins=20, k=10)
-    assert s.auroc is None and s.hist_neg is None
-    assert s.hist_pos is not None and s.hist_pos.sum() == 20
-    assert s.n_correct is not None
+    assert s.auroc is None and s.hist_neg is None and s.hist_pos is None
+    assert s.n == 23 and s.n_correct is not None
 
 
-def test_tiny_test_set_shares_only_its_size_and_loss():
+def test_tiny_test_set_shares_nothing():
     s = site_eval_stats(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9]), threshold=0.5,
                         bins=10, k=10)
-    assert s.n == 3 and s.n_correct is None and s.auroc is None
-    assert s.hist_neg is None and s.hist_pos is None
+    assert (s.n, s.n_correct, s.loss_sum, s.auroc, s.hist_neg, s.hist_pos) == (None,) * 6
+    wire = s.to_metrics()
+    assert wire["num-examples"] == wire["n-correct"] == wire["loss-sum"] == -1.0
+    assert pool_site_stats([s])["sites_suppressed"] == 1
 
 
 def test_site_stats_match_sklearn_when_nothing_is_suppressed():
@@ -81,16 +84,17 @@ def test_site_stats_match_sklearn_when_nothing_is_suppressed():
 
 
 def test_wire_round_trip_preserves_suppression():
-    s = SiteEvalStats(16, 15, 4.2, None, None, np.array([0, 15]))
+    s = SiteEvalStats(16, 15, 4.2, None, None, None)
     back = SiteEvalStats.from_metrics(s.to_metrics())
-    assert back.auroc is None and back.hist_neg is None and back.n_correct == 15
-    np.testing.assert_array_equal(back.hist_pos, [0, 15])
+    assert back == s
 
 
 def test_pooled_accuracy_is_over_all_rows_not_a_mean_of_sites():
     a = SiteEvalStats(100, 90, 10.0, None, np.array([10, 0]), np.array([0, 90]))
-    b = SiteEvalStats(20, 10, 5.0, None, np.array([10, 0]), np.array([0, 10]))
+    b = SiteEvalStats(20, 10, 5.0, None, np.array([0, 10]), np.array([10, 0]))
     pooled = pool_site_stats([a, b])
     assert pooled["accuracy"] == pytest.approx(100 / 120)
-    assert pooled["auroc"] == pytest.approx(1.0)
     assert pooled["loss"] == pytest.approx(15.0 / 120)
+    # pooled negatives: 10 in bin 0, 10 in bin 1; positives: 10 in bin 0, 90 in bin 1.
+    # P(pos > neg) + .5 P(tie) = (90*10 + .5*(90*10 + 10*10)) / (100*20) = 1400 / 2000
+    assert pooled["auroc"] == pytest.approx(0.7)

@@ -1,0 +1,109 @@
+"""Refusals, drop-outs, site policy, and what an exception may say to the server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_config
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from opacus.accountants import RDPAccountant
+
+from bench.inprocess import InProcessGrid
+from client.app import app as client_app
+from medfl import federation as fed
+from medfl.config import parse_run_config
+from medfl.errors import ConfigError
+from medfl.site import enforce_site_policy
+from server.app import main
+
+
+class DroppingGrid(InProcessGrid):
+    """Loses every reply of one node in the chosen train rounds (a site that went away)."""
+
+    def __init__(self, *args, drop_node: int, drop_rounds: set[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drop_node, self.drop_rounds = drop_node, drop_rounds
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        return [r for m, r in zip(messages, replies, strict=True)
+                if not (m.metadata.dst_node_id == self.drop_node
+                        and m.metadata.message_type == "train"
+                        and int(m.content["config"]["server-round"]) in self.drop_rounds)]
+
+
+def test_a_dropped_site_is_recorded_and_the_round_completes(tmp_path):
+    cfg = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(tmp_path),
+                     run_name="drop")
+    grid = DroppingGrid(client_app, cfg, drop_node=1002, drop_rounds={2})  # switzerland
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    rounds = [json.loads(x) for x in (tmp_path / "drop" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["train_problems"] == []
+    assert rounds[1]["train_problems"] == [
+        {"site": "switzerland", "status": "dropped", "reason": "no reply before the round timeout"}]
+    assert sorted(rounds[1]["train"]) == ["cleveland", "hungarian", "va"]
+    s = json.loads((tmp_path / "drop" / "summary.json").read_text())
+    swiss = s["sites"][2]
+    assert (swiss["rounds_trained"], swiss["last_round_trained"]) == (1, 1)
+    assert s["sites"][0]["rounds_trained"] == 2
+
+
+def test_noised_feature_moments_are_in_the_recomputable_epsilon(tmp_path):
+    cfg = run_config(num_server_rounds=2, output_dir=str(tmp_path), run_name="noised",
+                     preprocessing__stats_noise_multiplier=5.0)
+    main(InProcessGrid(client_app, cfg), Context(1, 0, {}, RecordDict(), cfg))
+    s = json.loads((tmp_path / "noised" / "summary.json").read_text())
+    for site in s["sites"]:
+        assert site["other_releases"][0]["noise_multiplier"] == 5.0
+        acc = RDPAccountant()
+        for sigma, rate, steps in site["accountant_history"]:
+            for _ in range(steps):
+                acc.step(noise_multiplier=sigma, sample_rate=rate)
+        assert acc.get_epsilon(delta=site["delta"]) == pytest.approx(site["epsilon"], rel=1e-9)
+        assert site["epsilon"] <= 3.0
+    assert "clipped sums" not in " ".join(s["privacy"]["non_dp_releases"])
+
+
+@pytest.mark.parametrize(("node", "overrides", "message"), [
+    ({"max-epsilon": 1.0}, {}, "target-epsilon=3.0 exceeds this site's max-epsilon=1.0"),
+    ({"min-k": 20}, {}, "k-threshold=10 is below this site's min-k=20"),
+    ({"min-k": 5}, {"privacy__enabled": False}, "requires DP-SGD with secure noise"),
+    ({"min-k": 5}, {"privacy__secure_noise": False}, "requires DP-SGD with secure noise"),
+])
+def test_site_policy_refuses_weaker_settings(node, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        enforce_site_policy(parse_run_config(run_config(**overrides)), node)
+
+
+def test_site_policy_accepts_the_defaults_and_simulation_has_none():
+    cfg = parse_run_config(run_config())
+    enforce_site_policy(cfg, {"max-epsilon": 3.0, "min-k": 10})
+    enforce_site_policy(parse_run_config(run_config(privacy__enabled=False)),
+                        {"partition-id": 0})
+
+
+def test_refusal_by_policy_reaches_the_server_as_a_named_error(tmp_path):
+    cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path), run_name="pol")
+    nodes = [{"site": s, "max-epsilon": 1.0} for s in
+             ("cleveland", "hungarian", "switzerland", "va")]
+    grid = InProcessGrid(client_app, cfg, node_configs=nodes)
+    with pytest.raises(Exception, match="only 0 of 4 sites"):
+        main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    assert all(r.error.code == 1001 and "max-epsilon=1.0" in r.error.reason
+               for r in grid.replies)
+
+
+def test_unexpected_exception_text_never_leaves_the_site():
+    secret = "/hospital/data/patient-4711.csv"
+
+    @fed.guarded
+    def handler(msg, context):
+        raise FileNotFoundError(f"No such file: {secret}")
+
+    ins = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
+    reply = handler(ins, Context(1, 1, {}, RecordDict(), {}))
+    assert reply.has_error()
+    assert reply.error.reason == "FileNotFoundError at the site (details withheld)"
+    assert secret not in reply.error.reason
