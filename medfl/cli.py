@@ -22,6 +22,13 @@ def _root() -> None:
     """MedFL command line."""
 
 
+def _eps(value: float | str | None) -> str:
+    """ε truncated (not rounded) to 3 decimals, so the display never exceeds the value."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{math.floor(value * 1000) / 1000:.3f}"
+    return _fmt(value)
+
+
 def _fmt(value: float | str | None, digits: int = 3) -> str:
     if value is None:
         return "suppressed"
@@ -51,7 +58,7 @@ def show(
     for site in s["sites"]:
         m = site["metrics"]
         table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
-                      _fmt(site["epsilon"], 2), _fmt(site["delta"] or "-", 4) if site["delta"]
+                      _eps(site["epsilon"]), _fmt(site["delta"] or "-", 4) if site["delta"]
                       else "-", _fmt(m["accuracy"]), _fmt(m["auroc"]))
     g = s["global"]["metrics"]
     table.add_section()
