@@ -35,7 +35,7 @@ class InProcessGrid:
     """A Ray-free stand-in for Flower's Grid (see the module docstring)."""
 
     def __init__(self, client_app, run_cfg: dict[str, Any], num_nodes: int = 4,
-                 node_configs: list[dict[str, Any]] | None = None) -> None:
+                 node_configs: list[dict[str, Any]] | None = None, run_id: int = 1) -> None:
         self.client_app = client_app
         self.sent: list[Message] = []
         self.replies: list[Message] = []
@@ -43,7 +43,7 @@ class InProcessGrid:
             {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
         ]
         self.contexts = {
-            1000 + i: Context(run_id=1, node_id=1000 + i, node_config=cfg, state=RecordDict(),
+            1000 + i: Context(run_id=run_id, node_id=1000 + i, node_config=cfg, state=RecordDict(),
                               run_config=dict(run_cfg))
             for i, cfg in enumerate(configs)
         }
@@ -67,13 +67,13 @@ class InProcessGrid:
         return out
 
 
-def run(run_cfg: dict[str, Any]) -> InProcessGrid:
+def run(run_cfg: dict[str, Any], *, run_id: int = 1, **grid_kwargs: Any) -> InProcessGrid:
     """One federated run with ``run_cfg`` (a full flattened run config)."""
     from client.app import app as client_app
     from server.app import main
 
     set_task_identity()
-    grid = InProcessGrid(client_app, run_cfg)
-    main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+    grid = InProcessGrid(client_app, run_cfg, run_id=run_id, **grid_kwargs)
+    main(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
                        run_config=dict(run_cfg)))
     return grid

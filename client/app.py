@@ -19,6 +19,7 @@ from medfl import site as site_lib
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError
 from medfl.privacy.dp import dp_seed, extend_history
+from medfl.privacy.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 # Flower may run several ClientApps side by side on a few cores: one thread each avoids
@@ -35,6 +36,10 @@ def _setup(msg: Message, context: Context):
     site_lib.enforce_site_policy(cfg, node)
     data_path = str(node["data-path"]) if "data-path" in node else None
     return cfg, site, site_lib.load_site(cfg, site, data_path=data_path)
+
+
+def _ledger(cfg, site: str, context: Context) -> Ledger:
+    return Ledger.open(site_lib.site_state_dir(cfg, site, dict(context.node_config)), site)
 
 
 def _seed(cfg, site: str, server_round: int) -> int:
@@ -54,9 +59,15 @@ def query(msg: Message, context: Context) -> Message:
     moments = site_lib.feature_stats(cfg, data, rng=rng)
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:
-        # A Gaussian mechanism on the whole vector, once: account it as one full-batch step.
+        # A Gaussian mechanism on the whole vector, once: account it as one full-batch step,
+        # after checking that it fits in the site's lifetime budget.
         plan, history = fed.load_dp_state(context.state)
-        fed.save_dp_state(context.state, plan, extend_history(history, sigma, 1.0, 1))
+        history = extend_history(history, sigma, 1.0, 1)
+        p = cfg.privacy
+        _ledger(cfg, site, context).check(run_id=context.run_id, history_after=history,
+                                          delta=p.target_delta, accountant=p.accountant,
+                                          limit=p.lifetime_epsilon)
+        fed.save_dp_state(context.state, plan, history)
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
 
@@ -68,9 +79,10 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])
     scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(config))
     plan, history = fed.load_dp_state(context.state)
-    result = site_lib.fit(
-        cfg, data, weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
+    result = site_lib.fit_with_ledger(
+        cfg, data, _ledger(cfg, site, context), run_id=context.run_id,
         server_round=server_round, plan=plan, history=history,
+        weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
         seed=_seed(cfg, site, server_round),
     )
     fed.save_dp_state(context.state, result.plan, result.history)

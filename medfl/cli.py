@@ -74,6 +74,53 @@ def show(
     console.print(medfl.DISCLAIMER, style="dim")
 
 
+@app.command()
+def budget(
+    site_dir: Annotated[Path, typer.Argument(help="a site's state folder (its node-config "
+                                                  "site-dir, or <state-dir>/<site>)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Print a site's lifetime privacy ledger: ε per run, total spent, limit, remaining."""
+    from medfl.errors import MedflError
+    from medfl.privacy.ledger import Ledger
+
+    try:
+        ledger = Ledger.read(site_dir)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    last = ledger.entries[-1] if ledger.entries else None
+    delta = last["delta"] if last else None
+    total = (ledger.lifetime_epsilon(delta=delta, accountant=last["accountant"])
+             if last else 0.0)
+    limit = last["lifetime_limit"] if last else None
+    remaining = None if limit is None else max(0.0, limit - total)
+    runs = ledger.runs()
+    if as_json:
+        def clean(v):
+            return "inf" if isinstance(v, float) and math.isinf(v) else v
+
+        typer.echo(json.dumps({
+            "site": ledger.site, "lifetime_epsilon": clean(total), "delta": delta,
+            "limit": limit, "remaining": clean(remaining),
+            "runs": [{k: clean(v) for k, v in r.items()} for r in runs],
+        }, indent=2))
+        return
+    table = Table(title=f"privacy ledger of site {ledger.site}")
+    for col in ("run", "first round (UTC)", "trained", "refused", "ε this run", "δ",
+                "accountant"):
+        table.add_column(col, justify="left" if col in ("run", "first round (UTC)") else "right")
+    for r in runs:
+        table.add_row(str(r["run_id"]), r["first_utc"], str(r["rounds_trained"]),
+                      str(r["rounds_refused"]), _eps(r["epsilon"]), f"{r['delta']:g}",
+                      r["accountant"])
+    console = Console()
+    console.print(table)
+    console.print(f"lifetime ε spent: [bold]{_eps(total)}[/bold] (δ={delta}, all runs composed)"
+                  f"; limit: {limit if limit is not None else 'none'}"
+                  + (f"; remaining: {remaining:.3f}" if remaining is not None else ""))
+
+
 def main() -> None:
     app()
 

@@ -50,6 +50,7 @@ class PrivacyConfig:
     accountant: str
     k_threshold: int
     secure_noise: bool
+    lifetime_epsilon: float
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,6 @@ class PreprocessingConfig:
 @dataclass(frozen=True)
 class EvaluationConfig:
     threshold: float
-    histogram_bins: int
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class RunConfig:
     device: str
     output_dir: str
     run_name: str
+    state_dir: str
     model: ModelConfig
     train: TrainConfig
     privacy: PrivacyConfig
@@ -125,11 +126,13 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "privacy.accountant": _choice(ACCOUNTANTS),
     "privacy.k-threshold": _positive_int(),
     "privacy.secure-noise": (bool, "true or false", lambda v: True),
+    "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
+                                 lambda v: v >= 0 and math.isfinite(v)),
+    "state-dir": (str, "a folder path, or empty for <project>/state", lambda v: True),
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",
                                              lambda v: v >= 0 and math.isfinite(v)),
     "evaluation.threshold": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
-    "evaluation.histogram-bins": (int, "an integer in [2, 10000]", lambda v: 2 <= v <= 10000),
     "strategy.name": _choice(STRATEGIES),
     "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "strategy.fraction-evaluate": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
@@ -189,6 +192,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         device=v["device"],
         output_dir=v["output-dir"],
         run_name=v["run-name"],
+        state_dir=v["state-dir"],
         model=section("model", ModelConfig),
         train=section("train", TrainConfig),
         privacy=privacy,

@@ -269,6 +269,13 @@ class RecordingFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         ok, problems = self._outcomes("train", replies)
+        refused = [p for p in problems if p["status"] == "refused"]
+        if replies and len(refused) == len(replies):
+            # Every site is out of budget: later rounds would only be refused again.
+            self._on_round({"round": server_round, "train": {}, "train_problems": problems,
+                            "stopped": "every site refused the round (privacy budget)"})
+            raise PrivacyBudgetExceeded(
+                f"every site refused round {server_round}; first reason: {refused[0]['reason']}")
         train: dict[str, dict[str, Any]] = {}
         accepted = [r for r in replies if r.has_error()]  # FedAvg counts and logs these
         for rep in ok:

@@ -8,6 +8,8 @@ and evaluate the global model, returning only what the egress contract allows.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from medfl.privacy.dp import (
     epsilon_from_history,
     extend_history,
 )
+from medfl.privacy.ledger import Ledger
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,21 @@ def resolve_site(node_config: dict[str, Any]) -> str:
             f"{num} supernodes; run with --federation-config 'num-supernodes=4'"
         )
     return HEART_SITES[pid]
+
+
+def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:
+    """Where this site keeps its privacy ledger.
+
+    Deployment: ``node_config`` ``site-dir``. Simulation: ``<state-dir>/<site>/`` with
+    ``state-dir`` from the run config, by default ``<project>/state``.
+    """
+    if "site-dir" in node_config:
+        return Path(str(node_config["site-dir"]))
+    if cfg.state_dir:
+        return Path(cfg.state_dir).expanduser() / site
+    home = os.environ.get("MEDFL_HOME")
+    root = Path(home) if home else Path(__file__).resolve().parents[1]
+    return root / "state" / site
 
 
 #: node-config keys a hospital sets to bound what any run may ask of it.
@@ -160,12 +178,14 @@ def fit(
     plan: DPPlan | None,
     history: History,
     seed: int,
+    before_train: Callable[[History], None] | None = None,
 ) -> FitResult:
     """Train the global model locally for ``train.local-epochs`` epochs.
 
     With DP on, the first call plans the run's noise (``plan`` None) and every call
     restores the accountant ``history``; a round that would push ε past the target is
-    refused with ``PrivacyBudgetExceeded`` before any training.
+    refused with ``PrivacyBudgetExceeded`` before any training. ``before_train`` receives
+    the history this round would leave (e.g. for the lifetime ledger) and may refuse.
     """
     p = cfg.privacy
     if data.n_train < p.k_threshold:
@@ -197,6 +217,8 @@ def fit(
                 f"round {server_round} would raise ε from {spent:.3f} to {eps_after:.3f}, "
                 f"past this run's target ε={plan.target_epsilon}"
             )
+        if before_train is not None:
+            before_train(after)
         model, optimizer, loader, engine = attach_dp(
             model, optimizer, loader, plan=plan, history=history,
             noise_generator=dp_generator(sampling_seed),
@@ -238,6 +260,54 @@ def evaluate(
     model = _model(cfg, weights).to(device)
     scores = predict_proba(model, scaler.transform(data.x_test), device=device)
     return site_eval_stats(
-        data.y_test, scores, threshold=cfg.evaluation.threshold,
-        bins=cfg.evaluation.histogram_bins, k=cfg.privacy.k_threshold,
+        data.y_test, scores, threshold=cfg.evaluation.threshold, k=cfg.privacy.k_threshold,
     )
+
+
+def fit_with_ledger(
+    cfg: RunConfig,
+    data: SiteData,
+    ledger: Ledger,
+    *,
+    run_id: int,
+    server_round: int,
+    plan: DPPlan | None,
+    history: History,
+    **fit_kwargs: Any,
+) -> FitResult:
+    """:func:`fit`, checked against and recorded in the site's lifetime ledger.
+
+    A refused round is recorded too (status ``refused``) before the refusal propagates.
+    The reply gains ``epsilon-lifetime``: every run in the ledger composed with this one.
+    """
+    p = cfg.privacy
+
+    def check(history_after: History) -> None:
+        ledger.check(run_id=run_id, history_after=history_after, delta=p.target_delta,
+                     accountant=p.accountant, limit=p.lifetime_epsilon)
+
+    def record(status: str, hist: History, eps: float) -> None:
+        ledger.append(run_id=run_id, server_round=server_round, status=status, history=hist,
+                      epsilon_run=eps, delta=p.target_delta, accountant=p.accountant,
+                      limit=p.lifetime_epsilon)
+
+    try:
+        if not p.enabled and p.lifetime_epsilon > 0:
+            raise PrivacyBudgetExceeded(
+                f"DP-SGD is off (infinite ε) but this site has a lifetime limit "
+                f"privacy.lifetime-epsilon={p.lifetime_epsilon}")
+        result = fit(cfg, data, server_round=server_round, plan=plan, history=history,
+                     before_train=check if p.enabled else None, **fit_kwargs)
+    except PrivacyBudgetExceeded:
+        spent = (epsilon_from_history(history, delta=p.target_delta, accountant=p.accountant)
+                 if p.enabled else 0.0)
+        record("refused", history, spent)
+        raise
+    eps = float(result.metrics["epsilon"])
+    record("trained" if p.enabled else "no-dp", result.history if p.enabled else [], eps)
+    others = any(e["run_id"] != run_id for e in ledger.entries if e["status"] != "refused")
+    lifetime = (ledger.lifetime_epsilon(delta=p.target_delta, accountant=p.accountant)
+                if others else eps)  # one run only: its own ε, without recomputing it
+    return FitResult(result.weights, {**result.metrics, "epsilon-lifetime": lifetime},
+                     result.plan, result.history)
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,13 @@ __all__ = ["ROOT", "InProcessGrid", "default_run_config", "run_config", "scenari
 
 
 def run_config(**overrides: Any) -> dict[str, Any]:
-    """Defaults plus overrides given as ``privacy__target_epsilon=1.0`` style kwargs."""
+    """Defaults plus overrides given as ``privacy__target_epsilon=1.0`` style kwargs.
+
+    Unless a test names one, each config gets a fresh ``state-dir`` (the sites' privacy
+    ledgers), so no test writes into the checkout or sees another test's spend.
+    """
     cfg = default_run_config()
+    cfg["state-dir"] = tempfile.mkdtemp(prefix="medfl-state-")
     for key, value in overrides.items():
         flat = key.replace("__", ".").replace("_", "-")
         assert flat in cfg, f"test uses unknown config key {flat}"

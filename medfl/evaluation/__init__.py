@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from medfl.evaluation.stats import (
     SiteEvalStats,
-    binned_auroc,
-    coarsen_histogram,
+    mixture_auroc,
     pool_site_stats,
-    score_histogram,
+    score_groups,
     site_eval_stats,
 )
 
-__all__ = [
-    "SiteEvalStats",
-    "binned_auroc",
-    "coarsen_histogram",
-    "pool_site_stats",
-    "score_histogram",
-    "site_eval_stats",
-]
+__all__ = ["SiteEvalStats", "mixture_auroc", "pool_site_stats", "score_groups",
+           "site_eval_stats"]

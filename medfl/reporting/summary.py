@@ -65,6 +65,8 @@ def build_summary(
             "n_train": int(t["num-examples"]) if "num-examples" in t else None,
             "n_test": e.n if e else None,
             "epsilon": float(t["epsilon"]) if "epsilon" in t else None,
+            "epsilon_lifetime": (float(t["epsilon-lifetime"]) if "epsilon-lifetime" in t
+                                 else None),
             "steps": int(t["steps"]) if "steps" in t else None,
             **_site_privacy(cfg, t),
             "rounds_trained": len(trained),
@@ -95,6 +97,7 @@ def build_summary(
             "target_epsilon": cfg.privacy.target_epsilon if cfg.privacy.enabled else None,
             "target_delta": cfg.privacy.target_delta if cfg.privacy.enabled else None,
             "max_epsilon": max(eps) if eps else None,
+            "lifetime_epsilon_limit": cfg.privacy.lifetime_epsilon or None,
             "secure_noise": cfg.privacy.secure_noise,
             "k_threshold": cfg.privacy.k_threshold,
             "feature_scaling": cfg.preprocessing.scaling,
@@ -107,10 +110,9 @@ def build_summary(
                         "loss": pooled["loss"]},
             "n_test": pooled["n"],
             "auroc_method": (
-                "binned: pooled per-class score histograms "
-                f"({cfg.evaluation.histogram_bins} bins, coarsened at each site to >= "
-                f"k={cfg.privacy.k_threshold} patients per bin); sites with a class under k "
-                "are left out"),
+                "estimated from pooled per-class score groups (size, mean, variance of >= "
+                f"k={cfg.privacy.k_threshold} consecutive sorted scores, each taken as a "
+                "normal distribution); sites with a class under k are left out"),
             "auroc_sites_excluded": pooled["auroc_sites_excluded"],
             "sites_suppressed": pooled["sites_suppressed"],
         },
