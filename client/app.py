@@ -35,7 +35,8 @@ def _setup(msg: Message, context: Context):
     site = site_lib.resolve_site(node)
     site_lib.enforce_site_policy(cfg, node)
     data_path = str(node["data-path"]) if "data-path" in node else None
-    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path)
+    verify = bool(node.get("verify-checksum", True))
+    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path, verify=verify)
 
 
 def _ledger(cfg, site: str, context: Context) -> Ledger:
@@ -47,7 +48,7 @@ def _seed(cfg, site: str, server_round: int) -> int:
     return cfg.seed * 1_000_003 + site_lib.HEART_SITES.index(site) * 10_007 + server_round
 
 
-@app.query()
+@app.query(mods=[fed.egress_guard])
 @fed.guarded
 def query(msg: Message, context: Context) -> Message:
     """Share this site's clipped (optionally noised) feature moments."""
@@ -71,7 +72,7 @@ def query(msg: Message, context: Context) -> Message:
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
 
-@app.train()
+@app.train(mods=[fed.egress_guard])
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)
@@ -91,7 +92,7 @@ def train(msg: Message, context: Context) -> Message:
     return fed.reply(msg, site=site, metrics=result.metrics, weights=result.weights)
 
 
-@app.evaluate()
+@app.evaluate(mods=[fed.egress_guard])
 @fed.guarded
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)

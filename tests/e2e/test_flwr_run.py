@@ -38,6 +38,7 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
     flwr_home.mkdir()
     shutil.copy(ROOT / "simulations" / "flwr-config.toml", flwr_home / "config.toml")
     out = tmp_path / "outputs"
+    state = tmp_path / "state"
     env = {**os.environ, **flower_env(ROOT, port=_free_port_pair())}
     env["FLWR_HOME"] = str(flwr_home)
     env.pop("MEDFL_HOME", None)
@@ -46,7 +47,8 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
     workdir.mkdir()
     cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "--stream",
            # (Flower refuses a TOML file together with key=value pairs)
-           "--run-config", f"num-server-rounds=2 output-dir='{out}' run-name='e2e'"]
+           "--run-config",
+           f"num-server-rounds=2 output-dir='{out}' run-name='e2e' state-dir='{state}'"]
     try:
         proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True,
                               timeout=420)
@@ -72,3 +74,13 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
     assert list(workdir.iterdir()) == []
     # Flower's state stayed in our FLWR_HOME
     assert (flwr_home / "local-superlink").is_dir()
+    # every site recorded both rounds in its own ledger, and `medfl budget` reads it
+    from medfl.privacy.ledger import Ledger
+
+    for site in summary["sites"]:
+        ledger = Ledger.open(state / site["name"], site["name"])
+        assert [r["rounds_trained"] for r in ledger.runs()] == [2]
+        assert ledger.runs()[0]["epsilon"] == pytest.approx(site["epsilon"])
+    budget = subprocess.run([str(Path(sys.executable).parent / "medfl"), "budget",
+                             str(state / "va"), "--json"], capture_output=True, text=True)
+    assert budget.returncode == 0 and '"site": "va"' in budget.stdout

@@ -1,0 +1,119 @@
+"""The egress contract: what a site's reply may contain (DESIGN.md, PRIVACY.md).
+
+:func:`check_reply` is Flower-free and returns the list of violations, each naming the
+offending record or key and never its value. The Flower client mod in
+``medfl.federation`` applies it to every outgoing reply and fails closed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCALAR, LIST = "scalar", "list"
+
+#: Declared metrics per message type: key -> "scalar" | "list".
+DECLARED: dict[str, dict[str, str]] = {
+    "query": {"count": SCALAR, "sums": LIST, "sumsq": LIST},
+    "train": {
+        "num-examples": SCALAR, "steps": SCALAR, "epsilon": SCALAR, "delta": SCALAR,
+        "noise-multiplier": SCALAR, "sample-rate": SCALAR, "max-grad-norm": SCALAR,
+        "prior-noise-multipliers": LIST, "epsilon-lifetime": SCALAR,
+    },
+    "evaluate": {
+        "num-examples": SCALAR, "n-correct": SCALAR, "loss-sum": SCALAR, "auroc": SCALAR,
+        "neg-n": LIST, "neg-mean": LIST, "neg-var": LIST,
+        "pos-n": LIST, "pos-mean": LIST, "pos-var": LIST,
+    },
+}
+#: Keys whose values count patients: each must be >= k or the suppression sentinel.
+COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n"}
+SUPPRESSED = -1.0
+#: Lists whose length is fixed by the model/schema, not by the data.
+FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_reply(
+    kind: str,
+    *,
+    records: dict[str, str],
+    metrics: dict[str, Any],
+    site_record: dict[str, Any] | None,
+    arrays: dict[str, tuple[int, ...]] | None,
+    expected_arrays: dict[str, tuple[int, ...]] | None,
+    k: int,
+    n_numeric: int,
+) -> list[str]:
+    """Violations of the egress contract by one reply (empty list: it may leave).
+
+    Parameters
+    ----------
+    kind : the message type ("query", "train", "evaluate").
+    records : record name -> record type ("metrics", "config", "arrays") in the reply.
+    metrics : the MetricRecord's contents.
+    site_record : the "site" ConfigRecord's contents (only ``name`` is allowed).
+    arrays, expected_arrays : name -> shape of the reply's arrays and of the arrays the
+        server sent (train replies must match them exactly; other replies carry none).
+    k : the suppression threshold; n_numeric : number of numeric features.
+    """
+    if kind not in DECLARED:
+        return [f"message type {kind!r} has no egress contract"]
+    out = []
+    allowed_records = {"metrics": "metrics", "site": "config"}
+    if kind == "train":
+        allowed_records["arrays"] = "arrays"
+    for name, rtype in records.items():
+        if allowed_records.get(name) != rtype:
+            out.append(f"record {name!r} ({rtype}) is not allowed in a {kind} reply")
+    if site_record is not None and (set(site_record) != {"name"}
+                                    or not isinstance(site_record.get("name"), str)):
+        out.append("record 'site' may hold only the site's name")
+    declared = DECLARED[kind]
+    for key, value in metrics.items():
+        if key not in declared:
+            out.append(f"metric {key!r} is not declared for {kind} replies")
+            continue
+        values = value if isinstance(value, list) else [value]
+        if (declared[key] == LIST) != isinstance(value, list):
+            out.append(f"metric {key!r} must be a {declared[key]}")
+            continue
+        if not all(_is_number(v) for v in values):
+            out.append(f"metric {key!r} holds a non-numeric value")
+            continue
+        if key in COUNT_KEYS and any(v != SUPPRESSED and (v < k or not math.isfinite(v))
+                                     for v in values):
+            out.append(f"metric {key!r} holds a count below k={k}")
+        if key in FIXED_LENGTH and len(values) != n_numeric:
+            out.append(f"metric {key!r} must have {n_numeric} entries")
+    if kind == "evaluate":
+        out += _check_groups(metrics, k)
+    if kind == "train":
+        if arrays is None:
+            out.append("a train reply must carry the model arrays")
+        elif arrays != expected_arrays:
+            out.append("arrays differ from the global model's names or shapes")
+    elif arrays is not None:
+        out.append(f"a {kind} reply may not carry arrays")
+    return out
+
+
+def _check_groups(m: dict[str, Any], k: int) -> list[str]:
+    """Score groups: aligned lists, both classes or neither, and the other class >= k."""
+    out = []
+    for cls in ("neg", "pos"):
+        lengths = {len(m.get(f"{cls}-{part}", [])) for part in ("n", "mean", "var")}
+        if len(lengths) != 1:
+            out.append(f"metrics '{cls}-n', '{cls}-mean', '{cls}-var' differ in length")
+    has = [bool(m.get("neg-n")), bool(m.get("pos-n"))]
+    if any(has) and not all(has):
+        out.append("score groups of only one class would reveal the other class's size")
+    n = m.get("num-examples")
+    if all(has) and _is_number(n):
+        total = sum(m["neg-n"]) + sum(m["pos-n"])
+        if total != n:
+            out.append("score group sizes do not add up to 'num-examples'")
+    return out
