@@ -72,6 +72,17 @@ def query(msg: Message, context: Context) -> Message:
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
 
+@app.query(fed.QUERY_AUDIT, mods=[fed.egress_guard])
+@fed.guarded
+def audit(msg: Message, context: Context) -> Message:
+    """Membership-inference audit of the final global model on this site's own data."""
+    cfg, site, data = _setup(msg, context)
+    scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(msg.content["config"]))
+    result = site_lib.audit(cfg, data, weights=fed.from_array_record(msg.content["arrays"]),
+                            scaler=scaler)
+    return fed.reply(msg, site=site, metrics=result.to_metrics())
+
+
 @app.train(mods=[fed.egress_guard])
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:

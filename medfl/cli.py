@@ -121,6 +121,58 @@ def budget(
                   + (f"; remaining: {remaining:.3f}" if remaining is not None else ""))
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run folder, e.g. outputs/latest")],
+    site: Annotated[list[str] | None, typer.Option(help="audit only these sites")] = None,
+    data_path: Annotated[Path | None, typer.Option(
+        help="a site's own data folder (with --site): run the audit as that hospital")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Membership-inference audit (loss threshold) of a run's global model, per site.
+
+    Runs what each site runs at the end of a federated run: the attack on the site's own
+    training rows (members) and test rows (non-members). In simulation it reads the
+    embedded data; a hospital passes --site and --data-path to audit on its own data.
+    """
+    from medfl import site as site_lib
+    from medfl.config import parse_run_config
+    from medfl.data.scaling import Standardizer
+    from medfl.errors import MedflError
+    from medfl.serving import load_bundle
+
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        cfg = parse_run_config(config["run_config"])
+        bundle = load_bundle(run_dir)
+        std = bundle.manifest["preprocessing"]["standardizer"]
+        scaler = Standardizer.from_dict(std) if std else Standardizer((), (), ())
+        names = site or list(site_lib.HEART_SITES)
+        if data_path is not None and len(names) != 1:
+            raise typer.BadParameter("--data-path needs exactly one --site")
+        rows = {}
+        for name in names:
+            data = site_lib.load_site(cfg, name, data_path=str(data_path) if data_path else None)
+            rows[name] = site_lib.audit(cfg, data, weights=bundle.weights, scaler=scaler)
+    except (OSError, KeyError, json.JSONDecodeError, MedflError) as exc:
+        typer.echo(f"error: cannot audit {run_dir}: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({n: {"attack_auc": r.attack_auc, "tpr_at_fpr_0.1": r.tpr_at_low_fpr,
+                                   "members": r.members, "non_members": r.non_members}
+                               for n, r in rows.items()}, indent=2))
+        return
+    table = Table(title=f"membership inference (loss threshold) on run {run_dir.name}")
+    for col in ("site", "members", "non-members", "attack AUC", "TPR @ FPR 0.1"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for n, r in rows.items():
+        table.add_row(n, str(r.members), str(r.non_members), _fmt(r.attack_auc),
+                      _fmt(r.tpr_at_low_fpr))
+    console = Console()
+    console.print(table)
+    console.print("0.5 = the attack cannot tell members from non-members.", style="dim")
+
+
 def main() -> None:
     app()
 

@@ -51,6 +51,7 @@ class PrivacyConfig:
     k_threshold: int
     secure_noise: bool
     lifetime_epsilon: float
+    audit: bool
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "privacy.secure-noise": (bool, "true or false", lambda v: True),
     "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
                                  lambda v: v >= 0 and math.isfinite(v)),
+    "privacy.audit": (bool, "true or false", lambda v: True),
     "state-dir": (str, "a folder path, or empty for <project>/state", lambda v: True),
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",

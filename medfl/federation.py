@@ -33,12 +33,14 @@ from medfl.data.heart import NUMERIC_COLUMNS
 from medfl.data.scaling import FeatureMoments, Standardizer
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+from medfl.privacy.audit import AuditResult
 from medfl.privacy.dp import DPPlan, History
 from medfl.privacy.egress import check_reply
 
 logger = logging.getLogger(__name__)
 
 QUERY_FEATURE_MOMENTS = "feature-moments"
+QUERY_AUDIT = "audit"  # message type "query.audit"
 Handler = Callable[[Message, Context], Message]
 DP_STATE_KEY = "medfl.dp"
 
@@ -246,6 +248,24 @@ def query_feature_moments(grid: Grid, nodes: list[int], *,
         names[rep.metadata.src_node_id] = site_of(rep)
         out[site_of(rep)] = moments_from_metrics(rep.content["metrics"])
     return out, names
+
+
+def query_audit(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,
+                timeout: float) -> dict[str, AuditResult]:
+    """Ask every node to run the membership-inference audit on the final model."""
+    messages = [
+        Message(RecordDict({"arrays": arrays, "config": ConfigRecord(dict(config))}),
+                dst_node_id=node, message_type=f"query.{QUERY_AUDIT}")
+        for node in nodes
+    ]
+    out: dict[str, AuditResult] = {}
+    for rep in grid.send_and_receive(messages, timeout=timeout):
+        if rep.has_error():
+            logger.warning("audit: node %d failed: %s", rep.metadata.src_node_id,
+                           rep.error.reason)
+            continue
+        out[site_of(rep)] = AuditResult.from_metrics(dict(rep.content["metrics"]))
+    return out
 
 
 def _finite(v: Any) -> float | None:

@@ -15,6 +15,7 @@ from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
 from medfl.errors import DataError
 from medfl.evaluation.stats import SiteEvalStats
 from medfl.models import build_model, state_arrays
+from medfl.privacy.audit import AuditResult
 from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
 from medfl.serving.bundle import save_bundle
@@ -55,11 +56,13 @@ def finish_run(
     train: dict[str, dict[str, Any]],
     evaluation: dict[str, SiteEvalStats],
     rounds_trained: dict[str, list[int]],
+    audits: dict[str, AuditResult] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle and ``summary.json``, then point ``latest`` at the run."""
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
-                            rounds_trained=rounds_trained, run_name=run_dir.path.name)
+                            rounds_trained=rounds_trained, run_name=run_dir.path.name,
+                            audits=audits or {})
     manifest = {
         "task": cfg.task,
         "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,

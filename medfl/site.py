@@ -30,6 +30,7 @@ from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer,
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, site_eval_stats
 from medfl.models import build_model, state_arrays
+from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.privacy.dp import (
     DPPlan,
     History,
@@ -267,6 +268,18 @@ def evaluate(
     return site_eval_stats(
         data.y_test, scores, threshold=cfg.evaluation.threshold, k=cfg.privacy.k_threshold,
     )
+
+
+def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+          scaler: Standardizer) -> AuditResult:
+    """Loss-threshold membership inference against the global model on this site's data."""
+    device = resolve_device(cfg.device)
+    model = _model(cfg, weights).to(device)
+    p_train = predict_proba(model, scaler.transform(data.x_train), device=device)
+    p_test = predict_proba(model, scaler.transform(data.x_test), device=device)
+    return loss_threshold_attack(per_record_loss(data.y_train, p_train),
+                                 per_record_loss(data.y_test, p_test),
+                                 k=cfg.privacy.k_threshold)
 
 
 def fit_with_ledger(

@@ -53,10 +53,14 @@ def main(grid: Grid, context: Context) -> None:
     if not isinstance(result.arrays, ArrayRecord) or not strategy.rounds_trained:
         raise MedflError("no round produced an aggregated model (every site failed, was "
                          f"refused or dropped); see {run_dir.path / 'rounds.jsonl'}")
+    audits = {}
+    if cfg.privacy.audit:
+        audits = fed.query_audit(grid, list(grid.get_node_ids()), arrays=result.arrays,
+                                 config=shared, timeout=ROUND_TIMEOUT_S)
     summary = orch.finish_run(
         run_dir, cfg, weights=fed.from_array_record(result.arrays), scaler=scaler,
         train=strategy.final_train, evaluation=strategy.final_site_stats,
-        rounds_trained=strategy.rounds_trained,
+        rounds_trained=strategy.rounds_trained, audits=audits,
     )
     logger.info("MedFL run finished: mean site accuracy %s; files in %s",
                 summary["mean_site_accuracy"], run_dir.path)

@@ -15,6 +15,8 @@ SCALAR, LIST = "scalar", "list"
 #: Declared metrics per message type: key -> "scalar" | "list".
 DECLARED: dict[str, dict[str, str]] = {
     "query": {"count": SCALAR, "sums": LIST, "sumsq": LIST},
+    "query.audit": {"attack-auc": SCALAR, "attack-tpr-at-fpr10": SCALAR, "members": SCALAR,
+                    "non-members": SCALAR},
     "train": {
         "num-examples": SCALAR, "steps": SCALAR, "epsilon": SCALAR, "delta": SCALAR,
         "noise-multiplier": SCALAR, "sample-rate": SCALAR, "max-grad-norm": SCALAR,
@@ -27,7 +29,7 @@ DECLARED: dict[str, dict[str, str]] = {
     },
 }
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
-COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n"}
+COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members"}
 SUPPRESSED = -1.0
 #: Lists whose length is fixed by the model/schema, not by the data.
 FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric"}

@@ -6,6 +6,7 @@ from typing import Any
 
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+from medfl.privacy.audit import AuditResult
 
 
 def _site_privacy(cfg: RunConfig, t: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +41,27 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
     return out
 
 
+def mechanisms(cfg: RunConfig) -> list[str]:
+    out = []
+    if cfg.privacy.enabled:
+        out.append("DP-SGD at each site (Opacus, Poisson sampling, per-sample clipping, "
+                   "Gaussian noise)")
+    if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier > 0:
+        out.append("Gaussian mechanism on the feature moments (accounted)")
+    out.append(f"k-suppression of evaluation statistics (k={cfg.privacy.k_threshold})")
+    return out
+
+
+def audit_section(audits: dict[str, AuditResult], order: list[str]) -> dict[str, Any]:
+    """Loss-threshold membership inference per site, and the mean attack AUC."""
+    sites = {name: {"attack_auc": a.attack_auc, "tpr_at_fpr_0.1": a.tpr_at_low_fpr,
+                    "members": a.members, "non_members": a.non_members}
+             for name in order if (a := audits.get(name)) is not None}
+    aucs = [s["attack_auc"] for s in sites.values() if s["attack_auc"] is not None]
+    return {"attack": "loss threshold (Yeom et al. 2018), site train rows vs test rows",
+            "sites": sites, "mean_attack_auc": (sum(aucs) / len(aucs)) if aucs else None}
+
+
 def build_summary(
     cfg: RunConfig,
     *,
@@ -48,6 +70,7 @@ def build_summary(
     evaluation: dict[str, SiteEvalStats],
     rounds_trained: dict[str, list[int]],
     run_name: str,
+    audits: dict[str, AuditResult] | None = None,
 ) -> dict[str, Any]:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
@@ -103,6 +126,11 @@ def build_summary(
             "feature_scaling": cfg.preprocessing.scaling,
             "stats_noise_multiplier": cfg.preprocessing.stats_noise_multiplier,
             "non_dp_releases": non_dp_releases(cfg),
+            "mechanisms": mechanisms(cfg),
+            "accountant": cfg.privacy.accountant if cfg.privacy.enabled else None,
+            "central_dp": None,
+            "secure_aggregation": False,
+            "audit": audit_section(audits or {}, site_order),
         },
         "sites": sites,
         "global": {

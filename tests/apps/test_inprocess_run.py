@@ -174,6 +174,7 @@ def test_only_declared_values_leave_a_site(dp_run):
     k = 10
     declared = {
         "query": {"count", "sums", "sumsq"},
+        "query.audit": {"attack-auc", "attack-tpr-at-fpr10", "members", "non-members"},
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",
                   "epsilon-lifetime"},
@@ -181,7 +182,7 @@ def test_only_declared_values_leave_a_site(dp_run):
                      "neg-var", "pos-n", "pos-mean", "pos-var"},
     }
     shapes = {k_: tuple(v.shape) for k_, v in load_bundle(dp_run[0]).weights.items()}
-    assert len(grid.replies) == 4 * (1 + 2 * 3)
+    assert len(grid.replies) == 4 * (1 + 2 * 3 + 1)
     swiss_eval = [r for r in grid.replies if r.metadata.message_type == "evaluate"
                   and r.content["site"]["name"] == "switzerland"]
     assert all(list(r.content["metrics"]["neg-n"]) == [] for r in swiss_eval)
@@ -195,7 +196,7 @@ def test_only_declared_values_leave_a_site(dp_run):
         assert r.content["site"]["name"] in SITES
         if "arrays" in r.content:
             assert {k_: tuple(v.shape) for k_, v in r.content["arrays"].items()} == shapes
-        for key in ("num-examples", "count", "n-correct"):
+        for key in ("num-examples", "count", "n-correct", "members", "non-members"):
             if key in m:
                 assert m[key] == -1 or m[key] >= k, (kind, key)
         if kind == "evaluate":

@@ -1,0 +1,65 @@
+"""Membership-inference audit: the attack's figures by hand and at the sites."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
+
+
+def test_per_record_loss_is_binary_cross_entropy():
+    np.testing.assert_allclose(per_record_loss(np.array([1, 0]), np.array([0.8, 0.8])),
+                               [-np.log(0.8), -np.log(0.2)])
+
+
+def test_attack_by_hand():
+    # members' losses all below non-members': perfect attack
+    r = loss_threshold_attack(np.linspace(0.0, 0.1, 12), np.linspace(0.5, 1.0, 12), k=10)
+    assert r.attack_auc == 1.0 and r.tpr_at_low_fpr == 1.0 and r.members == 12
+
+
+def test_attack_auc_is_sklearns_with_lower_loss_meaning_member():
+    rng = np.random.default_rng(0)
+    lm, ln = rng.exponential(0.4, 80), rng.exponential(0.5, 40)
+    r = loss_threshold_attack(lm, ln, k=10)
+    assert r.attack_auc == pytest.approx(roc_auc_score(np.r_[np.ones(80), np.zeros(40)],
+                                                       -np.r_[lm, ln]))
+    assert 0 <= r.tpr_at_low_fpr <= 1
+
+
+def test_groups_under_k_are_suppressed_and_round_trip():
+    r = loss_threshold_attack(np.zeros(30), np.zeros(5), k=10)
+    assert r == AuditResult(None, None, None, None)
+    assert AuditResult.from_metrics(r.to_metrics()) == r
+
+
+def test_run_reports_the_audit_per_site(run_inprocess):
+    path, grid = run_inprocess(num_server_rounds=2)
+    audit = json.loads((path / "summary.json").read_text())["privacy"]["audit"]
+    assert set(audit["sites"]) == {"cleveland", "hungarian", "switzerland", "va"}
+    assert 0.0 <= audit["sites"]["cleveland"]["attack_auc"] <= 1.0
+    assert audit["sites"]["cleveland"]["members"] == 199
+    assert audit["mean_attack_auc"] is not None
+    # no per-record loss left a site: audit replies hold four scalars
+    replies = [r for r in grid.replies if r.metadata.message_type == "query.audit"]
+    assert len(replies) == 4
+    assert all(not isinstance(v, list) for r in replies for v in r.content["metrics"].values())
+
+
+def test_audit_command_reproduces_the_sites_figures(run_inprocess):
+    from typer.testing import CliRunner
+
+    from medfl.cli import app as cli
+
+    path, _ = run_inprocess(num_server_rounds=1, run_name="aud")
+    in_run = json.loads((path / "summary.json").read_text())["privacy"]["audit"]["sites"]
+    result = CliRunner().invoke(cli, ["audit", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    offline = json.loads(result.output)
+    for site, row in in_run.items():
+        assert offline[site]["attack_auc"] == pytest.approx(row["attack_auc"])
+        assert offline[site]["members"] == row["members"]
