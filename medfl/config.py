@@ -52,6 +52,7 @@ class PrivacyConfig:
     secure_noise: bool
     lifetime_epsilon: float
     audit: bool
+    grad_sample_mode: str
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
                                  lambda v: v >= 0 and math.isfinite(v)),
     "privacy.audit": (bool, "true or false", lambda v: True),
+    "privacy.grad-sample-mode": _choice(("auto", "hooks", "ew", "functorch")),
     "state-dir": (str, "a folder path, or empty for <project>/state", lambda v: True),
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",

@@ -35,10 +35,12 @@ from medfl.privacy.dp import (
     DPPlan,
     History,
     attach_dp,
+    choose_grad_sample_mode,
     dp_generator,
     dp_seed,
     epsilon_from_history,
     extend_history,
+    make_dp_compatible,
 )
 from medfl.privacy.ledger import Ledger
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
@@ -199,7 +201,10 @@ def fit(
                         f"{p.k_threshold}; its example count may not leave the site")
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
-    model = _model(cfg, weights).to(device)
+    model = _model(cfg, weights)
+    if p.enabled:
+        model = make_dp_compatible(model)
+    model = model.to(device)
     optimizer = make_optimizer(model, cfg.train)
     x = scaler.transform(data.x_train)
     # Under DP the batch sampling and the noise come from a secret seed (see dp_seed).
@@ -228,6 +233,7 @@ def fit(
         model, optimizer, loader, engine = attach_dp(
             model, optimizer, loader, plan=plan, history=history,
             noise_generator=dp_generator(sampling_seed),
+            grad_sample_mode=choose_grad_sample_mode(model, p.grad_sample_mode),
         )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
                           device=device)
@@ -236,6 +242,7 @@ def fit(
         epsilon = (eps_after if history == after else
                    epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant))
         weights_out = {k.removeprefix("_module."): v for k, v in state_arrays(model).items()}
+        weights_out = {k.removeprefix("_orig_mod."): v for k, v in weights_out.items()}
         sgd = (plan.noise_multiplier, plan.sample_rate)
         dp_metrics = {
             "epsilon": epsilon, "delta": plan.delta,

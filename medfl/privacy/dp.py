@@ -14,6 +14,7 @@ import math
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
@@ -65,7 +66,8 @@ def epsilon_from_history(history: History, *, delta: float, accountant: str) -> 
     """ε spent by ``history`` at ``delta``; ``inf`` is never returned for an empty history (0)."""
     if not history:
         return 0.0
-    return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+    with np.errstate(divide="ignore"):  # PRV takes log(1 - q), -inf at q = 1, harmlessly
+        return float(make_accountant(accountant, history).get_epsilon(delta=delta))
 
 
 def calibrate_noise(
@@ -88,10 +90,11 @@ def calibrate_noise(
     if steps < 1:
         raise ConfigError(f"DP-SGD needs at least one step, got steps={steps}")
     if not prior:
-        return float(get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-            steps=steps, accountant=accountant, epsilon_tolerance=tolerance,
-        ))
+        with np.errstate(divide="ignore"):
+            return float(get_noise_multiplier(
+                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                steps=steps, accountant=accountant, epsilon_tolerance=tolerance,
+            ))
     spent = epsilon_from_history(prior, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise PrivacyBudgetExceeded(
@@ -118,6 +121,43 @@ def calibrate_noise(
         else:
             high = mid
     return float(high)
+
+
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")
+
+
+def make_dp_compatible(model: nn.Module) -> nn.Module:
+    """Return a DP-SGD-compatible version of ``model`` or raise ``ConfigError``.
+
+    Opacus' ``ModuleValidator.fix`` replaces BatchNorm (which mixes samples, breaking
+    per-sample gradients) with GroupNorm; in-place activations are turned off because
+    they break Opacus' backward hooks (e.g. MONAI's ``ReLU(inplace=True)``). Whatever the
+    validator still rejects is named in the error.
+    """
+    from opacus.validators import ModuleValidator
+
+    if ModuleValidator.validate(model, strict=False):
+        model = ModuleValidator.fix(model)
+    for module in model.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ConfigError("model is not DP-SGD compatible even after fixing: "
+                          + "; ".join(sorted({type(e).__name__ + ": " + str(e) for e in errors})))
+    return model
+
+
+def choose_grad_sample_mode(model: nn.Module, requested: str) -> str:
+    """The per-sample-gradient mode to use: ``requested``, or for ``auto`` the fastest
+    measured to work (``ew`` for models made of linear layers, ``hooks`` otherwise;
+    BENCHMARKS.md, "DP-SGD throughput")."""
+    if requested != "auto":
+        return requested
+    with_params = [m for m in model.modules()
+                   if any(True for _ in m.parameters(recurse=False))]
+    return "ew" if with_params and all(isinstance(m, nn.Linear) for m in with_params) \
+        else "hooks"
 
 
 @dataclass(frozen=True)
@@ -176,6 +216,7 @@ def attach_dp(
     plan: DPPlan,
     history: History,
     noise_generator: torch.Generator | None = None,
+    grad_sample_mode: str = "hooks",
 ) -> tuple[nn.Module, optim.Optimizer, DataLoader, PrivacyEngine]:
     """Make model/optimizer/loader private with Opacus, restoring the accountant history.
 
@@ -194,6 +235,7 @@ def attach_dp(
         max_grad_norm=plan.max_grad_norm,
         poisson_sampling=True,
         noise_generator=noise_generator,
+        grad_sample_mode=grad_sample_mode,
     )
     if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
         raise ConfigError(

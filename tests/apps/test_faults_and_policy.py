@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import run_config
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from opacus.accountants import RDPAccountant
+from opacus.accountants import create_accountant
 
 from bench.inprocess import InProcessGrid
 from client.app import app as client_app
@@ -57,7 +57,8 @@ def test_noised_feature_moments_are_in_the_recomputable_epsilon(tmp_path):
     s = json.loads((tmp_path / "noised" / "summary.json").read_text())
     for site in s["sites"]:
         assert site["other_releases"][0]["noise_multiplier"] == 5.0
-        acc = RDPAccountant()
+        assert site["accountant"] == "prv"
+        acc = create_accountant(site["accountant"])
         for sigma, rate, steps in site["accountant_history"]:
             for _ in range(steps):
                 acc.step(noise_multiplier=sigma, sample_rate=rate)

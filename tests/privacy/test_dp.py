@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import run_config
-from opacus.accountants import RDPAccountant
+from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from medfl import site as site_lib
@@ -20,8 +20,9 @@ from medfl.privacy.dp import DPPlan, attach_dp, calibrate_noise, epsilon_from_hi
 from medfl.training import make_loader, train_epochs
 
 
-def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    acc = RDPAccountant()
+def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float,
+                    accountant: str = "rdp") -> float:
+    acc = create_accountant(accountant)
     for _ in range(steps):
         acc.step(noise_multiplier=sigma, sample_rate=q)
     return acc.get_epsilon(delta=delta)
@@ -82,7 +83,7 @@ def test_epsilon_is_cumulative_and_matches_an_independent_opacus_accountant():
     last = metrics[-1]
     assert last["steps"] == 3 * math.ceil(172 / 32)
     independent = _opacus_epsilon(last["noise-multiplier"], last["sample-rate"], last["steps"],
-                                  last["delta"])
+                                  last["delta"], cfg.privacy.accountant)
     assert last["epsilon"] == pytest.approx(independent, rel=1e-9)
     assert last["epsilon"] == pytest.approx(cfg.privacy.target_epsilon, abs=0.02)
 
@@ -135,3 +136,49 @@ def test_accountant_counts_every_optimizer_step():
     result = train_epochs(model, loader, opt, epochs=2, device=torch.device("cpu"))
     assert result.steps == 20
     assert engine.accountant.history == [(2.0, 1.0, 1), (1.0, 0.1, 20)]
+
+
+def test_models_are_made_dp_compatible():
+    from torch import nn
+
+    from medfl.privacy.dp import make_dp_compatible
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True),
+                          nn.Linear(8, 1))
+    fixed = make_dp_compatible(model)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in fixed.modules())
+    assert any(isinstance(m, nn.GroupNorm) for m in fixed.modules())
+    assert not any(getattr(m, "inplace", False) for m in fixed.modules())
+    lstm = make_dp_compatible(nn.Sequential(nn.LSTM(4, 4)))
+    assert type(lstm[0]).__name__ == "DPLSTM"  # Opacus' per-sample-gradient LSTM
+
+
+def test_auto_grad_sample_mode_is_ew_for_linear_models_else_hooks():
+    from torch import nn
+
+    from medfl.privacy.dp import choose_grad_sample_mode
+
+    assert choose_grad_sample_mode(build_model(ModelConfig("mlp", 8), n_features=3), "auto") \
+        == "ew"
+    assert choose_grad_sample_mode(nn.Sequential(nn.Conv1d(1, 2, 3)), "auto") == "hooks"
+    assert choose_grad_sample_mode(nn.Sequential(nn.Linear(2, 1)), "functorch") == "functorch"
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch"])
+def test_every_grad_sample_mode_clips_the_same(mode):
+    # the same one noiseless step under each mode moves the weights identically
+    x = np.random.default_rng(1).normal(0, 3, (40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float32)
+
+    def step(m: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig("logreg", 0), n_features=4)
+        loader = make_loader(x, y, batch_size=40, shuffle=False, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        plan = DPPlan(1e-9, 1.0, 1, 1, 0.5, 1e-3, "rdp", 100.0)
+        model, opt, loader, _ = attach_dp(model, opt, loader, plan=plan, history=[],
+                                          grad_sample_mode=m)
+        train_epochs(model, loader, opt, epochs=1, device=torch.device("cpu"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(step(mode), step("hooks"), rtol=1e-4, atol=1e-5)
