@@ -53,6 +53,8 @@ class PrivacyConfig:
     lifetime_epsilon: float
     audit: bool
     grad_sample_mode: str
+    central_noise_multiplier: float
+    central_clipping_norm: float
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
                                  lambda v: v >= 0 and math.isfinite(v)),
     "privacy.audit": (bool, "true or false", lambda v: True),
     "privacy.grad-sample-mode": _choice(("auto", "hooks", "ew", "functorch")),
+    "privacy.central-noise-multiplier": (float, "a number >= 0 (0: no central DP)",
+                                         lambda v: v >= 0 and math.isfinite(v)),
+    "privacy.central-clipping-norm": (float, "a number > 0",
+                                      lambda v: v > 0 and math.isfinite(v)),
     "state-dir": (str, "a folder path, or empty for <project>/state", lambda v: True),
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",

@@ -26,15 +26,15 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
-from medfl.config import parse_run_config
+from medfl.config import RunConfig, parse_run_config
 from medfl.data.heart import NUMERIC_COLUMNS
 from medfl.data.scaling import FeatureMoments, Standardizer
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 from medfl.privacy.audit import AuditResult
-from medfl.privacy.dp import DPPlan, History
+from medfl.privacy.dp import DPPlan, History, epsilon_from_history
 from medfl.privacy.egress import check_reply
 
 logger = logging.getLogger(__name__)
@@ -248,6 +248,45 @@ def query_feature_moments(grid: Grid, nodes: list[int], *,
         names[rep.metadata.src_node_id] = site_of(rep)
         out[site_of(rep)] = moments_from_metrics(rep.content["metrics"])
     return out, names
+
+
+def weight_key(cfg: RunConfig) -> str:
+    """FedAvg weights sites by examples, or uniformly under central DP (whose noise is
+    calibrated to one site's clipped update among equally weighted sites)."""
+    return "site-weight" if cfg.privacy.central_noise_multiplier > 0 else "num-examples"
+
+
+def with_central_dp(strategy: RecordingFedAvg, cfg: RunConfig, *, num_sites: int):
+    """Wrap ``strategy`` in Flower's server-side fixed-clipping central DP, if configured."""
+    if cfg.privacy.central_noise_multiplier <= 0:
+        return strategy
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy, noise_multiplier=cfg.privacy.central_noise_multiplier,
+        clipping_norm=cfg.privacy.central_clipping_norm, num_sampled_clients=num_sites)
+
+
+def central_dp_report(cfg: RunConfig, strategy: RecordingFedAvg) -> dict[str, Any] | None:
+    """Site-level (ε, δ) of the global model under central DP, from Opacus' accountant.
+
+    Each aggregated round is one Gaussian mechanism on the sum of the sites' clipped
+    updates (sensitivity: one site's clipping norm), with every site taking part (no
+    sampling amplification): history ``[(z, 1, rounds)]``.
+    """
+    z = cfg.privacy.central_noise_multiplier
+    if z <= 0:
+        return None
+    rounds = len({r for rs in strategy.rounds_trained.values() for r in rs})
+    history = [(z, 1.0, rounds)] if rounds else []
+    return {
+        "unit": "site (a whole hospital's data)",
+        "protects_against": "anyone who sees the global model; not the server, which "
+                            "sees each site's update",
+        "noise_multiplier": z, "clipping_norm": cfg.privacy.central_clipping_norm,
+        "rounds": rounds, "delta": cfg.privacy.target_delta,
+        "accountant": cfg.privacy.accountant,
+        "epsilon": epsilon_from_history(history, delta=cfg.privacy.target_delta,
+                                        accountant=cfg.privacy.accountant),
+    }
 
 
 def query_audit(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,

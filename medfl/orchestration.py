@@ -57,12 +57,13 @@ def finish_run(
     evaluation: dict[str, SiteEvalStats],
     rounds_trained: dict[str, list[int]],
     audits: dict[str, AuditResult] | None = None,
+    central: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle and ``summary.json``, then point ``latest`` at the run."""
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
-                            audits=audits or {})
+                            audits=audits or {}, central=central)
     manifest = {
         "task": cfg.task,
         "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,

@@ -261,7 +261,9 @@ def fit(
     # The training loss stays at the site: it is computed on the raw batches, outside the
     # DP-SGD mechanism, so sending it would leak around the (ε, δ) guarantee.
     logger.debug("local training loss %.4f over %d steps", result.mean_loss, result.steps)
-    metrics = {"num-examples": data.n_train, **dp_metrics}
+    # site-weight: a constant, so that central DP can average sites uniformly (its noise
+    # is calibrated to one site's clipped update over the number of sites).
+    metrics = {"num-examples": data.n_train, "site-weight": 1.0, **dp_metrics}
     return FitResult(weights_out, metrics, plan, history)
 
 

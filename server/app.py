@@ -41,8 +41,10 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.strategy.min_nodes,
         min_evaluate_nodes=cfg.strategy.min_nodes,
         min_available_nodes=cfg.strategy.min_nodes,
+        weighted_by_key=fed.weight_key(cfg),
     )
-    result = strategy.start(
+    runner = fed.with_central_dp(strategy, cfg, num_sites=len(nodes))
+    result = runner.start(
         grid=grid,
         initial_arrays=fed.to_array_record(orch.initial_weights(cfg)),
         num_rounds=cfg.num_server_rounds,
@@ -61,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir, cfg, weights=fed.from_array_record(result.arrays), scaler=scaler,
         train=strategy.final_train, evaluation=strategy.final_site_stats,
         rounds_trained=strategy.rounds_trained, audits=audits,
+        central=fed.central_dp_report(cfg, strategy),
     )
     logger.info("MedFL run finished: mean site accuracy %s; files in %s",
                 summary["mean_site_accuracy"], run_dir.path)

@@ -20,7 +20,7 @@ DECLARED: dict[str, dict[str, str]] = {
     "train": {
         "num-examples": SCALAR, "steps": SCALAR, "epsilon": SCALAR, "delta": SCALAR,
         "noise-multiplier": SCALAR, "sample-rate": SCALAR, "max-grad-norm": SCALAR,
-        "prior-noise-multipliers": LIST, "epsilon-lifetime": SCALAR,
+        "prior-noise-multipliers": LIST, "epsilon-lifetime": SCALAR, "site-weight": SCALAR,
     },
     "evaluate": {
         "num-examples": SCALAR, "n-correct": SCALAR, "loss-sum": SCALAR, "auroc": SCALAR,

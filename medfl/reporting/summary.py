@@ -48,6 +48,9 @@ def mechanisms(cfg: RunConfig) -> list[str]:
                    "Gaussian noise)")
     if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier > 0:
         out.append("Gaussian mechanism on the feature moments (accounted)")
+    if cfg.privacy.central_noise_multiplier > 0:
+        out.append("central DP: server-side clipping of site updates and Gaussian noise on "
+                   "their uniform average (Flower)")
     out.append(f"k-suppression of evaluation statistics (k={cfg.privacy.k_threshold})")
     return out
 
@@ -71,6 +74,7 @@ def build_summary(
     rounds_trained: dict[str, list[int]],
     run_name: str,
     audits: dict[str, AuditResult] | None = None,
+    central: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
@@ -128,7 +132,7 @@ def build_summary(
             "non_dp_releases": non_dp_releases(cfg),
             "mechanisms": mechanisms(cfg),
             "accountant": cfg.privacy.accountant if cfg.privacy.enabled else None,
-            "central_dp": None,
+            "central_dp": central,
             "secure_aggregation": False,
             "audit": audit_section(audits or {}, site_order),
         },

@@ -177,7 +177,7 @@ def test_only_declared_values_leave_a_site(dp_run):
         "query.audit": {"attack-auc", "attack-tpr-at-fpr10", "members", "non-members"},
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",
-                  "epsilon-lifetime"},
+                  "epsilon-lifetime", "site-weight"},
         "evaluate": {"num-examples", "n-correct", "loss-sum", "auroc", "neg-n", "neg-mean",
                      "neg-var", "pos-n", "pos-mean", "pos-var"},
     }

@@ -17,7 +17,7 @@ from medfl.privacy.egress import check_reply
 GLOBAL = {"0.weight": np.zeros((1, 13), np.float32), "0.bias": np.zeros(1, np.float32)}
 GOOD_TRAIN = {"num-examples": 199, "steps": 70, "epsilon": 2.9, "delta": 1e-3,
               "noise-multiplier": 1.6, "sample-rate": 0.14, "max-grad-norm": 1.0,
-              "prior-noise-multipliers": [], "epsilon-lifetime": 2.9}
+              "prior-noise-multipliers": [], "epsilon-lifetime": 2.9, "site-weight": 1.0}
 RAW_ROW = {"age": 63.0, "sex": 1.0, "trestbps": 145.0, "chol": 233.0}
 PREDICTIONS = [0.91, 0.12, 0.77, 0.05, 0.64]
 
