@@ -54,5 +54,9 @@ stop-superlink:
 clean: stop-superlink
 	rm -rf $(VENV) $(FLWR_HOME)
 
+# Benchmarks (never timed tests); each rewrites its own section of BENCHMARKS.md.
 bench: install
+	$(BIN)/python -m bench.accountants
+	$(BIN)/python -m bench.dp_speed
 	$(BIN)/python -m bench.heart_utility $(BENCH_ARGS)
+	$(BIN)/python -m bench.privacy_audit $(BENCH_ARGS)
