@@ -1,26 +1,17 @@
-"""The one module of ``medfl`` that speaks Flower: records <-> MedFL types, and the strategy.
-
-``server/`` and ``client/`` are thin adapters over this module and the Flower-free
-library; nothing else in ``medfl`` imports ``flwr``.
-"""
+"""Server side: waiting for sites, queries, central DP, and the recording FedAvg."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import (
     ArrayRecord,
     ConfigRecord,
-    Context,
-    Error,
     Message,
     MetricRecord,
     RecordDict,
@@ -28,187 +19,21 @@ from flwr.app import (
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
-from medfl.config import RunConfig, parse_run_config
-from medfl.data.heart import NUMERIC_COLUMNS
-from medfl.data.scaling import FeatureMoments, Standardizer
-from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
+from medfl.config import RunConfig
+from medfl.data.scaling import FeatureMoments
+from medfl.errors import MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+from medfl.federation.client import ERROR_CODES
+from medfl.federation.records import (
+    QUERY_AUDIT,
+    QUERY_FEATURE_MOMENTS,
+    moments_from_metrics,
+    site_of,
+)
 from medfl.privacy.audit import AuditResult
-from medfl.privacy.dp import DPPlan, History, epsilon_from_history
-from medfl.privacy.egress import check_reply
+from medfl.privacy.dp import epsilon_from_history
 
 logger = logging.getLogger(__name__)
-
-QUERY_FEATURE_MOMENTS = "feature-moments"
-QUERY_AUDIT = "audit"  # message type "query.audit"
-Handler = Callable[[Message, Context], Message]
-DP_STATE_KEY = "medfl.dp"
-
-
-# --- arrays -------------------------------------------------------------------------------
-
-def to_array_record(weights: dict[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: v.detach().cpu() for k, v in weights.items()})
-
-
-def from_array_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
-    return dict(record.to_torch_state_dict())
-
-
-# --- the standardiser travels in every train/evaluate ConfigRecord ---------------------
-
-def scaler_to_config(scaler: Standardizer | None) -> dict[str, list]:
-    if scaler is None:
-        return {}
-    return {"scaler-columns": list(scaler.columns), "scaler-mean": list(scaler.mean),
-            "scaler-std": list(scaler.std)}
-
-
-def scaler_from_config(config: ConfigRecord) -> Standardizer | None:
-    if "scaler-mean" not in config:
-        return None
-    return Standardizer(tuple(int(c) for c in config["scaler-columns"]),
-                        tuple(float(v) for v in config["scaler-mean"]),
-                        tuple(float(v) for v in config["scaler-std"]))
-
-
-# --- DP state kept in the node's context.state across rounds -----------------------------
-
-def save_dp_state(state: RecordDict, plan: DPPlan | None, history: History) -> None:
-    record = ConfigRecord({
-        "history-sigma": [float(s) for s, _, _ in history],
-        "history-rate": [float(q) for _, q, _ in history],
-        "history-steps": [int(n) for _, _, n in history],
-    })
-    if plan is not None:
-        record.update({
-            "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
-            "steps-per-round": plan.steps_per_round, "rounds": plan.rounds,
-            "max-grad-norm": plan.max_grad_norm, "delta": plan.delta,
-            "accountant": plan.accountant, "target-epsilon": plan.target_epsilon,
-            "prior-sigma": [float(s) for s, _, _ in plan.prior],
-            "prior-rate": [float(q) for _, q, _ in plan.prior],
-            "prior-steps": [int(n) for _, _, n in plan.prior],
-        })
-    state[DP_STATE_KEY] = record
-
-
-def load_dp_state(state: RecordDict) -> tuple[DPPlan | None, History]:
-    if DP_STATE_KEY not in state:
-        return None, []
-    r = state[DP_STATE_KEY]
-    history = list(zip(map(float, r["history-sigma"]), map(float, r["history-rate"]),
-                       map(int, r["history-steps"]), strict=True))
-    if "noise-multiplier" not in r:
-        return None, history
-    prior = tuple(zip(map(float, r["prior-sigma"]), map(float, r["prior-rate"]),
-                      map(int, r["prior-steps"]), strict=True))
-    plan = DPPlan(float(r["noise-multiplier"]), float(r["sample-rate"]),
-                  int(r["steps-per-round"]), int(r["rounds"]), float(r["max-grad-norm"]),
-                  float(r["delta"]), str(r["accountant"]), float(r["target-epsilon"]), prior)
-    return plan, history
-
-
-# --- egress guard (a client mod) -----------------------------------------------------------
-
-ERROR_EGRESS = 1010
-
-
-def _shapes(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(arr.shape) for name, arr in record.items()}
-
-
-def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
-    """Client mod: check the reply against the egress contract; block it if it breaks it.
-
-    Fails closed: a reply that cannot be checked is blocked too. The log line and the
-    error sent instead name the offending keys, never their values.
-    """
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply  # errors are already vetted by `guarded`
-    kind = msg.metadata.message_type
-    try:
-        cfg = parse_run_config(dict(context.run_config))
-        k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
-        content = reply.content
-        records = {**{n: "metrics" for n in content.metric_records},
-                   **{n: "config" for n in content.config_records},
-                   **{n: "arrays" for n in content.array_records}}
-        metrics = dict(content["metrics"]) if "metrics" in content.metric_records else {}
-        site = dict(content["site"]) if "site" in content.config_records else None
-        arrays = _shapes(content["arrays"]) if "arrays" in content.array_records else None
-        expected = _shapes(msg.content["arrays"]) if "arrays" in msg.content else None
-        violations = check_reply(kind, records=records, metrics=metrics, site_record=site,
-                                 arrays=arrays, expected_arrays=expected, k=k,
-                                 n_numeric=len(NUMERIC_COLUMNS))
-    except Exception as exc:  # noqa: BLE001 - fail closed
-        violations = [f"the reply could not be checked ({type(exc).__name__})"]
-    if not violations:
-        return reply
-    logger.error("egress guard blocked a %s reply: %s", kind, "; ".join(violations))
-    return Message(Error(code=ERROR_EGRESS, reason="EgressBlocked: " + "; ".join(violations)),
-                   reply_to=msg)
-
-
-# --- replies -------------------------------------------------------------------------------
-
-#: Error codes a MedFL site replies with (Flower's own codes are below 100).
-ERROR_CODES = {ConfigError: 1001, DataError: 1002, PrivacyBudgetExceeded: 1003}
-ERROR_OTHER = 1099
-
-
-def guarded(handler: Handler) -> Handler:
-    """Wrap a ClientApp handler so that no exception text leaves the site unvetted.
-
-    Flower would send ``str(exception)`` to the server and log it with a traceback. A
-    ``MedflError``'s message is written to name keys and files, never values or paths,
-    so it is sent as the error reason; any other exception (whose text could hold a path
-    or a value) is reduced to its type name. The site's log gets the same text; set
-    ``MEDFL_DEBUG=1`` on a site to also log the full traceback locally.
-    """
-
-    @functools.wraps(handler)
-    def wrapped(msg: Message, context: Context) -> Message:
-        try:
-            return handler(msg, context)
-        except MedflError as exc:
-            code = next((c for t, c in ERROR_CODES.items() if isinstance(exc, t)), ERROR_OTHER)
-            reason = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - fail closed: reply with the type only
-            code, reason = ERROR_OTHER, f"{type(exc).__name__} at the site (details withheld)"
-        logger.error("%s message refused: %s", msg.metadata.message_type, reason)
-        if os.environ.get("MEDFL_DEBUG") == "1":
-            logger.error("traceback (site-local, MEDFL_DEBUG=1)", exc_info=True)
-        return Message(Error(code=code, reason=reason), reply_to=msg)
-
-    return wrapped
-
-
-def reply(msg: Message, *, site: str, metrics: dict[str, Any],
-          weights: dict[str, torch.Tensor] | None = None) -> Message:
-    """A reply carrying only arrays, declared metrics, and the site's public name."""
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": site})})
-    if weights is not None:
-        content["arrays"] = to_array_record(weights)
-    return Message(content=content, reply_to=msg)
-
-
-def site_of(msg: Message) -> str:
-    if "site" in msg.content:
-        return str(msg.content["site"]["name"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
-def moments_to_metrics(m: FeatureMoments) -> dict[str, Any]:
-    return {"count": m.count, "sums": [float(v) for v in m.sums],
-            "sumsq": [float(v) for v in m.sumsq]}
-
-
-def moments_from_metrics(r: MetricRecord) -> FeatureMoments:
-    return FeatureMoments(float(r["count"]), np.asarray(r["sums"], dtype=np.float64),
-                          np.asarray(r["sumsq"], dtype=np.float64))
-
 
 # --- server side ---------------------------------------------------------------------------
 
@@ -453,3 +278,4 @@ def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metr
     if all(math.isfinite(e) for e in eps):
         out["max-epsilon"] = max(eps)
     return MetricRecord(out)
+

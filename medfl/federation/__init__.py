@@ -1,0 +1,51 @@
+"""The Flower adapter: the only part of ``medfl`` that imports ``flwr``.
+
+``records`` converts MedFL values to and from Flower records, ``client`` holds the
+ClientApp's wrappers (vetted errors, the egress guard mod), ``server`` the strategy and
+the server's queries. ``server/`` and ``client/`` use this package and the Flower-free
+library; nothing else in ``medfl`` imports ``flwr``.
+"""
+
+from __future__ import annotations
+
+from medfl.federation.client import (
+    ERROR_CODES,
+    ERROR_EGRESS,
+    ERROR_OTHER,
+    egress_guard,
+    guarded,
+)
+from medfl.federation.records import (
+    DP_STATE_KEY,
+    QUERY_AUDIT,
+    QUERY_FEATURE_MOMENTS,
+    from_array_record,
+    load_dp_state,
+    moments_from_metrics,
+    moments_to_metrics,
+    reply,
+    save_dp_state,
+    scaler_from_config,
+    scaler_to_config,
+    site_of,
+    to_array_record,
+)
+from medfl.federation.server import (
+    RecordingFedAvg,
+    central_dp_report,
+    check_update,
+    query_audit,
+    query_feature_moments,
+    wait_for_nodes,
+    weight_key,
+    with_central_dp,
+)
+
+__all__ = [
+    "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
+    "QUERY_FEATURE_MOMENTS", "RecordingFedAvg", "central_dp_report", "check_update",
+    "egress_guard", "from_array_record", "guarded", "load_dp_state", "moments_from_metrics",
+    "moments_to_metrics", "query_audit", "query_feature_moments", "reply", "save_dp_state",
+    "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
+    "weight_key", "with_central_dp",
+]
