@@ -75,7 +75,7 @@ def main() -> None:
         "regression; DP noise seeded from the run seed for reproducibility, "
         "`privacy.secure-noise=false`).",
         "",
-        "| configuration | mean per-site accuracy | pooled AUROC (binned) | worst-site accuracy "
+        "| configuration | mean per-site accuracy | pooled AUROC (estimate) | worst-site accuracy "
         "| max ε spent | s / run (median) |",
         "| --- | --- | --- | --- | --- | --- |",
         *[f"| {' | '.join(r)} |" for r in rows],
