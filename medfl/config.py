@@ -50,6 +50,7 @@ class PrivacyConfig:
     accountant: str
     k_threshold: int
     secure_noise: bool
+    secure_mode: bool
     lifetime_epsilon: float
     audit: bool
     grad_sample_mode: str
@@ -130,6 +131,7 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "privacy.accountant": _choice(ACCOUNTANTS),
     "privacy.k-threshold": _positive_int(),
     "privacy.secure-noise": (bool, "true or false", lambda v: True),
+    "privacy.secure-mode": (bool, "true or false", lambda v: True),
     "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
                                  lambda v: v >= 0 and math.isfinite(v)),
     "privacy.audit": (bool, "true or false", lambda v: True),

@@ -234,6 +234,7 @@ def fit(
             model, optimizer, loader, plan=plan, history=history,
             noise_generator=dp_generator(sampling_seed),
             grad_sample_mode=choose_grad_sample_mode(model, p.grad_sample_mode),
+            secure_mode=p.secure_mode,
         )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
                           device=device)

@@ -217,6 +217,7 @@ def attach_dp(
     history: History,
     noise_generator: torch.Generator | None = None,
     grad_sample_mode: str = "hooks",
+    secure_mode: bool = False,
 ) -> tuple[nn.Module, optim.Optimizer, DataLoader, PrivacyEngine]:
     """Make model/optimizer/loader private with Opacus, restoring the accountant history.
 
@@ -225,7 +226,16 @@ def attach_dp(
     the server (see :func:`dp_generator`). The returned engine's ``accountant.history``
     grows with every ``optimizer.step()``.
     """
-    engine = PrivacyEngine(accountant=plan.accountant, secure_mode=False)
+    try:
+        engine = PrivacyEngine(accountant=plan.accountant, secure_mode=secure_mode)
+    except ImportError:
+        raise ConfigError(
+            "privacy.secure-mode=true needs the torchcsprng package (Opacus' secure RNG), "
+            "which is not installed (and has no build for current torch); set it to false: "
+            "privacy.secure-noise=true still keeps the noise secret from the server"
+        ) from None
+    if secure_mode:
+        noise_generator = None  # Opacus then draws noise and batches from its CSPRNG
     engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     model, optimizer, loader = engine.make_private(
         module=model,

@@ -182,3 +182,21 @@ def test_every_grad_sample_mode_clips_the_same(mode):
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     torch.testing.assert_close(step(mode), step("hooks"), rtol=1e-4, atol=1e-5)
+
+
+def test_secure_mode_without_torchcsprng_is_a_clear_config_error():
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("torchcsprng is installed here")
+    from medfl.errors import ConfigError
+
+    model = build_model(ModelConfig("logreg", 0), n_features=3)
+    loader = make_loader(np.zeros((20, 3), np.float32), np.zeros(20, np.float32),
+                         batch_size=10, shuffle=True, seed=0)
+    plan = DPPlan(1.0, 0.5, 2, 1, 1.0, 1e-3, "rdp", 10.0)
+    with pytest.raises(ConfigError, match="secure-mode=true needs the torchcsprng"):
+        attach_dp(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, plan=plan,
+                  history=[], secure_mode=True)
