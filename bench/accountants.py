@@ -13,10 +13,9 @@ from __future__ import annotations
 import warnings
 
 from bench.inprocess import ROOT
+from bench.report import write_section
 from medfl.data.heart import HEART_SITES, load_heart_site
 from medfl.privacy.dp import DPPlan
-
-BEGIN, END = "<!-- accountants:begin -->", "<!-- accountants:end -->"
 
 
 def main() -> None:
@@ -32,23 +31,14 @@ def main() -> None:
                      str(plans["rdp"].steps_per_round * 10), f"{rdp:.3f}", f"{prv:.3f}",
                      f"{100 * (1 - prv / rdp):.1f}%"))
         print(rows[-1])
-    block = "\n".join([
-        BEGIN,
-        "Command: `.venv/bin/python -m bench.accountants` (default plan: 10 rounds, 1 local "
-        "epoch, batch 32, ε = 3, δ = 1e-3; deterministic).",
-        "",
-        "| site | n_train | sample rate | steps | σ (RDP) | σ (PRV, default) | less noise |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *[f"| {' | '.join(r)} |" for r in rows],
-        END,
-    ])
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Accountants: noise at the same (ε, δ)\n\n" + block + "\n"
-    path.write_text(text)
+    write_section(
+        ROOT / "BENCHMARKS.md", "accountants", heading="Accountants: noise at the same (ε, δ)",
+        intro=("Command: `.venv/bin/python -m bench.accountants` (default plan: 10 rounds, "
+               "1 local epoch, batch 32, ε = 3, δ = 1e-3; deterministic)."),
+        columns=["site", "n_train", "sample rate", "steps", "σ (RDP)", "σ (PRV, default)",
+                 "less noise"],
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

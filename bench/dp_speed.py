@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from bench.inprocess import ROOT
+from bench.report import write_section
 from medfl.config import ModelConfig
 from medfl.models import build_model
 from medfl.privacy.dp import DPPlan, attach_dp
@@ -27,7 +28,6 @@ from medfl.training import make_loader, train_epochs
 
 MODELS = {"logreg": ModelConfig("logreg", 0), "mlp (64 hidden)": ModelConfig("mlp", 64)}
 MODES = ["hooks", "ew", "functorch"]
-BEGIN, END = "<!-- dp-speed:begin -->", "<!-- dp-speed:end -->"
 
 
 def throughput(model_cfg: ModelConfig, mode: str | None, n: int) -> float:
@@ -65,24 +65,14 @@ def main() -> None:
                 cells.append(f"fails ({type(exc).__name__})")
         rows.append((name, *cells))
         print(rows[-1], flush=True)
-    block = "\n".join([
-        BEGIN,
-        f"Command: `.venv/bin/python -m bench.dp_speed` ({args.rows:,} synthetic rows, 13 "
-        f"features, batch 32, 1 thread; {platform.machine()}, {os.cpu_count()} cores, no GPU; "
-        "median of 3). Samples/s, and the ratio to training without DP.",
-        "",
-        "| model | no DP | DP hooks | DP ew | DP functorch |",
-        "| --- | --- | --- | --- | --- |",
-        *[f"| {' | '.join(r)} |" for r in rows],
-        END,
-    ])
-    text = args.out.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## DP-SGD throughput\n\n" + block + "\n"
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    write_section(
+        args.out, "dp-speed", heading="DP-SGD throughput",
+        intro=(f"Command: `.venv/bin/python -m bench.dp_speed` ({args.rows:,} synthetic rows, "
+               f"13 features, batch 32, 1 thread; {platform.machine()}, {os.cpu_count()} "
+               "cores, no GPU; median of 3). Samples/s, and the ratio to training without DP."),
+        columns=["model", "no DP", "DP hooks", "DP ew", "DP functorch"],
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

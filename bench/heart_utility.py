@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bench import inprocess
+from bench.report import mean_sd, write_section
 
 CONFIGS = {
     "default (DP-SGD, ε ≤ 3 per site, federated scaling)": {},
@@ -28,12 +29,6 @@ CONFIGS = {
     "site-local scaling, ε ≤ 3": {"preprocessing.scaling": "site"},
     "noised feature moments (σ = 5), ε ≤ 3 in total": {"preprocessing.stats-noise-multiplier": 5.0},
 }
-BEGIN, END = "<!-- heart-utility:begin -->", "<!-- heart-utility:end -->"
-
-
-def _fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
 def main() -> None:
@@ -63,32 +58,22 @@ def main() -> None:
                 worst.append(min(accs))
                 e = [x["epsilon"] for x in s["sites"]]
                 eps.append(max(e) if all(isinstance(v, float) for v in e) else float("inf"))
-            rows.append((label, _fmt(mean_acc), _fmt(auroc), _fmt(worst),
+            rows.append((label, mean_sd(mean_acc), mean_sd(auroc), mean_sd(worst),
                          "∞" if eps[0] == float("inf") else f"{max(eps):.4f}",
                          f"{statistics.median(secs):.1f}"))
             print(rows[-1], flush=True)
-    table = [
-        BEGIN,
-        f"Command: `.venv/bin/python -m bench.heart_utility --seeds {args.seeds}` "
-        f"(seeds 0..{args.seeds - 1}; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, no GPU; in-process apps, 10 rounds, FedAvg, logistic "
-        "regression; DP noise seeded from the run seed for reproducibility, "
-        "`privacy.secure-noise=false`).",
-        "",
-        "| configuration | mean per-site accuracy | pooled AUROC (estimate) | worst-site accuracy "
-        "| max ε spent | s / run (median) |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *[f"| {' | '.join(r)} |" for r in rows],
-        END,
-    ]
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    block = "\n".join(table)
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    write_section(
+        args.out, "heart-utility",
+        heading="Heart disease (FLamby Fed-Heart-Disease protocol): utility under DP",
+        intro=(f"Command: `.venv/bin/python -m bench.heart_utility --seeds {args.seeds}` "
+               f"(seeds 0..{args.seeds - 1}; {platform.processor() or platform.machine()}, "
+               f"{os.cpu_count()} cores, no GPU; in-process apps, 10 rounds, FedAvg, logistic "
+               "regression; DP noise seeded from the run seed for reproducibility, "
+               "`privacy.secure-noise=false`)."),
+        columns=["configuration", "mean per-site accuracy", "pooled AUROC (estimate)",
+                 "worst-site accuracy", "max ε spent", "s / run (median)"],
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from bench import inprocess
+from bench.report import mean_sd, write_section
 
 CONFIGS = {
     "logistic regression, DP-SGD ε ≤ 3 (default)": {},
@@ -27,12 +28,6 @@ CONFIGS = {
     "MLP (64 hidden), no DP, 30 rounds": {"model.name": "mlp", "model.hidden": 64,
                                           "num-server-rounds": 30, "privacy.enabled": False},
 }
-BEGIN, END = "<!-- privacy-audit:begin -->", "<!-- privacy-audit:end -->"
-
-
-def _fmt(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
 def main() -> None:
@@ -58,26 +53,17 @@ def main() -> None:
                 max_auc.append(max(x["attack_auc"] for x in sites))
                 tpr.append(statistics.mean(x["tpr_at_fpr_0.1"] for x in sites))
                 acc.append(s["mean_site_accuracy"])
-            rows.append((label, _fmt(mean_auc), _fmt(max_auc), _fmt(tpr), _fmt(acc)))
+            rows.append((label, mean_sd(mean_auc), mean_sd(max_auc), mean_sd(tpr), mean_sd(acc)))
             print(rows[-1], flush=True)
-    block = "\n".join([
-        BEGIN,
-        f"Command: `.venv/bin/python -m bench.privacy_audit --seeds {args.seeds}` (seeds 0..."
-        f"{args.seeds - 1}; {platform.machine()}, {os.cpu_count()} cores; seeded DP noise).",
-        "",
-        "| configuration | mean attack AUC over sites | highest site attack AUC "
-        "| mean TPR at FPR 0.1 | mean per-site accuracy |",
-        "| --- | --- | --- | --- | --- |",
-        *[f"| {' | '.join(r)} |" for r in rows],
-        END,
-    ])
-    text = args.out.read_text()
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Membership-inference audit\n\n" + block + "\n"
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    write_section(
+        args.out, "privacy-audit", heading="Membership-inference audit",
+        intro=(f"Command: `.venv/bin/python -m bench.privacy_audit --seeds {args.seeds}` "
+               f"(seeds 0...{args.seeds - 1}; {platform.machine()}, {os.cpu_count()} cores; "
+               "seeded DP noise)."),
+        columns=["configuration", "mean attack AUC over sites", "highest site attack AUC",
+                 "mean TPR at FPR 0.1", "mean per-site accuracy"],
+        rows=rows,
+    )
 
 
 if __name__ == "__main__":
