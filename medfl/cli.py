@@ -173,6 +173,66 @@ def audit(
     console.print("0.5 = the attack cannot tell members from non-members.", style="dim")
 
 
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (or its model/ bundle)")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+) -> None:
+    """Serve a run's model over HTTP (FastAPI: /predict, /explain, /model, /docs).
+
+    Set MEDFL_API_KEY to require an X-API-Key header on every route but /health.
+    """
+    import os
+
+    import uvicorn
+
+    from medfl.errors import MedflError
+    from medfl.serving import load_bundle
+
+    try:
+        load_bundle(run_dir)  # fail here, with a clear message, before uvicorn starts
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    os.environ["MEDFL_BUNDLE"] = str(run_dir.resolve())
+    uvicorn.run("deploy.api.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (or its model/ bundle)")],
+    input_csv: Annotated[Path, typer.Argument(help="CSV of records with the input columns")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV of predictions")],
+) -> None:
+    """Offline batch inference: records in, one prediction per row out (no server)."""
+    import pandas as pd
+
+    from medfl.errors import MedflError
+    from medfl.io import atomic_write_bytes
+    from medfl.serving import TabularModel, load_bundle
+
+    try:
+        model = TabularModel.from_bundle(load_bundle(run_dir))
+        try:
+            frame = pd.read_csv(input_csv)
+        except (OSError, ValueError) as exc:
+            raise MedflError(f"{input_csv.name} is not a readable CSV ({type(exc).__name__})") \
+                from None
+        records = frame.to_dict("records")
+        out = model.predict(records)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    result = pd.DataFrame({"label": [p["label"] for p in out],
+                           **{f"p_{k}": [p["probabilities"][k] for p in out]
+                              for k in model.labels}})
+    atomic_write_bytes(output, result.to_csv(index=False).encode())
+    typer.echo(f"{len(result)} predictions written to {output}")
+
+
 def main() -> None:
     app()
 

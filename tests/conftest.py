@@ -55,3 +55,15 @@ def run_inprocess(tmp_path):
         return Path(cfg["output-dir"]) / cfg["run-name"], grid
 
     return run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """A served bundle: one quick federated run (no DP: fast), shared by serving tests."""
+    from bench import inprocess
+
+    out = tmp_path_factory.mktemp("serving-run")
+    cfg = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(out),
+                     run_name="served", privacy__audit=False)
+    inprocess.run(cfg)
+    return out / "served"

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from medfl.serving.bundle import Bundle, load_bundle, save_bundle
+from medfl.serving.tabular import InputError, TabularModel
 
-__all__ = ["Bundle", "load_bundle", "save_bundle"]
+__all__ = ["Bundle", "InputError", "TabularModel", "load_bundle", "save_bundle"]

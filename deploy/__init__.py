@@ -1,0 +1,1 @@
+"""Deployment: the FastAPI service (``deploy.api``) and, later, site set-up tooling."""

@@ -1,0 +1,20 @@
+"""Service settings, read from ``MEDFL_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed),
+    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``."""
+
+    model_config = SettingsConfigDict(env_prefix="MEDFL_", extra="ignore")
+
+    bundle: Path = Field(description="run directory or model bundle to serve")
+    api_key: SecretStr | None = Field(default=None, description="required in X-API-Key if set")
+    max_body_bytes: int = Field(default=256_000, gt=0, description="larger bodies get 413")
+    max_batch: int = Field(default=256, gt=0, description="records per /predict request")

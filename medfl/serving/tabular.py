@@ -1,0 +1,128 @@
+"""Tabular inference from a verified bundle: validate raw records, preprocess as in
+training, predict, and explain with SHAP. No web code here (``deploy/api`` serves it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medfl.config import ModelConfig
+from medfl.data.heart import encode_features
+from medfl.data.scaling import Standardizer
+from medfl.errors import BundleError, DataError
+from medfl.models import build_model
+from medfl.serving.bundle import Bundle
+
+
+class InputError(DataError):
+    """A request record is invalid; ``field`` names where (e.g. ``records[2].age``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass
+class TabularModel:
+    """The global model of a tabular run, ready to predict from raw records."""
+
+    bundle: Bundle
+    model: torch.nn.Module
+    scaler: Standardizer
+    columns: list[dict[str, Any]]
+    labels: list[str]
+    threshold: float
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> TabularModel:
+        m = bundle.manifest
+        arch = m["architecture"]
+        if "columns" not in m.get("input_schema", {}):
+            raise BundleError("the bundle has no tabular input schema (is it an imaging model?)")
+        model = build_model(ModelConfig(arch["name"], int(arch.get("hidden", 0))),
+                            n_features=int(arch["n_features"]), n_outputs=int(arch["n_outputs"]))
+        try:
+            model.load_state_dict(bundle.weights, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"weights do not fit architecture {arch['name']!r}: {exc}") from None
+        model.eval()
+        std = m["preprocessing"].get("standardizer")
+        scaler = Standardizer.from_dict(std) if std else Standardizer((), (), ())
+        return cls(bundle, model, scaler, m["input_schema"]["columns"], list(m["label_names"]),
+                   float(m.get("threshold", 0.5)))
+
+    @property
+    def version(self) -> str:
+        return self.bundle.manifest["weights_sha256"][:12]
+
+    # --- input -----------------------------------------------------------------------
+
+    def validate(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Raw records -> standardised feature matrix; ``InputError`` names the first bad
+        field and what would be valid. Values outside the public bounds are refused."""
+        expected = [c["name"] for c in self.columns]
+        rows = []
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise InputError(f"records[{i}]", "must be an object of column: value")
+            unknown = sorted(set(rec) - set(expected))
+            if unknown:
+                raise InputError(f"records[{i}].{unknown[0]}",
+                                 f"unknown column; expected exactly {expected}")
+            row = {}
+            for col in self.columns:
+                name, field = col["name"], f"records[{i}].{col['name']}"
+                if name not in rec:
+                    raise InputError(field, "is missing")
+                value = rec[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                        or not math.isfinite(value):
+                    raise InputError(field, "must be a finite number")
+                if col["type"] == "numeric":
+                    lo, hi = col["bounds"]
+                    if not lo <= value <= hi:
+                        raise InputError(field, f"must be between {lo} and {hi}")
+                elif value not in col["levels"]:
+                    raise InputError(field, f"must be one of {col['levels']}")
+                row[name] = value
+            rows.append(row)
+        frame = pd.DataFrame(rows, columns=expected)
+        return self.scaler.transform(encode_features(frame))
+
+    # --- output ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.model(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
+
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Label and class probabilities per record, in request order."""
+        p = 1.0 / (1.0 + np.exp(-self.logits(self.validate(records))))
+        return [{"label": self.labels[int(pi >= self.threshold)],
+                 "probabilities": {self.labels[0]: float(1 - pi), self.labels[1]: float(pi)}}
+                for pi in p]
+
+    def explain(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """SHAP values of the logit per input feature, against a reference patient.
+
+        The reference is the consortium-average patient in standardised units (0 for the
+        standardised numeric features) with every binary / one-hot feature 0: a fixed,
+        data-free baseline (the server holds no patient rows to use as background).
+        """
+        import shap
+
+        x = self.validate(records)
+        baseline = np.zeros((1, x.shape[1]))
+        explainer = shap.Explainer(self.logits, shap.maskers.Independent(baseline),
+                                   algorithm="exact")
+        values = explainer(x.astype(np.float64)).values
+        base = float(self.logits(baseline)[0])
+        names = self.bundle.manifest["input_schema"]["features"]
+        return [{"base_value": base,
+                 "shap_values": {n: float(v) for n, v in zip(names, row, strict=True)}}
+                for row in values]

@@ -1,0 +1,130 @@
+"""The FastAPI service in-process (TestClient): routes, auth, and every error code."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from deploy.api import Settings, create_app
+from medfl.serving import TabularModel, load_bundle
+
+RECORD = {"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
+          "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}
+KEY = {"X-API-Key": "s3cret"}
+
+
+@pytest.fixture(scope="module")
+def client(run_dir):
+    settings = Settings(bundle=run_dir, api_key=SecretStr("s3cret"), max_body_bytes=20_000,
+                        max_batch=50)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_health_needs_no_key(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "model_loaded": True}
+
+
+def test_predict_matches_the_library(client, run_dir):
+    other = {**RECORD, "age": 41, "cp": 2, "exang": 1}
+    r = client.post("/predict", json={"records": [RECORD, other]}, headers=KEY)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    expected = TabularModel.from_bundle(load_bundle(run_dir)).predict([RECORD, other])
+    assert [p["probabilities"]["disease"] for p in body["predictions"]] == pytest.approx(
+        [p["probabilities"]["disease"] for p in expected])
+    assert body["threshold"] == 0.5 and len(body["model_version"]) == 12
+
+
+def test_explain_returns_shap_values_per_feature(client):
+    r = client.post("/explain", json={"records": [RECORD]}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["explanations"][0]["shap_values"]) == 13
+
+
+def test_model_describes_version_schema_metrics_and_privacy(client, run_dir):
+    r = client.get("/model", headers=KEY)
+    assert r.status_code == 200
+    body = r.json()
+    assert [c["name"] for c in body["input_schema"]["columns"]][0] == "age"
+    assert body["weights_sha256"] == load_bundle(run_dir).manifest["weights_sha256"]
+    assert {p["site"] for p in body["privacy"]} == {"cleveland", "hungarian", "switzerland", "va"}
+    assert "not for clinical use" in body["disclaimer"]
+
+
+def test_model_card_is_404_with_a_reason_until_the_run_has_one(client):
+    r = client.get("/model-card", headers=KEY)
+    assert r.status_code == 404 and "MODEL_CARD.md" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("path", "method"), [("/predict", "post"), ("/explain", "post"),
+                                              ("/model", "get"), ("/model-card", "get")])
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
+def test_every_route_but_health_needs_the_key(client, path, method, headers):
+    kwargs = {"json": {"records": [RECORD]}} if method == "post" else {}
+    r = getattr(client, method)(path, headers=headers, **kwargs)
+    assert r.status_code == 401
+
+
+def test_wrong_content_type_is_415(client):
+    r = client.post("/predict", content=b"age=63", headers={**KEY, "Content-Type":
+                                                             "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+
+
+def test_oversized_body_is_413(client):
+    r = client.post("/predict", content=b'{"records": [' + b" " * 30_000 + b"]}",
+                    headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_oversized_batch_is_413(client):
+    r = client.post("/predict", json={"records": [RECORD] * 51}, headers=KEY)
+    assert r.status_code == 413 and "at most 50" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"records": [{**RECORD, "age": 250}]}, "records[0].age"),
+    ({"records": [RECORD, {**RECORD, "restecg": 7}]}, "records[1].restecg"),
+    ({"records": [{**RECORD, "ssn": "123-45-6789"}]}, "records[0].ssn"),
+])
+def test_invalid_fields_are_422_naming_the_field(client, body, field):
+    r = client.post("/predict", json=body, headers=KEY)
+    assert r.status_code == 422
+    assert r.json()["field"] == field
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[]", b'{"records": []}', b'{"records": 5}',
+                                 b'{"records": [5]}', b"null"])
+def test_malformed_bodies_are_422_never_500(client, raw):
+    r = client.post("/predict", content=raw, headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+def test_no_body_or_value_is_logged(client, caplog):
+    caplog.set_level(logging.DEBUG)
+    client.post("/predict", json={"records": [{**RECORD, "chol": 287.123}]}, headers=KEY)
+    client.post("/predict", json={"records": [{**RECORD, "age": 987.5}]}, headers=KEY)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/predict" in text and "request" in text
+    assert "287.123" not in text and "987.5" not in text
+
+
+def test_a_tampered_bundle_does_not_start(run_dir, tmp_path):
+    import shutil
+
+    from medfl.errors import BundleError
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    w = copy / "model" / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        with TestClient(create_app(Settings(bundle=copy))):
+            pass
