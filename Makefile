@@ -60,3 +60,4 @@ bench: install
 	$(BIN)/python -m bench.dp_speed
 	$(BIN)/python -m bench.heart_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.privacy_audit $(BENCH_ARGS)
+	$(BIN)/python -m bench.serve
