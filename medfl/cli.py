@@ -233,6 +233,43 @@ def predict(
     typer.echo(f"{len(result)} predictions written to {output}")
 
 
+@app.command()
+def keygen(
+    directory: Annotated[Path, typer.Argument(help="folder for the key pair")],
+    force: Annotated[bool, typer.Option(help="replace an existing key pair")] = False,
+) -> None:
+    """Create an Ed25519 key pair for signing model bundles (private key 0600)."""
+    from medfl.errors import MedflError
+    from medfl.serving.signing import generate_keypair
+
+    try:
+        priv, pub = generate_keypair(directory, force=force)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"private key: {priv} (keep it on the server; MEDFL_SIGNING_KEY)\n"
+               f"public key:  {pub} (give it to the service; MEDFL_PUBLIC_KEY)")
+
+
+@app.command()
+def sign(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (or its model/ bundle)")],
+    key: Annotated[Path, typer.Argument(help="the Ed25519 private key (PEM)")],
+) -> None:
+    """Sign a bundle's manifest (runs sign automatically when MEDFL_SIGNING_KEY is set)."""
+    from medfl.errors import MedflError
+    from medfl.serving import load_bundle
+    from medfl.serving.signing import sign_bundle
+
+    try:
+        bundle = load_bundle(run_dir)
+        path = sign_bundle(bundle.path, key)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"signed: {path}")
+
+
 def main() -> None:
     app()
 

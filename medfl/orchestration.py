@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from medfl.privacy.audit import AuditResult
 from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
 from medfl.serving.bundle import save_bundle
+from medfl.serving.signing import sign_bundle
 from medfl.site import BOUNDS, NUMERIC_IDX
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,9 @@ def finish_run(
     from medfl.reporting.run_dir import jsonable
 
     save_bundle(run_dir.path / "model", weights, jsonable(manifest))
+    signing_key = os.environ.get("MEDFL_SIGNING_KEY")
+    if signing_key:  # the consortium's key, held by the server: serving can then verify
+        sign_bundle(run_dir.path / "model", Path(signing_key))
     run_dir.write_json("summary.json", summary)
     run_dir.mark_latest()
     return summary

@@ -75,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.model = TabularModel.from_bundle(load_bundle(settings.bundle))
+        app.state.model = TabularModel.from_bundle(
+            load_bundle(settings.bundle, public_key=settings.public_key))
         app.state.run_dir = (settings.bundle if (settings.bundle / "model").is_dir()
                              else settings.bundle.parent)
         logger.info("serving model %s", app.state.model.version)

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed),
-    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``."""
+    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``, ``MEDFL_PUBLIC_KEY``."""
 
     model_config = SettingsConfigDict(env_prefix="MEDFL_", extra="ignore")
 
@@ -18,3 +18,5 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="required in X-API-Key if set")
     max_body_bytes: int = Field(default=256_000, gt=0, description="larger bodies get 413")
     max_batch: int = Field(default=256, gt=0, description="records per /predict request")
+    public_key: Path | None = Field(
+        default=None, description="Ed25519 public key (PEM): serve only bundles it verifies")

@@ -48,8 +48,12 @@ def save_bundle(directory: Path, weights: dict[str, torch.Tensor],
     return directory
 
 
-def load_bundle(path: Path) -> Bundle:
-    """Load and verify a bundle folder, or a run folder holding ``model/``."""
+def load_bundle(path: Path, *, public_key: Path | None = None) -> Bundle:
+    """Load and verify a bundle folder, or a run folder holding ``model/``.
+
+    Checks the manifest's keys and version and the weights' sha256; with ``public_key``,
+    also the Ed25519 signature of the manifest (see ``medfl.serving.signing``).
+    """
     path = Path(path)
     if (path / "model" / MANIFEST).is_file():
         path = path / "model"
@@ -66,6 +70,10 @@ def load_bundle(path: Path) -> Bundle:
     if manifest["manifest_version"] != MANIFEST_VERSION:
         raise BundleError(f"manifest_version {manifest['manifest_version']!r} is not "
                           f"supported; this MedFL reads version {MANIFEST_VERSION}")
+    if public_key is not None:
+        from medfl.serving.signing import verify_bundle
+
+        verify_bundle(path, public_key)
     digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
     if digest != manifest["weights_sha256"]:
         raise BundleError(f"{WEIGHTS} sha256 {digest} does not match the manifest's "

@@ -128,3 +128,20 @@ def test_a_tampered_bundle_does_not_start(run_dir, tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         with TestClient(create_app(Settings(bundle=copy))):
             pass
+
+
+def test_with_a_public_key_only_a_signed_bundle_is_served(run_dir, tmp_path):
+    import shutil
+
+    from medfl.errors import BundleError
+    from medfl.serving.signing import generate_keypair, sign_bundle
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    priv, pub = generate_keypair(tmp_path / "keys")
+    with pytest.raises(BundleError, match="not signed"):
+        with TestClient(create_app(Settings(bundle=copy, public_key=pub))):
+            pass
+    sign_bundle(copy / "model", priv)
+    with TestClient(create_app(Settings(bundle=copy, public_key=pub))) as c:
+        assert c.get("/health").json()["model_loaded"] is True

@@ -1,0 +1,82 @@
+"""Ed25519 signatures on model bundles (``cryptography``).
+
+The signature covers ``manifest.json`` byte for byte; the manifest carries the weights'
+sha256, so one signature binds both. ``load_bundle(..., public_key=...)`` refuses a bundle
+whose signature is missing or does not verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from medfl.errors import BundleError
+from medfl.io import atomic_write_bytes
+
+SIGNATURE = "signature.ed25519"
+PRIVATE, PUBLIC = "bundle-signing.key", "bundle-signing.pub"
+
+
+def generate_keypair(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Write a new Ed25519 key pair (private key 0600) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    priv, pub = directory / PRIVATE, directory / PUBLIC
+    if not force and (priv.exists() or pub.exists()):
+        raise BundleError(f"{PRIVATE} or {PUBLIC} already exists there; pass --force to replace")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def _load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BundleError(f"cannot read an Ed25519 private key ({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError("the signing key is not an Ed25519 private key")
+    return key
+
+
+def _load_public(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot read an Ed25519 public key ({type(exc).__name__})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError("the verification key is not an Ed25519 public key")
+    return key
+
+
+def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
+    """Sign ``bundle_dir/manifest.json``; write ``signature.ed25519`` (base64) beside it."""
+    manifest = (bundle_dir / "manifest.json").read_bytes()
+    signature = base64.b64encode(_load_private(private_key).sign(manifest))
+    atomic_write_bytes(bundle_dir / SIGNATURE, signature + b"\n")
+    return bundle_dir / SIGNATURE
+
+
+def verify_bundle(bundle_dir: Path, public_key: Path) -> None:
+    """Raise ``BundleError`` unless the manifest's signature verifies with ``public_key``."""
+    sig_path = bundle_dir / SIGNATURE
+    if not sig_path.is_file():
+        raise BundleError(f"the bundle is not signed ({SIGNATURE} missing) but a "
+                          "verification key is configured")
+    try:
+        signature = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
+        _load_public(public_key).verify(signature, (bundle_dir / "manifest.json").read_bytes())
+    except (InvalidSignature, ValueError):
+        raise BundleError("the bundle's Ed25519 signature does not verify with the configured "
+                          "public key: the manifest or weights were changed, or the key is "
+                          "not the signer's") from None
