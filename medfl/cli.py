@@ -197,8 +197,17 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     os.environ["MEDFL_BUNDLE"] = str(run_dir.resolve())
+    # Our request log (id, route, status, latency) replaces uvicorn's access log, which
+    # would print client addresses and query strings.
+    log_config = {
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "plain"}},
+        "loggers": {"medfl": {"handlers": ["out"], "level": "INFO", "propagate": False},
+                    "uvicorn.error": {"handlers": ["out"], "level": "INFO"}},
+    }
     uvicorn.run("deploy.api.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="info")
+                workers=workers, access_log=False, log_config=log_config)
 
 
 @app.command()

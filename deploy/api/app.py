@@ -3,6 +3,7 @@ verified) in the lifespan; routers per concern; errors mapped to 401/413/415/422
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -20,53 +21,60 @@ from medfl.serving import InputError, TabularModel, load_bundle
 logger = logging.getLogger("medfl.api")
 
 
-class BodyLimit:
-    """ASGI middleware: answer 413 once a request body passes ``limit`` bytes, whether or
-    not the client declared its length."""
+class Guard:
+    """ASGI middleware in front of everything: the API key, then the body limit.
 
-    def __init__(self, app, limit: int) -> None:
+    With an API key configured every path but ``/health`` (docs and schema included)
+    answers 401 without the right ``X-API-Key`` (constant-time comparison), before the
+    body is read. The body is then read up to ``limit`` bytes, whether or not the client
+    declared its length, and replayed to the app; past the limit the answer is 413.
+    """
+
+    def __init__(self, app, *, limit: int, api_key: str | None) -> None:
         self.app, self.limit = app, limit
+        self.key = api_key.encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        if self.key is not None and scope["path"] != "/health":
+            if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
+                return await _reply(send, 401, "missing or wrong X-API-Key")
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _too_large(self.limit, send)
-        seen = 0
-        started = False
-
-        async def guarded_receive():
-            nonlocal seen
+            return await _reply(send, 413, f"request body larger than {self.limit} bytes")
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.limit:
+                return await _reply(send, 413, f"request body larger than {self.limit} bytes")
+            chunks.append(body)
+            more = message.get("more_body", False)
+        replayed = False
 
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
 
-        try:
-            await self.app(scope, guarded_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _too_large(self.limit, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
-async def _too_large(limit: int, send) -> None:
-    body = JSONResponse({"detail": f"request body larger than {limit} bytes"}, 413)
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body.body)).encode())]})
-    await send({"type": "http.response.body", "body": body.body})
+async def _reply(send, status: int, detail: str) -> None:
+    body = JSONResponse({"detail": detail}, status).body
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"X-API-Key"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -115,5 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(model.router)
     app.include_router(predict.router)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    app.add_middleware(Guard, limit=settings.max_body_bytes, api_key=key)
     return app

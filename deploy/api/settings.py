@@ -15,7 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MEDFL_", extra="ignore")
 
     bundle: Path = Field(description="run directory or model bundle to serve")
-    api_key: SecretStr | None = Field(default=None, description="required in X-API-Key if set")
+    api_key: SecretStr | None = Field(
+        default=None, min_length=16,
+        description="required in X-API-Key if set (16+ characters; empty is refused)")
     max_body_bytes: int = Field(default=256_000, gt=0, description="larger bodies get 413")
     max_batch: int = Field(default=256, gt=0, description="records per /predict request")
     public_key: Path | None = Field(

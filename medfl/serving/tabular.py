@@ -80,8 +80,12 @@ class TabularModel:
                 if name not in rec:
                     raise InputError(field, "is missing")
                 value = rec[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                        or not math.isfinite(value):
+                try:
+                    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+                          and math.isfinite(float(value)))
+                except OverflowError:  # an int too large for a float
+                    ok = False
+                if not ok:
                     raise InputError(field, "must be a finite number")
                 if col["type"] == "numeric":
                     lo, hi = col["bounds"]

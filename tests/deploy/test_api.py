@@ -13,12 +13,13 @@ from medfl.serving import TabularModel, load_bundle
 
 RECORD = {"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
           "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}
-KEY = {"X-API-Key": "s3cret"}
+KEY = {"X-API-Key": "s3cret-0123456789"}
 
 
 @pytest.fixture(scope="module")
 def client(run_dir):
-    settings = Settings(bundle=run_dir, api_key=SecretStr("s3cret"), max_body_bytes=20_000,
+    settings = Settings(bundle=run_dir, api_key=SecretStr("s3cret-0123456789"),
+                        max_body_bytes=20_000,
                         max_batch=50)
     with TestClient(create_app(settings)) as c:
         yield c
@@ -62,7 +63,8 @@ def test_model_card_is_404_with_a_reason_until_the_run_has_one(client):
 
 
 @pytest.mark.parametrize(("path", "method"), [("/predict", "post"), ("/explain", "post"),
-                                              ("/model", "get"), ("/model-card", "get")])
+                                              ("/model", "get"), ("/model-card", "get"),
+                                              ("/docs", "get"), ("/openapi.json", "get")])
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
 def test_every_route_but_health_needs_the_key(client, path, method, headers):
     kwargs = {"json": {"records": [RECORD]}} if method == "post" else {}
@@ -80,6 +82,38 @@ def test_oversized_body_is_413(client):
     r = client.post("/predict", content=b'{"records": [' + b" " * 30_000 + b"]}",
                     headers={**KEY, "Content-Type": "application/json"})
     assert r.status_code == 413
+
+
+def test_oversized_body_without_a_declared_length_is_413(client):
+    def chunks():  # streamed: no Content-Length header
+        yield b'{"records": ['
+        for _ in range(40):
+            yield b" " * 1000
+        yield b"]}"
+
+    r = client.post("/predict", content=chunks(), headers={**KEY, "Content-Type":
+                                                            "application/json"})
+    assert r.status_code == 413
+
+
+def test_malformed_body_without_a_key_is_401_not_422(client):
+    r = client.post("/predict", content=b"{not json", headers={"Content-Type":
+                                                                "application/json"})
+    assert r.status_code == 401
+
+
+def test_a_huge_integer_is_422_not_500(client):
+    r = client.post("/predict", content=b'{"records": [{"age": 1' + b"0" * 400 + b"}]}",
+                    headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_an_empty_or_short_api_key_is_refused_at_startup(run_dir):
+    from pydantic import ValidationError
+
+    for key in ("", "short"):
+        with pytest.raises(ValidationError, match="api_key"):
+            Settings(bundle=run_dir, api_key=SecretStr(key))
 
 
 def test_oversized_batch_is_413(client):

@@ -21,7 +21,7 @@ from medfl.serving import TabularModel, load_bundle
 pytestmark = pytest.mark.slow
 RECORD = {"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
           "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}
-KEY = {"X-API-Key": "k-e2e"}
+KEY = {"X-API-Key": "k-e2e-0123456789abcdef"}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def server(run_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MEDFL_API_KEY": "k-e2e", "MEDFL_MAX_BODY_BYTES": "50000"}
+    env = {**os.environ, "MEDFL_API_KEY": "k-e2e-0123456789abcdef", "MEDFL_MAX_BODY_BYTES": "50000"}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "medfl"), "serve", str(run_dir),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -97,7 +97,7 @@ def test_200_concurrent_requests_all_succeed(server):
 @pytest.fixture(scope="module")
 def api_schema(server):
     url, _ = server
-    return schemathesis.openapi.from_url(f"{url}/openapi.json")
+    return schemathesis.openapi.from_url(f"{url}/openapi.json", headers=KEY)
 
 
 def test_fuzzed_requests_never_get_a_5xx(api_schema):
@@ -120,3 +120,16 @@ def test_fuzzed_requests_never_get_a_5xx(api_schema):
 
         check()
     assert len(calls) >= 100
+
+
+# last: it stops the module's server to read its whole log
+def test_the_server_logs_requests_but_no_values(server):
+    url, proc = server
+    httpx.post(f"{url}/predict", json={"records": [{**RECORD, "chol": 271.625}]}, headers=KEY)
+    httpx.get(f"{url}/health")
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    assert "request" in out and "/predict" in out and "-> 200" in out
+    assert "271.625" not in out
+    others = [line for line in out.splitlines() if "Uvicorn running on" not in line]
+    assert not any("127.0.0.1:" in line for line in others)  # no client addresses
