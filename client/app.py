@@ -18,7 +18,7 @@ from medfl import federation as fed
 from medfl import site as site_lib
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError
-from medfl.privacy.dp import dp_seed, extend_history
+from medfl.privacy.dp import dp_seed
 from medfl.privacy.ledger import Ledger
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,12 @@ def query(msg: Message, context: Context) -> Message:
     moments = site_lib.feature_stats(cfg, data, rng=rng)
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:
-        # A Gaussian mechanism on the whole vector, once: account it as one full-batch step,
-        # after checking that it fits in the site's lifetime budget.
+        # A Gaussian mechanism on the whole vector, once: accounted and recorded before
+        # the moments leave the site.
         plan, history = fed.load_dp_state(context.state)
-        history = extend_history(history, sigma, 1.0, 1)
-        p = cfg.privacy
-        _ledger(cfg, site, context).check(run_id=context.run_id, history_after=history,
-                                          delta=p.target_delta, accountant=p.accountant,
-                                          limit=p.lifetime_epsilon)
+        history = site_lib.release_noised_moments(
+            cfg, _ledger(cfg, site, context), run_id=context.run_id, history=history,
+            limit=site_lib.lifetime_limit(cfg, dict(context.node_config)))
         fed.save_dp_state(context.state, plan, history)
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
@@ -94,6 +92,7 @@ def train(msg: Message, context: Context) -> Message:
     result = site_lib.fit_with_ledger(
         cfg, data, _ledger(cfg, site, context), run_id=context.run_id,
         server_round=server_round, plan=plan, history=history,
+        limit=site_lib.lifetime_limit(cfg, dict(context.node_config)),
         weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
         seed=_seed(cfg, site, server_round),
     )

@@ -90,7 +90,16 @@ def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Pa
 
 
 #: node-config keys a hospital sets to bound what any run may ask of it.
-SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp")
+SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp", "lifetime-epsilon")
+
+
+def lifetime_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
+    """The lifetime ε limit in force: the tighter of the site's own (node-config
+    ``lifetime-epsilon``) and the run's ``privacy.lifetime-epsilon``; 0 means none. The run
+    config comes from the server, so it can tighten a site's limit, never loosen it."""
+    limits = [v for v in (float(node_config.get("lifetime-epsilon", 0)),
+                          cfg.privacy.lifetime_epsilon) if v > 0]
+    return min(limits) if limits else 0.0
 
 
 def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
@@ -133,6 +142,27 @@ def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
         logger.warning("site %s: data checksum verification is off (own data export)", site)
     return load_heart_site(site, directory=Path(data_path) if data_path else None,
                            verify=verify)
+
+
+def release_noised_moments(cfg: RunConfig, ledger: Ledger, *, run_id: int, history: History,
+                           limit: float) -> History:
+    """Account the Gaussian release of the feature moments before it leaves the site.
+
+    Refuses when the release alone would pass this run's target ε or the lifetime limit,
+    and records it in the ledger (status ``released``). Returns the run's new history.
+    """
+    p = cfg.privacy
+    after = extend_history(history, cfg.preprocessing.stats_noise_multiplier, 1.0, 1)
+    eps = epsilon_from_history(after, delta=p.target_delta, accountant=p.accountant)
+    if eps >= p.target_epsilon:
+        raise PrivacyBudgetExceeded(
+            f"the feature-moment release alone would spend ε={eps:.3f} of this run's target "
+            f"ε={p.target_epsilon}; raise preprocessing.stats-noise-multiplier")
+    ledger.check(run_id=run_id, history_after=after, delta=p.target_delta,
+                 accountant=p.accountant, limit=limit)
+    ledger.append(run_id=run_id, server_round=0, status="released", history=after,
+                  epsilon_run=eps, delta=p.target_delta, accountant=p.accountant, limit=limit)
+    return after
 
 
 def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:
@@ -301,9 +331,11 @@ def fit_with_ledger(
     server_round: int,
     plan: DPPlan | None,
     history: History,
+    limit: float,
     **fit_kwargs: Any,
 ) -> FitResult:
-    """:func:`fit`, checked against and recorded in the site's lifetime ledger.
+    """:func:`fit`, checked against ``limit`` (see :func:`lifetime_limit`) and recorded in
+    the site's lifetime ledger.
 
     A refused round is recorded too (status ``refused``) before the refusal propagates.
     The reply gains ``epsilon-lifetime``: every run in the ledger composed with this one.
@@ -312,18 +344,17 @@ def fit_with_ledger(
 
     def check(history_after: History) -> None:
         ledger.check(run_id=run_id, history_after=history_after, delta=p.target_delta,
-                     accountant=p.accountant, limit=p.lifetime_epsilon)
+                     accountant=p.accountant, limit=limit)
 
     def record(status: str, hist: History, eps: float) -> None:
         ledger.append(run_id=run_id, server_round=server_round, status=status, history=hist,
                       epsilon_run=eps, delta=p.target_delta, accountant=p.accountant,
-                      limit=p.lifetime_epsilon)
+                      limit=limit)
 
     try:
-        if not p.enabled and p.lifetime_epsilon > 0:
+        if not p.enabled and limit > 0:
             raise PrivacyBudgetExceeded(
-                f"DP-SGD is off (infinite ε) but this site has a lifetime limit "
-                f"privacy.lifetime-epsilon={p.lifetime_epsilon}")
+                f"DP-SGD is off (infinite ε) but this site has a lifetime limit ε={limit}")
         result = fit(cfg, data, server_round=server_round, plan=plan, history=history,
                      before_train=check if p.enabled else None, **fit_kwargs)
     except PrivacyBudgetExceeded:

@@ -4,15 +4,18 @@ One JSON file per site (``<site-dir>/privacy-ledger.json``). Each entry records 
 of one run: the run's cumulative accountant history after that round, its ε and δ, the
 accountant, the time, and whether the round was trained or refused. Entries are chained
 by sha256 (each names the previous entry's hash) and the file is rewritten atomically,
-so a crash mid-write leaves the previous ledger intact and an edited or truncated ledger
-is refused, never silently reset.
+so a crash mid-write leaves the previous ledger intact and an edited ledger is refused,
+never silently reset.
 
-Lifetime ε composes the *last* history of every run (each run's history is cumulative)
-with the same accountant at the current δ: sound, and tighter than adding the ε's.
+Lifetime ε composes every distinct release history (each run's cumulative history, plus
+any earlier history a run lost by restarting) with the same accountant at the current δ:
+sound, and tighter than adding the ε's. The chain detects an edited, reordered or removed
+entry; removing the *last* entries cannot be detected without an outside anchor.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -28,6 +31,19 @@ from medfl.privacy.dp import History, epsilon_from_history
 LEDGER_FILE = "privacy-ledger.json"
 FORMAT = "medfl-privacy-ledger/1"
 GENESIS = "0" * 64
+REQUIRED = {"run_id", "round", "status", "history", "epsilon_run", "delta", "accountant",
+            "previous", "hash"}
+
+
+def _extends(prev: History, new: History) -> bool:
+    """Whether ``new`` continues ``prev`` (the same releases, the last one with more steps),
+    as a run's cumulative history does from one round to the next."""
+    if not prev:
+        return True
+    k = len(prev) - 1
+    if len(new) < len(prev) or [tuple(h) for h in new[:k]] != [tuple(h) for h in prev[:k]]:
+        return False
+    return tuple(new[k][:2]) == tuple(prev[k][:2]) and new[k][2] >= prev[k][2]
 
 
 def _entry_hash(entry: dict[str, Any]) -> str:
@@ -76,32 +92,56 @@ class Ledger:
             raise DataError(f"{LEDGER_FILE} is not a {FORMAT} file")
         if data.get("site") != site:
             raise DataError(f"{LEDGER_FILE} belongs to site {data.get('site')!r}, not {site!r}")
+        entries = data.get("entries")
+        if not isinstance(entries, list):
+            raise DataError(f"{LEDGER_FILE} has no list of entries")
         previous = GENESIS
-        for i, entry in enumerate(data.get("entries", [])):
-            if entry.get("previous") != previous or entry.get("hash") != _entry_hash(entry):
+        for i, entry in enumerate(entries):
+            if (not isinstance(entry, dict) or not REQUIRED <= set(entry)
+                    or entry.get("previous") != previous
+                    or entry.get("hash") != _entry_hash(entry)):
                 raise DataError(f"{LEDGER_FILE} entry {i} fails its integrity check (edited, "
-                                "reordered or truncated); the ledger is refused")
+                                "reordered, or an earlier entry removed); the ledger is refused")
             previous = entry["hash"]
-        return cls(path, site, list(data["entries"]))
+        return cls(path, site, list(entries))
 
     # --- reading ---------------------------------------------------------------------
 
-    def run_histories(self, *, exclude_run: int | None = None) -> dict[int, History]:
-        """The last recorded (cumulative) history of every run."""
-        out: dict[int, History] = {}
-        for e in self.entries:
-            if e["status"] == "trained" and e["run_id"] != exclude_run:
-                out[e["run_id"]] = [tuple(h) for h in e["history"]]
-        return out
+    def segments(self) -> tuple[list[History], dict[int, History]]:
+        """Every distinct release history: finished ones, and each run's current one.
 
-    def lifetime_epsilon(self, *, delta: float, accountant: str,
-                         extra: History | None = None, exclude_run: int | None = None) -> float:
-        """ε of every recorded run composed (plus ``extra``, e.g. a round about to run)."""
-        if any(e["status"] == "no-dp" and e["run_id"] != exclude_run for e in self.entries):
+        A run's entries are cumulative, so each one supersedes the previous when it
+        continues it. When it does not (the node restarted and lost its state, or a run
+        id was reused), the earlier history is kept as a finished segment: what left the
+        site then is still spent. Refused and released entries count too.
+        """
+        closed: list[History] = []
+        current: dict[int, History] = {}
+        for e in self.entries:
+            history = [tuple(h) for h in e["history"]]
+            if e["status"] == "no-dp" or not history:
+                continue
+            run = e["run_id"]
+            if run in current and not _extends(current[run], history):
+                closed.append(current[run])
+            current[run] = history
+        return closed, current
+
+    def lifetime_epsilon(self, *, delta: float, accountant: str, run_id: int | None = None,
+                         extra: History | None = None) -> float:
+        """ε of every recorded release composed, plus ``extra`` (what run ``run_id`` would
+        have released after a round about to run; it supersedes that run's current
+        history when it continues it)."""
+        if any(e["status"] == "no-dp" for e in self.entries):
             return math.inf  # a round trained without DP has no finite ε
-        history = [h for hist in self.run_histories(exclude_run=exclude_run).values()
-                   for h in hist]
-        return epsilon_from_history([*history, *(extra or [])], delta=delta,
+        closed, current = self.segments()
+        histories = list(closed)
+        for run, history in current.items():
+            if not (run == run_id and extra is not None and _extends(history, extra)):
+                histories.append(history)
+        if extra:
+            histories.append(list(extra))
+        return epsilon_from_history([h for hist in histories for h in hist], delta=delta,
                                     accountant=accountant)
 
     def check(self, *, run_id: int, history_after: History, delta: float, accountant: str,
@@ -113,8 +153,8 @@ class Ledger:
         """
         if not 0 < limit < math.inf:
             return
-        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, extra=history_after,
-                                    exclude_run=run_id)
+        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, run_id=run_id,
+                                    extra=history_after)
         if eps > limit:
             spent = self.lifetime_epsilon(delta=delta, accountant=accountant)
             raise PrivacyBudgetExceeded(
@@ -126,7 +166,22 @@ class Ledger:
 
     def append(self, *, run_id: int, server_round: int, status: str, history: History,
                epsilon_run: float, delta: float, accountant: str, limit: float) -> None:
-        """Add one entry and rewrite the file atomically."""
+        """Add one entry and rewrite the file atomically.
+
+        Under an exclusive lock the ledger is re-read (and re-verified) first, so that two
+        runs writing at once both keep their entries.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(LEDGER_FILE + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.entries = Ledger.open(self.path.parent, self.site).entries
+            self._append_locked(run_id=run_id, server_round=server_round, status=status,
+                                history=history, epsilon_run=epsilon_run, delta=delta,
+                                accountant=accountant, limit=limit)
+
+    def _append_locked(self, *, run_id: int, server_round: int, status: str,
+                       history: History, epsilon_run: float, delta: float, accountant: str,
+                       limit: float) -> None:
         entry = {
             "run_id": int(run_id), "round": int(server_round), "status": status,
             "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -155,6 +210,6 @@ class Ledger:
             if e["status"] in ("trained", "no-dp"):
                 r["rounds_trained"] += 1
                 r["epsilon"] = e["epsilon_run"] if e["status"] == "trained" else math.inf
-            else:
+            elif e["status"] == "refused":
                 r["rounds_refused"] += 1
         return list(rows.values())

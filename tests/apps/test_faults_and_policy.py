@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import run_config
@@ -65,6 +66,12 @@ def test_noised_feature_moments_are_in_the_recomputable_epsilon(tmp_path):
         assert acc.get_epsilon(delta=site["delta"]) == pytest.approx(site["epsilon"], rel=1e-9)
         assert site["epsilon"] <= 3.0
     assert "clipped sums" not in " ".join(s["privacy"]["non_dp_releases"])
+    # the release was recorded in each site's ledger before the moments left
+    from medfl.privacy.ledger import Ledger
+
+    ledger = Ledger.open(Path(cfg["state-dir"]) / "va", "va")
+    assert [e["status"] for e in ledger.entries][:1] == ["released"]
+    assert ledger.entries[0]["history"] == [[5.0, 1.0, 1]]
 
 
 @pytest.mark.parametrize(("node", "overrides", "message"), [

@@ -45,6 +45,42 @@ def test_lifetime_composes_the_last_history_of_every_run(tmp_path):
     assert [(r["run_id"], r["rounds_trained"]) for r in runs] == [(1, 2), (2, 1)]
 
 
+def test_a_run_that_restarts_keeps_what_it_released_before(tmp_path):
+    # a node lost its context.state mid-run: its history starts again from nothing, but
+    # the first release already left the site and stays counted
+    ledger = Ledger.open(tmp_path, "va")
+    _append(ledger, 1, 1, "trained", [(1.2, 0.1, 25)])
+    _append(ledger, 1, 2, "trained", [(1.2, 0.1, 10)])  # does not continue the first
+    assert ledger.lifetime_epsilon(delta=1e-3, accountant="rdp") == pytest.approx(
+        _eps([(1.2, 0.1, 25)], [(1.2, 0.1, 10)]))
+
+
+def test_a_release_followed_by_a_refusal_still_counts(tmp_path):
+    ledger = Ledger.open(tmp_path, "va")
+    _append(ledger, 1, 0, "released", [(5.0, 1.0, 1)])
+    _append(ledger, 1, 1, "refused", [(5.0, 1.0, 1)])
+    assert ledger.lifetime_epsilon(delta=1e-3, accountant="rdp") == pytest.approx(
+        _eps([(5.0, 1.0, 1)]))
+    # and a later round of the same run supersedes it rather than adding to it
+    _append(ledger, 1, 2, "trained", [(5.0, 1.0, 1), (1.5, 0.2, 30)])
+    assert ledger.lifetime_epsilon(delta=1e-3, accountant="rdp") == pytest.approx(_eps(H2))
+
+
+def test_the_sites_own_limit_wins_over_a_looser_run_config():
+    from conftest import run_config
+
+    from medfl.config import parse_run_config
+    from medfl.site import lifetime_limit
+
+    loose = parse_run_config(run_config(privacy__lifetime_epsilon=0.0))
+    tight = parse_run_config(run_config(privacy__lifetime_epsilon=2.0))
+    assert lifetime_limit(loose, {"lifetime-epsilon": 5.0}) == 5.0
+    assert lifetime_limit(tight, {"lifetime-epsilon": 5.0}) == 2.0
+    assert lifetime_limit(parse_run_config(run_config(privacy__lifetime_epsilon=9.0)),
+                          {"lifetime-epsilon": 5.0}) == 5.0
+    assert lifetime_limit(loose, {}) == 0.0
+
+
 def test_check_refuses_past_the_limit_naming_spent_requested_and_limit(tmp_path):
     ledger = Ledger.open(tmp_path, "va")
     _append(ledger, 1, 1, "trained", H1)
@@ -62,7 +98,8 @@ def test_a_round_without_dp_makes_the_lifetime_infinite(tmp_path):
     assert ledger.lifetime_epsilon(delta=1e-3, accountant="rdp") == math.inf
 
 
-@pytest.mark.parametrize("damage", ["edit", "truncate", "garbage", "other-site"])
+@pytest.mark.parametrize("damage", ["edit", "drop-first", "garbage", "other-site",
+                                    "not-an-entry"])
 def test_a_damaged_ledger_is_refused_and_left_as_it_is(tmp_path, damage):
     ledger = Ledger.open(tmp_path, "va")
     _append(ledger, 1, 1, "trained", H1)
@@ -72,8 +109,11 @@ def test_a_damaged_ledger_is_refused_and_left_as_it_is(tmp_path, damage):
     if damage == "edit":
         data["entries"][0]["epsilon_run"] = 0.01  # pretend less was spent
         text = json.dumps(data)
-    elif damage == "truncate":
+    elif damage == "drop-first":
         data["entries"] = data["entries"][1:]  # drop the first run
+        text = json.dumps(data)
+    elif damage == "not-an-entry":
+        data["entries"].append(["trained"])
         text = json.dumps(data)
     elif damage == "garbage":
         text = path.read_text()[:100]
@@ -98,7 +138,7 @@ def test_a_failed_write_keeps_the_previous_ledger(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         _append(ledger, 2, 1, "trained", H2)
     assert (tmp_path / LEDGER_FILE).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == [LEDGER_FILE]  # no temp file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_FILE, LEDGER_FILE + ".lock"]
 
 
 def test_second_run_is_refused_by_every_site_when_the_budget_fits_one(tmp_path):
@@ -125,7 +165,7 @@ def test_second_run_is_refused_by_every_site_when_the_budget_fits_one(tmp_path):
 def test_budget_command_prints_the_ledger(tmp_path):
     ledger = Ledger.open(tmp_path, "va")
     _append(ledger, 1, 1, "trained", H1, limit=5.0)
-    _append(ledger, 2, 1, "refused", H1, limit=5.0)
+    _append(ledger, 2, 1, "refused", [], limit=5.0)  # run 2 had released nothing yet
     result = CliRunner().invoke(cli, ["budget", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
