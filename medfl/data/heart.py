@@ -133,8 +133,9 @@ def load_site_frame(site: str, *, directory: Path | None = None,
         )
     try:
         frame = pd.read_csv(path, header=None, names=list(RAW_COLUMNS), na_values="?")
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise DataError(f"{_FILES[site]} is not a 14-column comma-separated file: {exc}") from exc
+    except (pd.errors.ParserError, ValueError) as exc:  # pandas' text may quote the data
+        raise DataError(f"{_FILES[site]} is not a 14-column comma-separated file "
+                        f"({type(exc).__name__})") from None
     if frame.shape[1] != len(RAW_COLUMNS):
         raise DataError(f"{_FILES[site]} has {frame.shape[1]} columns, expected 14")
     return frame

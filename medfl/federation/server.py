@@ -81,13 +81,33 @@ def weight_key(cfg: RunConfig) -> str:
     return "site-weight" if cfg.privacy.central_noise_multiplier > 0 else "num-examples"
 
 
+class CentralDP(DifferentialPrivacyServerSideFixedClipping):
+    """Flower's server-side fixed clipping, aggregating only complete rounds.
+
+    The noise is calibrated to ``num_sampled_clients`` equally weighted sites, so a round
+    in which any site refused, failed, dropped out or sent an invalid update is recorded
+    and *not* aggregated (its noise would be too small for fewer sites), instead of being
+    skipped silently as the wrapper alone does. Updates are validated before clipping.
+    """
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        rec: RecordingFedAvg = self.strategy
+        accepted = rec.record_train(server_round, list(replies))
+        valid = [r for r in accepted if not r.has_error()]
+        if len(valid) != self.num_sampled_clients:
+            rec.unrecord_round(server_round, "central DP needs every site's valid update; "
+                                             f"{len(valid)} of {self.num_sampled_clients}")
+            return None, None
+        return super().aggregate_train(server_round, valid)
+
+
 def with_central_dp(strategy: RecordingFedAvg, cfg: RunConfig, *, num_sites: int):
-    """Wrap ``strategy`` in Flower's server-side fixed-clipping central DP, if configured."""
+    """Wrap ``strategy`` in server-side fixed-clipping central DP, if configured."""
     if cfg.privacy.central_noise_multiplier <= 0:
         return strategy
-    return DifferentialPrivacyServerSideFixedClipping(
-        strategy, noise_multiplier=cfg.privacy.central_noise_multiplier,
-        clipping_norm=cfg.privacy.central_clipping_norm, num_sampled_clients=num_sites)
+    return CentralDP(strategy, noise_multiplier=cfg.privacy.central_noise_multiplier,
+                     clipping_norm=cfg.privacy.central_clipping_norm,
+                     num_sampled_clients=num_sites)
 
 
 def central_dp_report(cfg: RunConfig, strategy: RecordingFedAvg) -> dict[str, Any] | None:
@@ -193,8 +213,11 @@ class RecordingFedAvg(FedAvg):
         self._sent["evaluate"] = [m.metadata.dst_node_id for m in messages]
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
+    def record_train(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """Record a train round (per-site metrics, problems) and return the replies to
+        aggregate: the valid updates plus error replies (FedAvg counts and logs those).
+        Raises ``PrivacyBudgetExceeded`` when every site refused."""
+        self._recorded_round = server_round
         ok, problems = self._outcomes("train", replies)
         refused = [p for p in problems if p["status"] == "refused"]
         if replies and len(refused) == len(replies):
@@ -218,7 +241,20 @@ class RecordingFedAvg(FedAvg):
             accepted.append(rep)
         self.final_train.update(train)
         self._current = {"round": server_round, "train": train, "train_problems": problems}
-        return super().aggregate_train(server_round, accepted)
+        return accepted
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        if getattr(self, "_recorded_round", None) != server_round:  # not pre-recorded
+            replies = self.record_train(server_round, replies)
+        return super().aggregate_train(server_round, replies)
+
+    def unrecord_round(self, server_round: int, reason: str) -> None:
+        """Mark a recorded round as not aggregated (its updates were not used)."""
+        for rounds in self.rounds_trained.values():
+            if server_round in rounds:
+                rounds.remove(server_round)
+        self._current["not_aggregated"] = reason
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)

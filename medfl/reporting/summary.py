@@ -36,6 +36,8 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
            f"test-set evaluation statistics, suppressed below k={cfg.privacy.k_threshold}"]
     if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
+    if cfg.privacy.audit:
+        out.append("membership-inference audit figures (attack AUC, TPR; groups >= k)")
     if not cfg.privacy.enabled:
         out.insert(0, "model updates (DP-SGD is off)")
     return out

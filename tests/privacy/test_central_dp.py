@@ -49,3 +49,25 @@ def test_central_dp_off_by_default(run_inprocess):
     path, _ = run_inprocess(num_server_rounds=1, privacy__enabled=False)
     s = json.loads((path / "summary.json").read_text())
     assert s["privacy"]["central_dp"] is None
+
+
+def test_a_round_with_a_missing_site_is_recorded_and_not_aggregated(tmp_path):
+    # central DP's noise is calibrated to all four sites: with one dropped, the round must
+    # not be aggregated (less noise per site than accounted), and it must say so
+    from conftest import run_config
+    from flwr.app import Context, RecordDict
+
+    from client.app import app as client_app
+    from server.app import main
+    from tests.apps.test_faults_and_policy import DroppingGrid
+
+    cfg = run_config(num_server_rounds=2, privacy__central_noise_multiplier=1.0,
+                     output_dir=str(tmp_path), run_name="c")
+    grid = DroppingGrid(client_app, cfg, drop_node=1002, drop_rounds={2})
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    rounds = [json.loads(x) for x in (tmp_path / "c" / "rounds.jsonl").read_text().splitlines()]
+    assert "not_aggregated" not in rounds[0]
+    assert rounds[1]["not_aggregated"].startswith("central DP needs every site's valid update")
+    assert rounds[1]["train_problems"][0]["status"] == "dropped"
+    s = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert s["privacy"]["central_dp"]["rounds"] == 1  # only the complete round is accounted
