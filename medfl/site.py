@@ -237,8 +237,10 @@ def fit(
     model = model.to(device)
     optimizer = make_optimizer(model, cfg.train)
     x = scaler.transform(data.x_train)
-    # Under DP the batch sampling and the noise come from a secret seed (see dp_seed).
+    # Under DP the batch sampling and the noise come from two independent secret seeds
+    # (see dp_seed); seeded mode derives both from the run seed.
     sampling_seed = dp_seed(seed, secure=p.secure_noise) if p.enabled else seed
+    noise_seed = dp_seed(seed + 1, secure=p.secure_noise)
     loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
                          seed=sampling_seed)
     if p.enabled:
@@ -262,7 +264,7 @@ def fit(
             before_train(after)
         model, optimizer, loader, engine = attach_dp(
             model, optimizer, loader, plan=plan, history=history,
-            noise_generator=dp_generator(sampling_seed),
+            noise_generator=dp_generator(noise_seed),
             grad_sample_mode=choose_grad_sample_mode(model, p.grad_sample_mode),
             secure_mode=p.secure_mode,
         )

@@ -33,6 +33,8 @@ COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members
 SUPPRESSED = -1.0
 #: Lists whose length is fixed by the model/schema, not by the data.
 FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric"}
+#: Lists with a small fixed bound (a site makes at most a few accounted releases a run).
+MAX_LENGTH = {"prior-noise-multipliers": 8}
 
 
 def _is_number(v: Any) -> bool:
@@ -91,6 +93,8 @@ def check_reply(
             out.append(f"metric {key!r} holds a count below k={k}")
         if key in FIXED_LENGTH and len(values) != n_numeric:
             out.append(f"metric {key!r} must have {n_numeric} entries")
+        if key in MAX_LENGTH and len(values) > MAX_LENGTH[key]:
+            out.append(f"metric {key!r} may have at most {MAX_LENGTH[key]} entries")
     if kind == "evaluate":
         out += _check_groups(metrics, k)
     if kind == "train":

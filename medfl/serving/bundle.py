@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from medfl.errors import BundleError
 from medfl.io import atomic_write_bytes, atomic_write_json
@@ -60,10 +60,14 @@ def load_bundle(path: Path, *, public_key: Path | None = None) -> Bundle:
     manifest_path, weights_path = path / MANIFEST, path / WEIGHTS
     if not manifest_path.is_file() or not weights_path.is_file():
         raise BundleError(f"{path} is not a model bundle: expected {MANIFEST} and {WEIGHTS}")
+    # Each file is read once: what is verified is exactly what is loaded.
+    manifest_bytes, weights_bytes = manifest_path.read_bytes(), weights_path.read_bytes()
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{MANIFEST} is not valid JSON: {exc}") from exc
+        manifest = json.loads(manifest_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{MANIFEST} is not valid JSON: {type(exc).__name__}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{MANIFEST} must hold a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{MANIFEST} lacks required keys {missing}")
@@ -71,11 +75,16 @@ def load_bundle(path: Path, *, public_key: Path | None = None) -> Bundle:
         raise BundleError(f"manifest_version {manifest['manifest_version']!r} is not "
                           f"supported; this MedFL reads version {MANIFEST_VERSION}")
     if public_key is not None:
-        from medfl.serving.signing import verify_bundle
+        from medfl.serving.signing import verify_manifest
 
-        verify_bundle(path, public_key)
-    digest = hashlib.sha256(weights_path.read_bytes()).hexdigest()
+        verify_manifest(path, manifest_bytes, public_key)
+    digest = hashlib.sha256(weights_bytes).hexdigest()
     if digest != manifest["weights_sha256"]:
         raise BundleError(f"{WEIGHTS} sha256 {digest} does not match the manifest's "
                           f"{manifest['weights_sha256']}: the weights were modified")
-    return Bundle(path=path, manifest=manifest, weights=load_file(str(weights_path)))
+    try:
+        weights = load(weights_bytes)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise BundleError(f"{WEIGHTS} is not a readable safetensors file "
+                          f"({type(exc).__name__})") from None
+    return Bundle(path=path, manifest=manifest, weights=weights)

@@ -69,13 +69,18 @@ def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
 
 def verify_bundle(bundle_dir: Path, public_key: Path) -> None:
     """Raise ``BundleError`` unless the manifest's signature verifies with ``public_key``."""
+    verify_manifest(bundle_dir, (bundle_dir / "manifest.json").read_bytes(), public_key)
+
+
+def verify_manifest(bundle_dir: Path, manifest: bytes, public_key: Path) -> None:
+    """Verify the signature in ``bundle_dir`` over these exact ``manifest`` bytes."""
     sig_path = bundle_dir / SIGNATURE
     if not sig_path.is_file():
         raise BundleError(f"the bundle is not signed ({SIGNATURE} missing) but a "
                           "verification key is configured")
     try:
         signature = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
-        _load_public(public_key).verify(signature, (bundle_dir / "manifest.json").read_bytes())
+        _load_public(public_key).verify(signature, manifest)
     except (InvalidSignature, ValueError):
         raise BundleError("the bundle's Ed25519 signature does not verify with the configured "
                           "public key: the manifest or weights were changed, or the key is "

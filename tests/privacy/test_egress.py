@@ -39,6 +39,8 @@ def test_a_well_formed_train_reply_passes():
     ({"metrics": {**GOOD_TRAIN, "scores": PREDICTIONS}}, "metric 'scores' is not declared"),
     ({"metrics": {**GOOD_TRAIN, "num-examples": 4}}, "'num-examples' holds a count below k=10"),
     ({"metrics": {**GOOD_TRAIN, "epsilon": [2.9]}}, "'epsilon' must be a scalar"),
+    ({"metrics": {**GOOD_TRAIN, "prior-noise-multipliers": PREDICTIONS * 4}},
+     "'prior-noise-multipliers' may have at most 8 entries"),
     ({"arrays": {"0.weight": (1, 13), "0.bias": (1,), "row": (13,)}}, "arrays differ"),
     ({"arrays": {"0.weight": (303, 13), "0.bias": (1,)}}, "arrays differ"),
     ({"site": {"name": "va", "note": "patient 4711 had a reaction"}}, "only the site's name"),
