@@ -23,6 +23,7 @@ ACCOUNTANTS = ("rdp", "prv")
 SCALINGS = ("federated", "site", "none")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "adam")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")  # Opacus per-sample gradients
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
                                  lambda v: v >= 0 and math.isfinite(v)),
     "privacy.audit": (bool, "true or false", lambda v: True),
-    "privacy.grad-sample-mode": _choice(("auto", "hooks", "ew", "functorch")),
+    "privacy.grad-sample-mode": _choice(GRAD_SAMPLE_MODES),
     "privacy.central-noise-multiplier": (float, "a number >= 0 (0: no central DP)",
                                          lambda v: v >= 0 and math.isfinite(v)),
     "privacy.central-clipping-norm": (float, "a number > 0",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from medfl.evaluation.stats import SUPPRESSED
+
 LOW_FPR = 0.1
 
 
@@ -38,7 +40,7 @@ class AuditResult:
 
     def to_metrics(self) -> dict[str, float]:
         def wire(v):
-            return -1.0 if v is None else float(v)
+            return SUPPRESSED if v is None else float(v)
 
         return {"attack-auc": wire(self.attack_auc),
                 "attack-tpr-at-fpr10": wire(self.tpr_at_low_fpr),
@@ -47,7 +49,7 @@ class AuditResult:
     @classmethod
     def from_metrics(cls, m: dict) -> AuditResult:
         def opt(v, cast=float):
-            return None if float(v) == -1.0 else cast(v)
+            return None if float(v) == SUPPRESSED else cast(v)
 
         return cls(opt(m["attack-auc"]), opt(m["attack-tpr-at-fpr10"]),
                    opt(m["members"], int), opt(m["non-members"], int))

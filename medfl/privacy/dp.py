@@ -123,9 +123,6 @@ def calibrate_noise(
     return float(high)
 
 
-GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")
-
-
 def make_dp_compatible(model: nn.Module) -> nn.Module:
     """Return a DP-SGD-compatible version of ``model`` or raise ``ConfigError``.
 

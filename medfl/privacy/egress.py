@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from medfl.evaluation.stats import SUPPRESSED  # the one sentinel for a suppressed value
+
 SCALAR, LIST = "scalar", "list"
 
 #: Declared metrics per message type: key -> "scalar" | "list".
@@ -30,7 +32,7 @@ DECLARED: dict[str, dict[str, str]] = {
 }
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
 COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members"}
-SUPPRESSED = -1.0
+
 #: Lists whose length is fixed by the model/schema, not by the data.
 FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric"}
 #: Lists with a small fixed bound (a site makes at most a few accounted releases a run).

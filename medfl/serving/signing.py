@@ -67,11 +67,6 @@ def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
     return bundle_dir / SIGNATURE
 
 
-def verify_bundle(bundle_dir: Path, public_key: Path) -> None:
-    """Raise ``BundleError`` unless the manifest's signature verifies with ``public_key``."""
-    verify_manifest(bundle_dir, (bundle_dir / "manifest.json").read_bytes(), public_key)
-
-
 def verify_manifest(bundle_dir: Path, manifest: bytes, public_key: Path) -> None:
     """Verify the signature in ``bundle_dir`` over these exact ``manifest`` bytes."""
     sig_path = bundle_dir / SIGNATURE

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
-from deploy.api.deps import get_model, require_api_key
+from deploy.api.deps import get_model
 from medfl import DISCLAIMER
 from medfl.serving import TabularModel
 
 ModelDep = Annotated[TabularModel, Depends(get_model)]
 
-router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["model"])
 
 
 @router.get("/model")

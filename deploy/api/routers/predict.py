@@ -6,14 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Request
 
-from deploy.api.deps import get_model, require_api_key, require_json
+from deploy.api.deps import get_model, require_json
 from deploy.api.schemas import ExplainResponse, PredictRequest, PredictResponse
 from medfl.serving import TabularModel
 
 ModelDep = Annotated[TabularModel, Depends(get_model)]
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key),
-                                                    Depends(require_json)])
+router = APIRouter(tags=["predict"], dependencies=[Depends(require_json)])
 
 EXAMPLE = {"records": [{"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
                         "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}]}
