@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from medfl.data.types import SiteData
 from medfl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -66,32 +66,6 @@ _SHA256 = {
 }
 TEST_SIZE = 0.34
 SPLIT_SEED = 43
-
-
-@dataclass(frozen=True)
-class SiteData:
-    """One hospital's preprocessed (unscaled) train/test data.
-
-    ``x_*`` have shape (n, len(FEATURE_NAMES)) in FEATURE_NAMES order, float32;
-    ``y_*`` are 0/1 int64 of shape (n,). ``sensitive_*`` keep the raw sensitive
-    attributes for subgroup evaluation; they never leave the site.
-    """
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    sensitive_train: pd.DataFrame
-    sensitive_test: pd.DataFrame
-
-    @property
-    def n_train(self) -> int:
-        return int(self.y_train.shape[0])
-
-    @property
-    def n_test(self) -> int:
-        return int(self.y_test.shape[0])
 
 
 def data_dir() -> Path:
