@@ -26,7 +26,7 @@ from medfl.models import build_model
 from medfl.privacy.dp import DPPlan, attach_dp
 from medfl.training import make_loader, train_epochs
 
-MODELS = {"logreg": ModelConfig("logreg", 0), "mlp (64 hidden)": ModelConfig("mlp", 64)}
+MODELS = {"logreg": ModelConfig("logreg", 0, 8), "mlp (64 hidden)": ModelConfig("mlp", 64, 8)}
 MODES = ["hooks", "ew", "functorch"]
 
 

@@ -8,6 +8,7 @@ allows: model arrays, declared scalar metrics, and the site's public name.
 from __future__ import annotations
 
 import logging
+import zlib
 
 import numpy as np
 import torch
@@ -32,11 +33,13 @@ app = ClientApp()
 def _setup(msg: Message, context: Context):
     cfg = parse_run_config(dict(context.run_config))
     node = dict(context.node_config)
-    site = site_lib.resolve_site(node)
+    site = site_lib.resolve_site(cfg, node)
     site_lib.enforce_site_policy(cfg, node)
     data_path = str(node["data-path"]) if "data-path" in node else None
     verify = bool(node.get("verify-checksum", True))
-    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path, verify=verify)
+    num = int(node["num-partitions"]) if "num-partitions" in node else None
+    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path, verify=verify,
+                                         num_partitions=num)
 
 
 def _ledger(cfg, site: str, context: Context) -> Ledger:
@@ -45,7 +48,7 @@ def _ledger(cfg, site: str, context: Context) -> Ledger:
 
 def _seed(cfg, site: str, server_round: int) -> int:
     # Distinct per site and round, reproducible from the run's seed.
-    return cfg.seed * 1_000_003 + site_lib.HEART_SITES.index(site) * 10_007 + server_round
+    return cfg.seed * 1_000_003 + zlib.crc32(site.encode()) % 10_007 * 10_007 + server_round
 
 
 @app.query(mods=[fed.egress_guard])

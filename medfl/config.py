@@ -14,8 +14,17 @@ from typing import Any
 
 from medfl.errors import ConfigError
 
-TASKS = ("heart-disease",)
-MODELS = ("logreg", "mlp")
+TASKS = ("heart-disease", "image-classification", "segmentation")
+MODELS = ("logreg", "mlp", "resnet", "densenet121", "unet")
+#: Which models fit which task (checked once, when the config is parsed).
+TASK_MODELS = {
+    "heart-disease": ("logreg", "mlp"),
+    "image-classification": ("resnet", "densenet121"),
+    "segmentation": ("unet",),
+}
+INTENSITIES = ("minmax", "window", "zscore")
+PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
+AUGMENTATIONS = ("none", "light", "standard")
 STRATEGIES = ("fedavg",)
 # Opacus' "gdp" accountant is left out on purpose: it reads only the last history entry
 # (so it would drop an earlier release from the total) and is an approximation, not a bound.
@@ -30,6 +39,7 @@ GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")  # Opacus per-sample gr
 class ModelConfig:
     name: str
     hidden: int
+    width: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class TrainConfig:
     optimizer: str
     momentum: float
     weight_decay: float
+    pos_weight: float
+    augment: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,23 @@ class PrivacyConfig:
 class PreprocessingConfig:
     scaling: str
     stats_noise_multiplier: float
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str
+    labels: str
+    image_size: int
+    intensity: str
+    window_center: float
+    window_width: float
+    test_fraction: float
+    partition: str
+    dirichlet_alpha: float
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.labels.split(",") if x.strip())
 
 
 @dataclass(frozen=True)
@@ -93,8 +122,13 @@ class RunConfig:
     train: TrainConfig
     privacy: PrivacyConfig
     preprocessing: PreprocessingConfig
+    data: DataConfig
     evaluation: EvaluationConfig
     strategy: StrategyConfig
+
+    @property
+    def is_tabular(self) -> bool:
+        return self.task == "heart-disease"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,12 +153,17 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
                  lambda v: "/" not in v and v not in (".", "..", "latest")),
     "model.name": _choice(MODELS),
     "model.hidden": (int, "an integer >= 0 (0: no hidden layer)", lambda v: v >= 0),
+    "model.width": (int, "an integer >= 2 (channels of the first imaging block)",
+                    lambda v: v >= 2),
     "train.local-epochs": _positive_int(),
     "train.batch-size": _positive_int(),
     "train.lr": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "train.optimizer": _choice(OPTIMIZERS),
     "train.momentum": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
     "train.weight-decay": (float, "a number >= 0", lambda v: v >= 0),
+    "train.pos-weight": (float, "a number > 0 (1: unweighted)",
+                         lambda v: v > 0 and math.isfinite(v)),
+    "train.augment": _choice(AUGMENTATIONS),
     "privacy.enabled": (bool, "true or false", lambda v: True),
     "privacy.target-epsilon": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "privacy.target-delta": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
@@ -145,6 +184,20 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",
                                              lambda v: v >= 0 and math.isfinite(v)),
+    "data.manifest": (str, "a manifest CSV path, or empty for the task's built-in data",
+                      lambda v: True),
+    "data.labels": (str, "two comma-separated class names, e.g. 'absent,present'",
+                    lambda v: len([x for x in v.split(",") if x.strip()]) == 2
+                    and len({x.strip() for x in v.split(",")}) == 2),
+    "data.image-size": (int, "an integer in [16, 1024] (pixels per side)",
+                        lambda v: 16 <= v <= 1024),
+    "data.intensity": _choice(INTENSITIES),
+    "data.window-center": (float, "a number (modality units, e.g. HU)", math.isfinite),
+    "data.window-width": (float, "a number >= 0 (0: the DICOM file's own window)",
+                          lambda v: v >= 0 and math.isfinite(v)),
+    "data.test-fraction": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
+    "data.partition": _choice(PARTITIONS),
+    "data.dirichlet-alpha": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "evaluation.threshold": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
     "strategy.name": _choice(STRATEGIES),
     "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
@@ -198,6 +251,10 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         return cls(**fields)
 
     privacy = section("privacy", PrivacyConfig)
+    task, model = v["task"], v["model.name"]
+    if model not in TASK_MODELS[task]:
+        raise ConfigError(f"model.name={model!r} does not fit task={task!r}; valid for this "
+                          f"task: {', '.join(TASK_MODELS[task])}")
     return RunConfig(
         num_server_rounds=v["num-server-rounds"],
         seed=v["seed"],
@@ -210,6 +267,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         train=section("train", TrainConfig),
         privacy=privacy,
         preprocessing=section("preprocessing", PreprocessingConfig),
+        data=section("data", DataConfig),
         evaluation=section("evaluation", EvaluationConfig),
         strategy=section("strategy", StrategyConfig),
     )

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 import medfl
+from medfl import tasks
 from medfl.config import RunConfig
-from medfl.data.heart import FEATURE_NAMES, HEART_SITES, LABEL_NAMES, input_schema
+from medfl.data.heart import FEATURE_NAMES, HEART_SITES, input_schema
 from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
 from medfl.errors import DataError
 from medfl.evaluation.stats import SiteEvalStats
-from medfl.models import build_model, state_arrays
+from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult
 from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 def initial_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The global model's starting weights, reproducible from the run's seed."""
     torch.manual_seed(cfg.seed)
-    return state_arrays(build_model(cfg.model, n_features=len(FEATURE_NAMES)))
+    return state_arrays(tasks.build_task_model(cfg))
 
 
 def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
@@ -48,6 +49,36 @@ def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
 def site_order(names: list[str]) -> list[str]:
     known = [s for s in HEART_SITES if s in names]
     return known + sorted(set(names) - set(known))
+
+
+def _model_io(cfg: RunConfig, scaler: Standardizer | None) -> dict[str, Any]:
+    """The bundle's architecture, input schema and preprocessing: what a caller needs to
+    rebuild the model and reproduce training-time inputs exactly."""
+    if cfg.is_tabular:
+        return {
+            "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
+                             "n_features": len(FEATURE_NAMES), "n_outputs": 1,
+                             "output": "logit of P(disease)"},
+            "input_schema": input_schema(),
+            "preprocessing": {
+                "encoding": "one-hot cp and restecg, first level dropped (FLamby)",
+                "scaling": cfg.preprocessing.scaling,
+                "standardizer": scaler.to_dict() if scaler is not None else None,
+            },
+        }
+    size = cfg.data.image_size
+    seg = tasks.kind(cfg) == "segmentation"
+    return {
+        "architecture": {"name": cfg.model.name, "width": cfg.model.width,
+                         "image_shape": [1, size, size], "n_outputs": 1,
+                         "output": ("logit of P(lesion) per pixel" if seg else
+                                    f"logit of P({tasks.label_names(cfg)[1]})")},
+        "input_schema": {"type": "image", "formats": ["png", "jpeg", "dicom", "nifti"],
+                         "channels": 1, "dimensions": 2,
+                         "sensitive_attributes": ["sex", "age"]},
+        "preprocessing": {"image": tasks.image_preprocessing(cfg).to_dict(),
+                          "order": "read (DICOM modality LUT), intensity, resize"},
+    }
 
 
 def finish_run(
@@ -69,16 +100,8 @@ def finish_run(
                             audits=audits or {}, central=central)
     manifest = {
         "task": cfg.task,
-        "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
-                         "n_features": len(FEATURE_NAMES), "n_outputs": 1,
-                         "output": "logit of P(disease)"},
-        "input_schema": input_schema(),
-        "preprocessing": {
-            "encoding": "one-hot cp and restecg, first level dropped (FLamby)",
-            "scaling": cfg.preprocessing.scaling,
-            "standardizer": scaler.to_dict() if scaler is not None else None,
-        },
-        "label_names": list(LABEL_NAMES),
+        **_model_io(cfg, scaler),
+        "label_names": list(tasks.label_names(cfg)),
         "threshold": cfg.evaluation.threshold,
         "metrics": {"global": summary["global"]["metrics"],
                     "mean_site_accuracy": summary["mean_site_accuracy"]},

@@ -17,19 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from medfl import tasks
 from medfl.config import RunConfig
-from medfl.data.heart import (
-    FEATURE_NAMES,
-    HEART_SITES,
-    NUMERIC_COLUMNS,
-    PUBLIC_BOUNDS,
-    SiteData,
-    load_heart_site,
-)
+from medfl.data.augment import build_augmentation
+from medfl.data.heart import FEATURE_NAMES, HEART_SITES, NUMERIC_COLUMNS, PUBLIC_BOUNDS
 from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
+from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
-from medfl.evaluation.stats import SiteEvalStats, site_eval_stats
-from medfl.models import build_model, state_arrays
+from medfl.evaluation.stats import SiteEvalStats, segmentation_stats, site_eval_stats
+from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.privacy.dp import (
     DPPlan,
@@ -51,27 +47,33 @@ NUMERIC_IDX = tuple(FEATURE_NAMES.index(c) for c in NUMERIC_COLUMNS)
 BOUNDS = np.array([PUBLIC_BOUNDS[c] for c in NUMERIC_COLUMNS], dtype=np.float64)
 
 
-def resolve_site(node_config: dict[str, Any]) -> str:
+def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
     """The site this node serves.
 
     Deployment: ``node_config`` names it (``site='cleveland'``). Simulation: Flower sets
-    ``partition-id`` / ``num-partitions``, and partition *i* is the *i*-th hospital.
+    ``partition-id`` / ``num-partitions``, and partition *i* is the task's *i*-th site
+    (heart disease: the *i*-th hospital; imaging: the manifest's sites in sorted order,
+    or ``part-<i+1>`` under ``data.partition``).
     """
     if "site" in node_config:
         site = str(node_config["site"])
-        if site not in HEART_SITES:
+        if cfg.is_tabular and site not in HEART_SITES:
             raise ConfigError(f"node-config site={site!r} is unknown; valid: {list(HEART_SITES)}")
+        if not site or not all(c.isalnum() or c in "-_." for c in site):
+            raise ConfigError("node-config site must be a name of letters, digits, '-', '_' "
+                              "or '.'")
         return site
     if "partition-id" not in node_config:
         raise ConfigError("node-config needs site='<name>' (deployment) or partition-id "
                           "(simulation); neither was given")
     pid, num = int(node_config["partition-id"]), int(node_config.get("num-partitions", 0))
-    if num != len(HEART_SITES):
+    names = tasks.sites(cfg, num_partitions=num)
+    if num != len(names):
         raise ConfigError(
-            f"the heart-disease task has {len(HEART_SITES)} hospitals but the federation has "
-            f"{num} supernodes; run with --federation-config 'num-supernodes=4'"
+            f"the {cfg.task} data has {len(names)} sites but the federation has {num} "
+            f"supernodes; run with --federation-config 'num-supernodes={len(names)}'"
         )
-    return HEART_SITES[pid]
+    return names[pid]
 
 
 def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:
@@ -125,23 +127,10 @@ def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
 
 
 def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
-              verify: bool = True) -> SiteData:
-    """One constructor for a site's data (only the heart-disease task exists so far).
-
-    ``data_path`` (deployment: ``node_config`` ``data-path``) is a folder holding the
-    site's ``processed.<site>.data`` file; by default the copy embedded in the package.
-    The file's sha256 is verified against the published one unless ``verify`` is false
-    (``node_config`` ``verify-checksum=false``: the hospital's own export in this format).
-    """
-    if cfg.task != "heart-disease":
-        raise ConfigError(f"task {cfg.task!r} has no data loader yet")
-    if data_path is not None and not Path(data_path).is_dir():
-        raise DataError("node-config data-path is not a folder; it must be the folder "
-                        f"holding processed.{site}.data")
-    if not verify:
-        logger.warning("site %s: data checksum verification is off (own data export)", site)
-    return load_heart_site(site, directory=Path(data_path) if data_path else None,
-                           verify=verify)
+              verify: bool = True, num_partitions: int | None = None) -> SiteData:
+    """This site's data (see :func:`medfl.tasks.load_site`)."""
+    return tasks.load_site(cfg, site, data_path=data_path, verify=verify,
+                           num_partitions=num_partitions)
 
 
 def release_noised_moments(cfg: RunConfig, ledger: Ledger, *, run_id: int, history: History,
@@ -179,7 +168,10 @@ def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -
 
 
 def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -> Standardizer:
-    """The standardiser this site applies, per ``preprocessing.scaling``."""
+    """The standardiser this site applies, per ``preprocessing.scaling`` (tabular only:
+    images are normalised one by one, per ``data.intensity``)."""
+    if not cfg.is_tabular:
+        return Standardizer((), (), ())
     if cfg.preprocessing.scaling == "federated":
         if received is None:
             raise ConfigError("scaling 'federated' but the server sent no standardiser")
@@ -190,7 +182,7 @@ def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -
 
 
 def _model(cfg: RunConfig, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-    model = build_model(cfg.model, n_features=len(FEATURE_NAMES))
+    model = tasks.build_task_model(cfg)
     if weights is not None:
         model.load_state_dict(weights, strict=True)
     return model
@@ -241,8 +233,10 @@ def fit(
     # (see dp_seed); seeded mode derives both from the run seed.
     sampling_seed = dp_seed(seed, secure=p.secure_noise) if p.enabled else seed
     noise_seed = dp_seed(seed + 1, secure=p.secure_noise)
+    augment = build_augmentation(cfg.train.augment, seed=sampling_seed + 7,
+                                 segmentation=tasks.kind(cfg) == "segmentation")
     loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
-                         seed=sampling_seed)
+                         seed=sampling_seed, transform=augment)
     if p.enabled:
         if plan is None:
             plan = DPPlan.make(
@@ -269,7 +263,7 @@ def fit(
             secure_mode=p.secure_mode,
         )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
-                          device=device)
+                          device=device, criterion=tasks.make_loss(cfg))
     if p.enabled:
         history = [tuple(h) for h in engine.accountant.history]
         epsilon = (eps_after if history == after else
@@ -307,6 +301,9 @@ def evaluate(
     device = resolve_device(cfg.device)
     model = _model(cfg, weights).to(device)
     scores = predict_proba(model, scaler.transform(data.x_test), device=device)
+    if tasks.kind(cfg) == "segmentation":
+        return segmentation_stats(data.y_test, scores, threshold=cfg.evaluation.threshold,
+                                  k=cfg.privacy.k_threshold)
     return site_eval_stats(
         data.y_test, scores, threshold=cfg.evaluation.threshold, k=cfg.privacy.k_threshold,
     )
@@ -319,8 +316,13 @@ def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     model = _model(cfg, weights).to(device)
     p_train = predict_proba(model, scaler.transform(data.x_train), device=device)
     p_test = predict_proba(model, scaler.transform(data.x_test), device=device)
-    return loss_threshold_attack(per_record_loss(data.y_train, p_train),
-                                 per_record_loss(data.y_test, p_test),
+
+    def loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        # Segmentation: one loss per image, the mean of its pixels' cross-entropies.
+        per = per_record_loss(y.reshape(len(y), -1), p.reshape(len(p), -1))
+        return per.mean(axis=1)
+
+    return loss_threshold_attack(loss(data.y_train, p_train), loss(data.y_test, p_test),
                                  k=cfg.privacy.k_threshold)
 
 

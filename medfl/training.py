@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from medfl.config import TrainConfig
 from medfl.errors import ConfigError
@@ -26,11 +27,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class AugmentedDataset(Dataset):
+    """``(x[i], y[i])`` passed through a per-sample random ``transform`` on each access.
+
+    Augmentation is per-sample preprocessing at the site, so it composes with DP-SGD:
+    the sampler, the clipping and the accountant are unchanged.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor,
+                 transform: Callable[[torch.Tensor, torch.Tensor],
+                                     tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.x[i], self.y[i])
+
+
 def make_loader(x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool,
-                seed: int) -> DataLoader:
-    """A DataLoader over float32 features (n, d) and float32 0/1 labels (n,)."""
-    dataset = TensorDataset(torch.as_tensor(x, dtype=torch.float32),
-                            torch.as_tensor(y, dtype=torch.float32))
+                seed: int, transform: Callable | None = None) -> DataLoader:
+    """A DataLoader over float32 inputs (n, ...) and float32 targets (labels (n,) or
+    masks (n, 1, H, W)); ``transform`` augments each sample when given."""
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    dataset = AugmentedDataset(xt, yt, transform) if transform else TensorDataset(xt, yt)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle,
                       generator=generator)
@@ -50,21 +72,29 @@ class TrainResult:
 
 
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
-                 epochs: int, device: torch.device) -> TrainResult:
-    """Run ``epochs`` passes of binary cross-entropy training; one optimizer step per batch.
+                 epochs: int, device: torch.device,
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 ) -> TrainResult:
+    """Run ``epochs`` passes of training; one optimizer step per batch.
+
+    ``criterion(logits, targets)`` defaults to binary cross-entropy on one logit.
 
     Works with plain and Opacus-wrapped model/optimizer/loader. Under Poisson sampling a
     batch may be empty: the step is still taken (Opacus adds noise and the accountant
     counts it), with a zero loss.
     """
     model.train()
-    criterion = nn.BCEWithLogitsLoss()
+    if criterion is None:
+        bce = nn.BCEWithLogitsLoss()
+
+        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return bce(logits.squeeze(-1), y)
     steps, loss_sum, loss_n = 0, 0.0, 0
     for _ in range(epochs):
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad()
-            logits = model(xb).squeeze(-1)
+            logits = model(xb)
             loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
             loss.backward()
             optimizer.step()
@@ -79,8 +109,21 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, *, device: torch.device) -> np.ndarray:
-    """P(class 1) for each row of ``x`` (n, d) → (n,) float64."""
+def predict_proba(model: nn.Module, x: np.ndarray, *, device: torch.device,
+                  batch_size: int = 64) -> np.ndarray:
+    """Sigmoid of the model's output, in batches of ``batch_size``.
+
+    Classification: P(class 1) per sample, (n, d) or (n, C, H, W) → (n,) float64.
+    Segmentation: P(foreground) per pixel, (n, C, H, W) → (n, 1, H, W) float64.
+    """
     model.eval()
-    logits = model(torch.as_tensor(x, dtype=torch.float32, device=device)).squeeze(-1)
-    return torch.sigmoid(logits).double().cpu().numpy()
+    out = []
+    for start in range(0, len(x), batch_size):
+        xb = torch.as_tensor(x[start:start + batch_size], dtype=torch.float32, device=device)
+        logits = model(xb)
+        if logits.ndim == 2:
+            logits = logits.squeeze(-1)
+        out.append(torch.sigmoid(logits).double().cpu())
+    if not out:
+        return np.zeros((0,), np.float64)
+    return torch.cat(out).numpy()

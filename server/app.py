@@ -28,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
 
     nodes = fed.wait_for_nodes(grid, minimum=cfg.strategy.min_nodes)
     scaler, node_sites = None, {}
-    if cfg.preprocessing.scaling == "federated":
+    if cfg.is_tabular and cfg.preprocessing.scaling == "federated":
         moments, node_sites = fed.query_feature_moments(grid, nodes, timeout=ROUND_TIMEOUT_S)
         scaler = orch.consortium_scaler(cfg, moments, expected=len(nodes))
     shared = ConfigRecord(fed.scaler_to_config(scaler))

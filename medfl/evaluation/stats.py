@@ -75,6 +75,18 @@ class SiteEvalStats:
     auroc: float | None
     groups_neg: list[Group] | None
     groups_pos: list[Group] | None
+    #: segmentation only: sums over test images of per-image Dice, Dice squared and IoU
+    dice_sum: float | None = None
+    dice_sqsum: float | None = None
+    iou_sum: float | None = None
+
+    @property
+    def dice(self) -> float | None:
+        return None if self.dice_sum is None or not self.n else self.dice_sum / self.n
+
+    @property
+    def iou(self) -> float | None:
+        return None if self.iou_sum is None or not self.n else self.iou_sum / self.n
 
     @property
     def accuracy(self) -> float | None:
@@ -87,7 +99,9 @@ class SiteEvalStats:
     def to_metrics(self) -> dict[str, int | float | list[float]]:
         """Flat numeric form for the wire; suppressed values become ``SUPPRESSED`` / []."""
         neg, pos = _flat(self.groups_neg), _flat(self.groups_pos)
-        return {
+        seg = {} if self.dice_sum is None else {
+            "dice-sum": self.dice_sum, "dice-sqsum": self.dice_sqsum, "iou-sum": self.iou_sum}
+        return {**seg,
             "num-examples": SUPPRESSED if self.n is None else self.n,
             "n-correct": SUPPRESSED if self.n_correct is None else self.n_correct,
             "loss-sum": SUPPRESSED if self.loss_sum is None else self.loss_sum,
@@ -116,6 +130,9 @@ class SiteEvalStats:
             auroc=opt(m["auroc"]),
             groups_neg=groups("neg"),
             groups_pos=groups("pos"),
+            dice_sum=float(m["dice-sum"]) if "dice-sum" in m else None,
+            dice_sqsum=float(m["dice-sqsum"]) if "dice-sqsum" in m else None,
+            iou_sum=float(m["iou-sum"]) if "iou-sum" in m else None,
         )
 
 
@@ -143,6 +160,31 @@ def site_eval_stats(
     )
 
 
+def segmentation_stats(masks: np.ndarray, probs: np.ndarray, *, threshold: float,
+                       k: int) -> SiteEvalStats:
+    """One site's segmentation statistics: sums of per-image Dice and IoU (MONAI's
+    ``DiceMetric`` / ``MeanIoU``, foreground only, an empty prediction of an empty mask
+    scoring 1), suppressed entirely below ``k`` images.
+
+    ``masks`` (n, 1, H, W) in {0, 1}; ``probs`` (n, 1, H, W) foreground probabilities.
+    """
+    n = int(masks.shape[0])
+    if n < k:
+        return SiteEvalStats(None, None, None, None, None, None)
+    import torch
+    from monai.metrics import DiceMetric, MeanIoU
+
+    pred = torch.as_tensor(np.asarray(probs) >= threshold, dtype=torch.float32)
+    truth = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32)
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
+        pred, truth).reshape(-1).double().numpy()
+    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(
+        pred, truth).reshape(-1).double().numpy()
+    return SiteEvalStats(n=n, n_correct=None, loss_sum=None, auroc=None, groups_neg=None,
+                         groups_pos=None, dice_sum=float(dice.sum()),
+                         dice_sqsum=float(np.square(dice).sum()), iou_sum=float(iou.sum()))
+
+
 def pool_site_stats(stats: list[SiteEvalStats]) -> dict[str, float | int | None]:
     """Consortium-wide figures over all sites' test sets together.
 
@@ -158,8 +200,12 @@ def pool_site_stats(stats: list[SiteEvalStats]) -> dict[str, float | int | None]
     grouped = [s for s in shown if s.groups_neg is not None and s.groups_pos is not None]
     auroc = mixture_auroc([g for s in grouped for g in s.groups_neg],
                           [g for s in grouped for g in s.groups_pos]) if grouped else None
+    with_dice = [s for s in shown if s.dice_sum is not None]
+    n_dice = sum(s.n for s in with_dice)
     return {
         "n": sum(s.n for s in shown),
+        "dice": sum(s.dice_sum for s in with_dice) / n_dice if n_dice else None,
+        "iou": sum(s.iou_sum for s in with_dice) / n_dice if n_dice else None,
         "accuracy": (sum(s.n_correct for s in with_acc) / n_acc) if n_acc else None,
         "auroc": auroc,
         "loss": (sum(s.loss_sum for s in with_loss) / n_loss) if n_loss else None,

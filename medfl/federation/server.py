@@ -266,7 +266,8 @@ class RecordingFedAvg(FedAvg):
             **self._current,
             "round": server_round,
             "evaluate": {
-                site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss}
+                site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss,
+                       **({"dice": s.dice, "iou": s.iou} if s.dice_sum is not None else {})}
                 for site, s in sorted(stats.items())
             },
             "evaluate_problems": problems,

@@ -28,6 +28,7 @@ DECLARED: dict[str, dict[str, str]] = {
         "num-examples": SCALAR, "n-correct": SCALAR, "loss-sum": SCALAR, "auroc": SCALAR,
         "neg-n": LIST, "neg-mean": LIST, "neg-var": LIST,
         "pos-n": LIST, "pos-mean": LIST, "pos-var": LIST,
+        "dice-sum": SCALAR, "dice-sqsum": SCALAR, "iou-sum": SCALAR,
     },
 }
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
@@ -99,6 +100,10 @@ def check_reply(
             out.append(f"metric {key!r} may have at most {MAX_LENGTH[key]} entries")
     if kind == "evaluate":
         out += _check_groups(metrics, k)
+        sums = [x for x in ("dice-sum", "dice-sqsum", "iou-sum") if x in metrics]
+        if sums and not (_is_number(metrics.get("num-examples"))
+                         and metrics["num-examples"] >= k):
+            out.append(f"metrics {sums} need 'num-examples' of at least k={k}")
     if kind == "train":
         if arrays is None:
             out.append("a train reply must carry the model arrays")

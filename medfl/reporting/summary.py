@@ -34,7 +34,8 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
     out = ["training-set size per site (FedAvg weight)",
            f"test-set evaluation statistics, suppressed below k={cfg.privacy.k_threshold}"]
-    if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier == 0:
+    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
+            and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
     if cfg.privacy.audit:
         out.append("membership-inference audit figures (attack AUC, TPR; groups >= k)")
@@ -48,7 +49,8 @@ def mechanisms(cfg: RunConfig) -> list[str]:
     if cfg.privacy.enabled:
         out.append("DP-SGD at each site (Opacus, Poisson sampling, per-sample clipping, "
                    "Gaussian noise)")
-    if cfg.preprocessing.scaling == "federated" and cfg.preprocessing.stats_noise_multiplier > 0:
+    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
+            and cfg.preprocessing.stats_noise_multiplier > 0:
         out.append("Gaussian mechanism on the feature moments (accounted)")
     if cfg.privacy.central_noise_multiplier > 0:
         out.append("central DP: server-side clipping of site updates and Gaussian noise on "
@@ -100,20 +102,20 @@ def build_summary(
             **_site_privacy(cfg, t),
             "rounds_trained": len(trained),
             "last_round_trained": max(trained) if trained else None,
-            "metrics": {
-                "accuracy": e.accuracy if e else None,
-                "auroc": e.auroc if e else None,
-                "loss": e.loss if e else None,
-            },
+            "metrics": _metrics(e),
         })
     pooled = pool_site_stats(list(evaluation.values()))
     accs = [s["metrics"]["accuracy"] for s in sites]
     mean_acc = (sum(accs) / len(accs)) if accs and all(a is not None for a in accs) else None
+    dices = [s["metrics"].get("dice") for s in sites]
+    mean_dice = (sum(dices) / len(dices)) if dices and all(d is not None for d in dices) \
+        else None
     eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
     return {
         "run_name": run_name,
         "task": cfg.task,
-        "dataset": "uci-heart-disease" if cfg.task == "heart-disease" else cfg.task,
+        "dataset": ("uci-heart-disease" if cfg.is_tabular
+                    else cfg.data.manifest and "manifest" or "synthetic-hospitals"),
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
         "rounds": last_round,
@@ -129,7 +131,7 @@ def build_summary(
             "lifetime_epsilon_limit": cfg.privacy.lifetime_epsilon or None,
             "secure_noise": cfg.privacy.secure_noise,
             "k_threshold": cfg.privacy.k_threshold,
-            "feature_scaling": cfg.preprocessing.scaling,
+            "feature_scaling": cfg.preprocessing.scaling if cfg.is_tabular else None,
             "stats_noise_multiplier": cfg.preprocessing.stats_noise_multiplier,
             "non_dp_releases": non_dp_releases(cfg),
             "mechanisms": mechanisms(cfg),
@@ -141,7 +143,9 @@ def build_summary(
         "sites": sites,
         "global": {
             "metrics": {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"],
-                        "loss": pooled["loss"]},
+                        "loss": pooled["loss"],
+                        **({"dice": pooled["dice"], "iou": pooled["iou"]}
+                           if pooled["dice"] is not None else {})},
             "n_test": pooled["n"],
             "auroc_method": (
                 "estimated from pooled per-class score groups (size, mean, variance of >= "
@@ -151,4 +155,13 @@ def build_summary(
             "sites_suppressed": pooled["sites_suppressed"],
         },
         "mean_site_accuracy": mean_acc,
+        **({"mean_site_dice": mean_dice} if mean_dice is not None else {}),
     }
+
+
+def _metrics(e: SiteEvalStats | None) -> dict[str, float | None]:
+    out = {"accuracy": e.accuracy if e else None, "auroc": e.auroc if e else None,
+           "loss": e.loss if e else None}
+    if e is not None and e.dice_sum is not None:
+        out.update(dice=e.dice, iou=e.iou)
+    return out

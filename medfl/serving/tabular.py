@@ -44,7 +44,7 @@ class TabularModel:
         arch = m["architecture"]
         if "columns" not in m.get("input_schema", {}):
             raise BundleError("the bundle has no tabular input schema (is it an imaging model?)")
-        model = build_model(ModelConfig(arch["name"], int(arch.get("hidden", 0))),
+        model = build_model(ModelConfig(arch["name"], int(arch.get("hidden", 0)), 8),
                             n_features=int(arch["n_features"]), n_outputs=int(arch["n_outputs"]))
         try:
             model.load_state_dict(bundle.weights, strict=True)

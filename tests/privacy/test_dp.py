@@ -110,7 +110,7 @@ def test_per_sample_gradients_are_clipped():
 
     def one_step(private: bool) -> float:
         torch.manual_seed(0)
-        model = build_model(ModelConfig("logreg", 0), n_features=5)
+        model = build_model(ModelConfig("logreg", 0, 8), n_features=5)
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         loader = make_loader(x, y, batch_size=64, shuffle=False, seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -128,7 +128,7 @@ def test_per_sample_gradients_are_clipped():
 def test_accountant_counts_every_optimizer_step():
     x = np.zeros((100, 3), np.float32)
     y = np.zeros(100, np.float32)
-    model = build_model(ModelConfig("logreg", 0), n_features=3)
+    model = build_model(ModelConfig("logreg", 0, 8), n_features=3)
     loader = make_loader(x, y, batch_size=10, shuffle=True, seed=0)
     plan = DPPlan(1.0, 0.1, 10, 1, 1.0, 1e-3, "rdp", 10.0)
     model, opt, loader, engine = attach_dp(model, torch.optim.SGD(model.parameters(), lr=0.1),
@@ -158,7 +158,7 @@ def test_auto_grad_sample_mode_is_ew_for_linear_models_else_hooks():
 
     from medfl.privacy.dp import choose_grad_sample_mode
 
-    assert choose_grad_sample_mode(build_model(ModelConfig("mlp", 8), n_features=3), "auto") \
+    assert choose_grad_sample_mode(build_model(ModelConfig("mlp", 8, 8), n_features=3), "auto") \
         == "ew"
     assert choose_grad_sample_mode(nn.Sequential(nn.Conv1d(1, 2, 3)), "auto") == "hooks"
     assert choose_grad_sample_mode(nn.Sequential(nn.Linear(2, 1)), "functorch") == "functorch"
@@ -172,7 +172,7 @@ def test_every_grad_sample_mode_clips_the_same(mode):
 
     def step(m: str) -> torch.Tensor:
         torch.manual_seed(0)
-        model = build_model(ModelConfig("logreg", 0), n_features=4)
+        model = build_model(ModelConfig("logreg", 0, 8), n_features=4)
         loader = make_loader(x, y, batch_size=40, shuffle=False, seed=0)
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         plan = DPPlan(1e-9, 1.0, 1, 1, 0.5, 1e-3, "rdp", 100.0)
@@ -193,7 +193,7 @@ def test_secure_mode_without_torchcsprng_is_a_clear_config_error():
         pytest.skip("torchcsprng is installed here")
     from medfl.errors import ConfigError
 
-    model = build_model(ModelConfig("logreg", 0), n_features=3)
+    model = build_model(ModelConfig("logreg", 0, 8), n_features=3)
     loader = make_loader(np.zeros((20, 3), np.float32), np.zeros(20, np.float32),
                          batch_size=10, shuffle=True, seed=0)
     plan = DPPlan(1.0, 0.5, 2, 1, 1.0, 1e-3, "rdp", 10.0)
