@@ -106,3 +106,37 @@ def test_pooled_accuracy_is_over_all_rows_not_a_mean_of_sites():
     # negatives: 10 at .2, 10 at .8; positives: 90 at .8, 10 at .2 (zero variance: exact)
     # (90*10 [.8>.2] + .5*90*10 [tie] + .5*10*10 [tie]) / (100*20) = 1400 / 2000
     assert pooled["auroc"] == pytest.approx(0.7)
+
+
+def _hand_dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    p, t = pred.reshape(len(pred), -1), truth.reshape(len(truth), -1)
+    inter, a, b = (p & t).sum(1), p.sum(1), t.sum(1)
+    dice = np.where(a + b == 0, 1.0, 2 * inter / np.maximum(a + b, 1))
+    union = a + b - inter
+    return dice, np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def test_segmentation_sums_match_hand_computed_dice_and_iou():
+    from medfl.evaluation.stats import segmentation_stats
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((12, 1, 8, 8)) < 0.3
+    probs = np.clip(truth * 0.7 + rng.random(truth.shape) * 0.5, 0, 1)
+    truth[0] = False  # an empty mask predicted empty scores 1
+    probs[0] = 0.0
+    dice, iou = _hand_dice_iou(probs >= 0.5, truth)
+    stats = segmentation_stats(truth.astype(np.float32), probs, threshold=0.5, k=10)
+    assert stats.n == 12 and dice[0] == 1.0
+    assert stats.dice == pytest.approx(dice.mean()) and stats.iou == pytest.approx(iou.mean())
+    assert stats.dice_sqsum == pytest.approx(np.square(dice).sum())
+    back = type(stats).from_metrics(stats.to_metrics())
+    assert back.dice == pytest.approx(stats.dice)
+
+
+def test_segmentation_below_k_images_shares_nothing():
+    from medfl.evaluation.stats import SUPPRESSED, segmentation_stats
+
+    stats = segmentation_stats(np.ones((4, 1, 8, 8), np.float32), np.ones((4, 1, 8, 8)),
+                               threshold=0.5, k=10)
+    m = stats.to_metrics()
+    assert m["num-examples"] == SUPPRESSED and "dice-sum" not in m

@@ -116,3 +116,17 @@ def test_every_handler_of_the_real_client_app_is_guarded():
         call = next(d for d in f.decorator_list if isinstance(d, ast.Call))
         mods = next(kw.value for kw in call.keywords if kw.arg == "mods")
         assert "egress_guard" in ast.unparse(mods), f.name
+
+
+def test_segmentation_sums_need_a_test_set_of_at_least_k():
+    sums = {"dice-sum": 3.0, "dice-sqsum": 2.0, "iou-sum": 2.5}
+
+    def check(metrics):
+        return check_reply("evaluate", records={"metrics": "metrics", "site": "config"},
+                           metrics=metrics, site_record={"name": "va"}, arrays=None,
+                           expected_arrays=None, k=10, n_numeric=5)
+
+    assert check({"num-examples": 12, **sums}) == []
+    assert any("at least k" in v for v in check({"num-examples": -1.0, **sums}))
+    assert any("not declared" in v for v in check({"num-examples": 12,
+                                                   "dice-per-image": [0.5] * 12}))
