@@ -53,23 +53,30 @@ def show(
     console = Console()
     table = Table(title=f"MedFL run {s['run_name']} — {s['task']}, {s['strategy']}, "
                         f"{s['rounds']} rounds")
-    for col in ("site", "n_train", "n_test", "ε spent", "δ", "accuracy", "AUROC"):
+    seg = "mean_site_dice" in s or s["task"] == "segmentation"
+    keys = ("dice", "iou") if seg else ("accuracy", "auroc")
+    for col in ("site", "n_train", "n_test", "ε spent", "δ",
+                *(("Dice", "IoU") if seg else ("accuracy", "AUROC"))):
         table.add_column(col, justify="left" if col == "site" else "right")
     for site in s["sites"]:
         m = site["metrics"]
         table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
                       _eps(site["epsilon"]), _fmt(site["delta"] or "-", 4) if site["delta"]
-                      else "-", _fmt(m["accuracy"]), _fmt(m["auroc"]))
+                      else "-", *(_fmt(m.get(k)) for k in keys))
     g = s["global"]["metrics"]
     table.add_section()
     table.add_row("all sites", str(sum(x["n_train"] or 0 for x in s["sites"])),
-                  str(s["global"]["n_test"]), "", "", _fmt(g["accuracy"]), _fmt(g["auroc"]))
+                  str(s["global"]["n_test"]), "", "", *(_fmt(g.get(k)) for k in keys))
     console.print(table)
-    console.print(f"mean per-site accuracy (FLamby's headline): "
-                  f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
-    if any(x["metrics"]["auroc"] is None for x in s["sites"]):
-        console.print(f"'suppressed': a class with fewer than k={s['privacy']['k_threshold']} "
-                      "patients at that site; the value never left the site.")
+    if seg:
+        console.print(f"mean per-site Dice: [bold]{_fmt(s.get('mean_site_dice'))}[/bold]")
+    else:
+        console.print(f"mean per-site accuracy (FLamby's headline): "
+                      f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
+    if any(x["metrics"].get(keys[1]) is None for x in s["sites"]):
+        what = "images" if seg else "patients in a class"
+        console.print(f"'suppressed': fewer than k={s['privacy']['k_threshold']} {what} "
+                      "at that site; the value never left the site.")
     console.print(f"run directory: {run_dir.resolve()}")
     console.print(medfl.DISCLAIMER, style="dim")
 
