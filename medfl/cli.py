@@ -140,9 +140,11 @@ def audit(
 
     Runs what each site runs at the end of a federated run: the attack on the site's own
     training rows (members) and test rows (non-members). In simulation it reads the
-    embedded data; a hospital passes --site and --data-path to audit on its own data.
+    run's data (embedded or synthetic); a hospital passes --site and --data-path (its data
+    folder, or for imaging its manifest CSV) to audit on its own data.
     """
     from medfl import site as site_lib
+    from medfl import tasks
     from medfl.config import parse_run_config
     from medfl.data.scaling import Standardizer
     from medfl.errors import MedflError
@@ -152,9 +154,9 @@ def audit(
         config = json.loads((run_dir / "config.json").read_text())
         cfg = parse_run_config(config["run_config"])
         bundle = load_bundle(run_dir)
-        std = bundle.manifest["preprocessing"]["standardizer"]
+        std = bundle.manifest["preprocessing"].get("standardizer")
         scaler = Standardizer.from_dict(std) if std else Standardizer((), (), ())
-        names = site or list(site_lib.HEART_SITES)
+        names = site or list(tasks.sites(cfg))
         if data_path is not None and len(names) != 1:
             raise typer.BadParameter("--data-path needs exactly one --site")
         rows = {}

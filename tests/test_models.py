@@ -38,7 +38,8 @@ def test_imaging_models_are_dp_compatible_and_take_one_opacus_step(name, out_sha
         assert all(p.grad_sample is not None and p.grad_sample.shape[0] == len(xb)
                    for p in model.parameters() if p.requires_grad)
         opt.step()
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    after = list(model.parameters())
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, after, strict=True))
 
 
 def test_same_seed_same_weights_and_state_dict_names_match_across_builds():

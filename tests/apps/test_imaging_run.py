@@ -22,6 +22,7 @@ from medfl.config import parse_run_config
 from medfl.data.images import ImagePreprocessing
 from medfl.data.synthetic import SiteProfile, generate_hospitals
 from medfl.serving.bundle import load_bundle
+from medfl.serving.imaging import ImageModel
 from medfl.training import predict_proba
 
 SIZE = 32
@@ -47,8 +48,9 @@ def seg_manifest(tmp_path_factory):
 
 
 def _imaging_config(manifest, **overrides):
-    base = dict(num_nodes=2, data__manifest=str(manifest), data__image_size=SIZE, num_server_rounds=2,
-                strategy__min_nodes=2, train__batch_size=16, train__optimizer="adam",
+    base = dict(num_nodes=2, data__manifest=str(manifest), data__image_size=SIZE,
+                num_server_rounds=2, strategy__min_nodes=2, train__batch_size=16,
+                train__optimizer="adam",
                 train__lr=0.002, privacy__target_epsilon=8.0, privacy__secure_noise=False,
                 privacy__k_threshold=5)
     base.update(overrides)
@@ -85,6 +87,20 @@ def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_ma
     if len(set(data.y_test)) == 2 and summary["sites"][0]["metrics"]["auroc"] is not None:
         assert roc_auc_score(data.y_test, p) == pytest.approx(
             summary["sites"][0]["metrics"]["auroc"])
+    # Serving decodes uploaded DICOM bytes into exactly the arrays training used, and
+    # predicts what the model predicted on them.
+    served = ImageModel.from_bundle(bundle)
+    frame = pd.read_csv(cls_manifest)
+    files = [(cls_manifest.parent / f).read_bytes() for f in frame[frame.site == "alpha"].path]
+    x = served.preprocess(files)
+    trained = np.concatenate([data.x_train, data.x_test])
+    assert len(x) == len(trained)
+    assert all(np.abs(trained - xi).reshape(len(trained), -1).max(1).min() == 0 for xi in x)
+    out = served.predict(files[:3])
+    expect = predict_proba(model, x[:3], device=torch.device("cpu"))
+    assert [o["probabilities"]["present"] for o in out] == pytest.approx(expect.tolist())
+    assert all(o["label"] == ("present" if pe >= 0.5 else "absent")
+               for o, pe in zip(out, expect, strict=True))
 
 
 def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest):
@@ -106,6 +122,11 @@ def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest)
     dice = np.where(total == 0, 1.0, 2 * inter / np.maximum(total, 1)).mean()
     beta = next(s for s in summary["sites"] if s["name"] == "beta")
     assert beta["metrics"]["dice"] == pytest.approx(float(dice), abs=1e-6)
+    served = ImageModel.from_bundle(load_bundle(run))
+    frame = pd.read_csv(seg_manifest)
+    first = (seg_manifest.parent / frame[frame.site == "beta"].path.iloc[0]).read_bytes()
+    [out] = served.predict([first])
+    assert out["shape"] == [SIZE, SIZE] and set(np.unique(out["mask"])) <= {0, 1}
 
 
 def test_evaluate_replies_carry_only_sums_not_per_image_dice(run_inprocess, seg_manifest):

@@ -19,7 +19,7 @@ def test_every_row_lands_in_exactly_one_partition_reproducibly(scheme):
     rows = np.concatenate(parts)
     assert len(parts) == 4 and sorted(rows.tolist()) == list(range(len(LABELS)))
     again = partition_indices(LABELS, num_partitions=4, scheme=scheme, alpha=0.5, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_iid_sizes_are_equal_and_quantity_sizes_grow_linearly():
