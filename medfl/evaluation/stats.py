@@ -3,15 +3,16 @@
 A site never shares per-patient scores. For a test set of at least ``k`` patients it
 shares: the number of examples, the number of correct predictions at the operating
 threshold, the summed log-loss, and, only when *both* classes have at least ``k``
-patients, its AUROC and per-class *score groups*: the class's sorted scores cut into
-consecutive groups of at least ``k`` patients, each described by its size, mean and
-variance. (One class's groups beside the test-set size would reveal the other class's
+patients, its AUROC and per-class *score groups*: the class's sorted scores, on the
+logit scale, cut into consecutive groups of at least ``k`` patients, each described by its
+size, mean and variance. (One class's groups beside the test-set size would reveal the other class's
 size, hence "both".) A test set under ``k`` patients shares nothing.
 
 The server pools every site's groups and estimates the consortium-wide AUROC by treating
 each group as a normal distribution: P(S+ > S-) summed over pairs of groups. Measured on
 the heart-disease runs this estimate is within ~0.005 of the exact pooled AUROC, where
-coarsened fixed-bin histograms (each bin merged up to k patients) were off by 0.03-0.05.
+coarsened fixed-bin histograms (each bin merged up to k patients) were off by 0.03-0.05;
+on the imaging classification run, 0.001 (groups of probabilities were 0.034 off).
 """
 
 from __future__ import annotations
@@ -152,11 +153,16 @@ def site_eval_stats(
     n_pos = int(y_true.sum())
     if min(n_pos, n - n_pos) < k:
         return SiteEvalStats(n, n_correct, loss_sum, None, None, None)
+    # Groups are cut on the logit scale: AUROC depends on ranks only, and a group of
+    # confident scores squeezed against 0 or 1 is far from normal in probability units
+    # (measured on the imaging run: 0.034 below the exact pooled AUROC there, 0.001 on
+    # logits).
+    logits = np.log(p) - np.log1p(-p)
     return SiteEvalStats(
         n=n, n_correct=n_correct, loss_sum=loss_sum,
         auroc=float(roc_auc_score(y_true, y_score)),
-        groups_neg=score_groups(y_score[y_true == 0], k=k),
-        groups_pos=score_groups(y_score[y_true == 1], k=k),
+        groups_neg=score_groups(logits[y_true == 0], k=k),
+        groups_pos=score_groups(logits[y_true == 1], k=k),
     )
 
 
