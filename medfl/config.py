@@ -14,11 +14,12 @@ from typing import Any
 
 from medfl.errors import ConfigError
 
-TASKS = ("heart-disease", "image-classification", "segmentation")
+TASKS = ("heart-disease", "tabular", "image-classification", "segmentation")
 MODELS = ("logreg", "mlp", "resnet", "densenet121", "unet")
 #: Which models fit which task (checked once, when the config is parsed).
 TASK_MODELS = {
     "heart-disease": ("logreg", "mlp"),
+    "tabular": ("logreg", "mlp"),
     "image-classification": ("resnet", "densenet121"),
     "segmentation": ("unet",),
 }
@@ -80,6 +81,7 @@ class PreprocessingConfig:
 @dataclass(frozen=True)
 class DataConfig:
     manifest: str
+    schema: str
     labels: str
     image_size: int
     intensity: str
@@ -128,7 +130,8 @@ class RunConfig:
 
     @property
     def is_tabular(self) -> bool:
-        return self.task == "heart-disease"
+        """Heart disease (embedded) or a consortium's own table (``task = "tabular"``)."""
+        return self.task in ("heart-disease", "tabular")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,6 +189,8 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
                                              lambda v: v >= 0 and math.isfinite(v)),
     "data.manifest": (str, "a manifest CSV path, or empty for the task's built-in data",
                       lambda v: True),
+    "data.schema": (str, "a JSON schema file path (task 'tabular'), or empty",
+                    lambda v: True),
     "data.labels": (str, "two comma-separated class names, e.g. 'absent,present'",
                     lambda v: len([x for x in v.split(",") if x.strip()]) == 2
                     and len({x.strip() for x in v.split(",")}) == 2),
@@ -255,6 +260,13 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     if model not in TASK_MODELS[task]:
         raise ConfigError(f"model.name={model!r} does not fit task={task!r}; valid for this "
                           f"task: {', '.join(TASK_MODELS[task])}")
+    data = section("data", DataConfig)
+    if task == "tabular" and not data.schema:
+        raise ConfigError("task='tabular' needs data.schema: the consortium's JSON schema "
+                          "file (label, features with types, sensitive columns)")
+    if task == "tabular" and data.partition != "natural":
+        raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
+                          "'tabular'; its sites are the CSV's site column (use 'natural')")
     return RunConfig(
         num_server_rounds=v["num-server-rounds"],
         seed=v["seed"],
@@ -267,7 +279,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         train=section("train", TrainConfig),
         privacy=privacy,
         preprocessing=section("preprocessing", PreprocessingConfig),
-        data=section("data", DataConfig),
+        data=data,
         evaluation=section("evaluation", EvaluationConfig),
         strategy=section("strategy", StrategyConfig),
     )

@@ -13,7 +13,7 @@ import torch
 import medfl
 from medfl import tasks
 from medfl.config import RunConfig
-from medfl.data.heart import FEATURE_NAMES, HEART_SITES, input_schema
+from medfl.data.heart import HEART_SITES
 from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
 from medfl.errors import DataError
 from medfl.evaluation.stats import SiteEvalStats
@@ -23,7 +23,6 @@ from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
 from medfl.serving.bundle import save_bundle
 from medfl.serving.signing import sign_bundle
-from medfl.site import BOUNDS, NUMERIC_IDX
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +42,8 @@ def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
             f"only {len(moments)} of {expected} sites shared feature statistics "
             f"({sorted(moments)}); the consortium standardiser needs all of them"
         )
-    return pool_moments(list(moments.values()), bounds=BOUNDS, columns=NUMERIC_IDX)
+    spec = tasks.feature_spec(cfg)
+    return pool_moments(list(moments.values()), bounds=spec.bounds, columns=spec.numeric_idx)
 
 
 def site_order(names: list[str]) -> list[str]:
@@ -55,13 +55,17 @@ def _model_io(cfg: RunConfig, scaler: Standardizer | None) -> dict[str, Any]:
     """The bundle's architecture, input schema and preprocessing: what a caller needs to
     rebuild the model and reproduce training-time inputs exactly."""
     if cfg.is_tabular:
+        spec = tasks.feature_spec(cfg)
         return {
             "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
-                             "n_features": len(FEATURE_NAMES), "n_outputs": 1,
-                             "output": "logit of P(disease)"},
-            "input_schema": input_schema(),
+                             "n_features": len(spec.feature_names), "n_outputs": 1,
+                             "output": f"logit of P({tasks.label_names(cfg)[1]})"},
+            "input_schema": spec.input_schema,
             "preprocessing": {
-                "encoding": "one-hot cp and restecg, first level dropped (FLamby)",
+                "encoding": ("one-hot cp and restecg, first level dropped (FLamby)"
+                             if cfg.task == "heart-disease" else
+                             "numeric, binary, then one-hot categorical features (first "
+                             "level dropped), in input_schema.features order"),
                 "scaling": cfg.preprocessing.scaling,
                 "standardizer": scaler.to_dict() if scaler is not None else None,
             },

@@ -43,6 +43,8 @@ from medfl.training import make_loader, make_optimizer, predict_proba, resolve_d
 
 logger = logging.getLogger(__name__)
 
+#: Heart disease's numeric columns and public bounds; a run's own come from
+#: :func:`medfl.tasks.feature_spec` (for ``task = "tabular"``, from its schema).
 NUMERIC_IDX = tuple(FEATURE_NAMES.index(c) for c in NUMERIC_COLUMNS)
 BOUNDS = np.array([PUBLIC_BOUNDS[c] for c in NUMERIC_COLUMNS], dtype=np.float64)
 
@@ -52,12 +54,12 @@ def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
 
     Deployment: ``node_config`` names it (``site='cleveland'``). Simulation: Flower sets
     ``partition-id`` / ``num-partitions``, and partition *i* is the task's *i*-th site
-    (heart disease: the *i*-th hospital; imaging: the manifest's sites in sorted order,
-    or ``part-<i+1>`` under ``data.partition``).
+    (heart disease: the *i*-th hospital; tabular: the CSV's sites in sorted order; imaging:
+    the manifest's sites in sorted order, or ``part-<i+1>`` under ``data.partition``).
     """
     if "site" in node_config:
         site = str(node_config["site"])
-        if cfg.is_tabular and site not in HEART_SITES:
+        if cfg.task == "heart-disease" and site not in HEART_SITES:
             raise ConfigError(f"node-config site={site!r} is unknown; valid: {list(HEART_SITES)}")
         if not site or not all(c.isalnum() or c in "-_." for c in site):
             raise ConfigError("node-config site must be a name of letters, digits, '-', '_' "
@@ -161,8 +163,9 @@ def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -
             f"site has fewer training rows than privacy.k-threshold="
             f"{cfg.privacy.k_threshold}; it cannot share feature statistics"
         )
+    spec = tasks.feature_spec(cfg)
     return site_moments(
-        data.x_train[:, list(NUMERIC_IDX)].astype(np.float64), bounds=BOUNDS,
+        data.x_train[:, list(spec.numeric_idx)].astype(np.float64), bounds=spec.bounds,
         noise_multiplier=cfg.preprocessing.stats_noise_multiplier, rng=rng,
     )
 
@@ -177,7 +180,7 @@ def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -
             raise ConfigError("scaling 'federated' but the server sent no standardiser")
         return received
     if cfg.preprocessing.scaling == "site":
-        return local_standardizer(data.x_train, columns=NUMERIC_IDX)
+        return local_standardizer(data.x_train, columns=tasks.feature_spec(cfg).numeric_idx)
     return Standardizer((), (), ())
 
 

@@ -7,6 +7,7 @@ FedAvg, the run directory) is shared by all tasks.
 | task | data | model input | loss | evaluation |
 | --- | --- | --- | --- | --- |
 | heart-disease | embedded UCI files (or a site's export) | 13 features | BCE | classification |
+| tabular | a CSV + the consortium's JSON schema | schema features | BCE | classification |
 | image-classification | a manifest (or synthetic hospitals) | (1, S, S) | BCE | classification |
 | segmentation | a manifest with masks (or synthetic) | (1, S, S) | Dice + BCE | Dice, IoU |
 """
@@ -27,6 +28,13 @@ from torch import nn
 from medfl.config import RunConfig
 from medfl.data import heart
 from medfl.data.images import ImagePreprocessing
+from medfl.data.tabular import (
+    FeatureSpec,
+    TabularSchema,
+    load_schema,
+    load_tabular_site,
+    table_sites,
+)
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError
 from medfl.models import build_model
@@ -42,8 +50,8 @@ SPLIT_SEED = 43
 
 def kind(cfg: RunConfig) -> str:
     """``tabular``, ``classification`` (binary, images) or ``segmentation``."""
-    return {"heart-disease": "tabular", "image-classification": "classification",
-            "segmentation": "segmentation"}[cfg.task]
+    return {"heart-disease": "tabular", "tabular": "tabular",
+            "image-classification": "classification", "segmentation": "segmentation"}[cfg.task]
 
 
 def image_preprocessing(cfg: RunConfig) -> ImagePreprocessing:
@@ -52,9 +60,37 @@ def image_preprocessing(cfg: RunConfig) -> ImagePreprocessing:
                               window_center=d.window_center, window_width=d.window_width)
 
 
+@functools.lru_cache(maxsize=8)
+def _schema(path: str, mtime_ns: int) -> TabularSchema:
+    # Keyed on mtime: the ClientApp asks every round, and an edited schema is re-read.
+    return load_schema(path)
+
+
+def tabular_schema(cfg: RunConfig) -> TabularSchema:
+    """The consortium's schema of a ``task = "tabular"`` run (``data.schema``)."""
+    path = Path(cfg.data.schema).expanduser()
+    if not path.is_file():
+        raise ConfigError("data.schema does not name a readable JSON file")
+    return _schema(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def feature_spec(cfg: RunConfig) -> FeatureSpec:
+    """The feature names, numeric columns, public bounds and input schema of a tabular run."""
+    if cfg.task == "heart-disease":
+        numeric_idx = tuple(heart.FEATURE_NAMES.index(c) for c in heart.NUMERIC_COLUMNS)
+        bounds = np.array([heart.PUBLIC_BOUNDS[c] for c in heart.NUMERIC_COLUMNS],
+                          dtype=np.float64)
+        return FeatureSpec(heart.FEATURE_NAMES, numeric_idx, bounds, heart.input_schema())
+    if cfg.task == "tabular":
+        return tabular_schema(cfg).spec()
+    raise ConfigError(f"task {cfg.task!r} is not tabular; it has no feature spec")
+
+
 def label_names(cfg: RunConfig) -> tuple[str, ...]:
-    if cfg.is_tabular:
+    if cfg.task == "heart-disease":
         return heart.LABEL_NAMES
+    if cfg.task == "tabular":
+        return tabular_schema(cfg).label_names
     return cfg.data.label_names if cfg.task == "image-classification" else ("background",
                                                                               "lesion")
 
@@ -62,7 +98,7 @@ def label_names(cfg: RunConfig) -> tuple[str, ...]:
 def build_task_model(cfg: RunConfig) -> nn.Module:
     """The task's model, untrained (seed torch first for reproducible weights)."""
     if cfg.is_tabular:
-        return build_model(cfg.model, n_features=len(heart.FEATURE_NAMES))
+        return build_model(cfg.model, n_features=len(feature_spec(cfg).feature_names))
     return build_model(cfg.model, image_shape=(1, cfg.data.image_size, cfg.data.image_size))
 
 
@@ -109,6 +145,18 @@ def dataset_manifest(cfg: RunConfig) -> Path:
                               size=cfg.data.image_size, sites=sites)
 
 
+def _table(cfg: RunConfig, data_path: str | None) -> Path:
+    """The CSV of a tabular run: the site's own (``data_path``) or ``data.manifest``."""
+    if data_path is None and not cfg.data.manifest:
+        raise ConfigError("task='tabular' needs data.manifest (the CSV with a 'site' column) "
+                          "or, at a deployed site, node-config data-path")
+    path = Path(data_path if data_path is not None else cfg.data.manifest).expanduser()
+    if not path.is_file():
+        raise DataError("the tabular CSV (data.manifest or node-config data-path) is not a "
+                        "readable file")
+    return path
+
+
 def _read(cfg: RunConfig, path: Path, default_site: str | None = None):
     from medfl.data.manifest import read_manifest
 
@@ -123,8 +171,10 @@ def sites(cfg: RunConfig, *, num_partitions: int | None = None) -> tuple[str, ..
             raise ConfigError(f"data.partition={cfg.data.partition!r} needs the number of "
                               "partitions (the federation's num-supernodes)")
         return tuple(f"part-{i + 1}" for i in range(num_partitions))
-    if cfg.is_tabular:
+    if cfg.task == "heart-disease":
         return heart.HEART_SITES
+    if cfg.task == "tabular":
+        return table_sites(_table(cfg, None))
     return _read(cfg, dataset_manifest(cfg)).sites
 
 
@@ -167,9 +217,13 @@ def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None, verify
     ``data_path`` is the site's own data (deployment: ``node_config`` ``data-path``):
     heart-disease, a folder holding ``processed.<site>.data`` (sha256-verified unless
     ``verify`` is false); imaging, the site's manifest CSV (its rows without a ``site``
-    column belong to this site). Without it, the run's dataset (simulation).
+    column belong to this site); tabular, the site's CSV (likewise). Without it, the run's
+    dataset (simulation).
     """
-    if cfg.is_tabular:
+    if cfg.task == "tabular":
+        return load_tabular_site(_table(cfg, data_path), tabular_schema(cfg), site,
+                                 test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+    if cfg.task == "heart-disease":
         if data_path is not None and not Path(data_path).is_dir():
             raise DataError("node-config data-path is not a folder; it must be the folder "
                             f"holding processed.{site}.data")

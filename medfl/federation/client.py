@@ -13,8 +13,8 @@ from flwr.app import (
     Message,
 )
 
+from medfl import tasks
 from medfl.config import parse_run_config
-from medfl.data.heart import NUMERIC_COLUMNS
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
 from medfl.federation.records import Handler
 from medfl.privacy.egress import check_reply
@@ -43,6 +43,7 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
     try:
         cfg = parse_run_config(dict(context.run_config))
         k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
+        n_numeric = len(tasks.feature_spec(cfg).numeric_idx) if cfg.is_tabular else 0
         content = reply.content
         records = {**{n: "metrics" for n in content.metric_records},
                    **{n: "config" for n in content.config_records},
@@ -53,7 +54,7 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
         expected = _shapes(msg.content["arrays"]) if "arrays" in msg.content else None
         violations = check_reply(kind, records=records, metrics=metrics, site_record=site,
                                  arrays=arrays, expected_arrays=expected, k=k,
-                                 n_numeric=len(NUMERIC_COLUMNS))
+                                 n_numeric=n_numeric)
     except Exception as exc:  # noqa: BLE001 - fail closed
         violations = [f"the reply could not be checked ({type(exc).__name__})"]
     if not violations:

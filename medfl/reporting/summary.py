@@ -114,7 +114,8 @@ def build_summary(
     return {
         "run_name": run_name,
         "task": cfg.task,
-        "dataset": ("uci-heart-disease" if cfg.is_tabular
+        "dataset": ("uci-heart-disease" if cfg.task == "heart-disease"
+                    else "tabular-csv" if cfg.task == "tabular"
                     else cfg.data.manifest and "manifest" or "synthetic-hospitals"),
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,

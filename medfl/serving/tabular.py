@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from medfl.config import ModelConfig
-from medfl.data.heart import encode_features
 from medfl.data.scaling import Standardizer
+from medfl.data.tabular import encode_columns
 from medfl.errors import BundleError, DataError
 from medfl.models import build_model
 from medfl.serving.bundle import Bundle
@@ -80,13 +80,18 @@ class TabularModel:
                 if name not in rec:
                     raise InputError(field, "is missing")
                 value = rec[name]
-                try:
-                    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-                          and math.isfinite(float(value)))
-                except OverflowError:  # an int too large for a float
-                    ok = False
+                text_levels = col["type"] == "categorical" and isinstance(col["levels"][0], str)
+                if text_levels:
+                    ok = isinstance(value, str)
+                else:
+                    try:
+                        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+                              and math.isfinite(float(value)))
+                    except OverflowError:  # an int too large for a float
+                        ok = False
                 if not ok:
-                    raise InputError(field, "must be a finite number")
+                    raise InputError(field, f"must be one of {col['levels']}" if text_levels
+                                     else "must be a finite number")
                 if col["type"] == "numeric":
                     lo, hi = col["bounds"]
                     if not lo <= value <= hi:
@@ -96,7 +101,8 @@ class TabularModel:
                 row[name] = value
             rows.append(row)
         frame = pd.DataFrame(rows, columns=expected)
-        return self.scaler.transform(encode_features(frame))
+        # The encoder training used, driven by the bundle's own schema (any tabular task).
+        return self.scaler.transform(encode_columns(frame, self.columns))
 
     # --- output ----------------------------------------------------------------------
 
