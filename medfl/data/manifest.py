@@ -275,12 +275,4 @@ def load_manifest_site(manifest: Manifest, site: str, *, prep: ImagePreprocessin
     sensitive = rows[list(manifest.sensitive)].reset_index(drop=True)
     logger.debug("loaded site %s: %d train / %d test images", site, len(idx_train),
                  len(idx_test))
-    return SiteData(
-        name=site,
-        x_train=x[idx_train],
-        y_train=y[idx_train],
-        x_test=x[idx_test],
-        y_test=y[idx_test],
-        sensitive_train=sensitive.iloc[idx_train].reset_index(drop=True),
-        sensitive_test=sensitive.iloc[idx_test].reset_index(drop=True),
-    )
+    return SiteData.from_split(site, x, y, sensitive, idx_train, idx_test)

@@ -36,3 +36,19 @@ class SiteData:
     @property
     def n_test(self) -> int:
         return int(self.y_test.shape[0])
+
+    @classmethod
+    def from_split(cls, name: str, x: np.ndarray, y: np.ndarray, sensitive: pd.DataFrame,
+                   idx_train: np.ndarray, idx_test: np.ndarray) -> SiteData:
+        """Cut a site's rows (``x``, ``y``, ``sensitive`` aligned) into its train and test
+        parts by index."""
+        sensitive = sensitive.reset_index(drop=True)
+        return cls(
+            name=name,
+            x_train=x[idx_train],
+            y_train=y[idx_train],
+            x_test=x[idx_test],
+            y_test=y[idx_test],
+            sensitive_train=sensitive.iloc[idx_train].reset_index(drop=True),
+            sensitive_test=sensitive.iloc[idx_test].reset_index(drop=True),
+        )
