@@ -31,8 +31,8 @@ app = ClientApp()
 
 
 def _setup(msg: Message, context: Context):
-    cfg = parse_run_config(dict(context.run_config))
     node = dict(context.node_config)
+    cfg = site_lib.site_config(parse_run_config(dict(context.run_config)), node)
     site = site_lib.resolve_site(cfg, node)
     site_lib.enforce_site_policy(cfg, node)
     data_path = str(node["data-path"]) if "data-path" in node else None

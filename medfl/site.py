@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,29 @@ def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
             f"supernodes; run with --federation-config 'num-supernodes={len(names)}'"
         )
     return names[pid]
+
+
+def site_config(cfg: RunConfig, node_config: dict[str, Any]) -> RunConfig:
+    """The run config as this site applies it.
+
+    A deployed site (node-config ``site``) reads only files its own node-config names:
+    ``data-path`` (its image manifest or tabular CSV) and, for ``task = "tabular"``,
+    ``schema-path`` (its copy of the consortium's schema). The run config's
+    ``data.manifest`` and ``data.schema`` are paths on the researcher's machine, chosen by
+    the server, so they apply in simulation only.
+    """
+    if "site" not in node_config or cfg.task == "heart-disease":
+        return cfg
+    if "data-path" not in node_config:
+        raise ConfigError(f"a deployed {cfg.task} site needs node-config data-path (its own "
+                          "manifest or CSV file)")
+    schema = ""
+    if cfg.task == "tabular":
+        if "schema-path" not in node_config:
+            raise ConfigError("a deployed tabular site needs node-config schema-path (its "
+                              "copy of the consortium's JSON schema)")
+        schema = str(node_config["schema-path"])
+    return replace(cfg, data=replace(cfg.data, manifest="", schema=schema))
 
 
 def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:

@@ -181,7 +181,7 @@ def sites(cfg: RunConfig, *, num_partitions: int | None = None) -> tuple[str, ..
 def _partitioned(cfg: RunConfig, manifest, site: str, num_partitions: int):
     from medfl.data.partition import partition_indices
 
-    frame = manifest.frame.reset_index(drop=True)
+    frame = manifest.frame  # its index is the manifest line number, kept for errors
     labels = (frame["label"].astype(str).map(manifest.label_names.index).to_numpy()
               if cfg.task == "image-classification" else np.zeros(len(frame), np.int64))
     parts = partition_indices(labels, num_partitions=num_partitions, scheme=cfg.data.partition,

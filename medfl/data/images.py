@@ -147,7 +147,7 @@ def _decoding(kind: str) -> Iterator[None]:
                         f"{type(exc).__name__})") from None
 
 
-def _detect_format(data: bytes) -> str:
+def detect_format(data: bytes) -> str:
     if data.startswith(_PNG_MAGIC):
         return "png"
     if data.startswith(_JPEG_MAGIC):
@@ -263,7 +263,7 @@ def _read_pil(data: bytes, kind: str) -> np.ndarray:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    fmt = _detect_format(data)
+    fmt = detect_format(data)
     meta: dict[str, Any] = {"format": fmt, "invert": False,
                             "window_center": None, "window_width": None}
     if fmt == "dicom":

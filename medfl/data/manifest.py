@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from medfl.data.images import ImagePreprocessing, load_image, load_mask
+from medfl.data.images import ImagePreprocessing, detect_format, load_image, load_mask
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError
 
@@ -97,8 +97,9 @@ def _label_names(frame: pd.DataFrame, label_names: tuple[str, ...]) -> tuple[str
         unknown = ~frame["label"].isin(label_names)
         if unknown.any():
             line = frame.index[unknown][0]
-            raise DataError(f"manifest line {line}: label {frame.at[line, 'label']!r} is not one "
-                            f"of {list(label_names)}")
+            # The cell is not quoted: in a shifted column it could hold an identifier.
+            raise DataError(f"manifest line {line}: the label is not one of "
+                            f"{list(label_names)}")
         return label_names
     found = tuple(sorted(frame["label"].unique()))
     if len(found) != 2:
@@ -226,6 +227,26 @@ def _load_column(rows: pd.DataFrame, root: Path, column: str,
     return np.stack(arrays)
 
 
+def _check_mask_axes(rows: pd.DataFrame, root: Path) -> None:
+    """Refuse a row whose image and mask mix NIfTI with another format: NIfTI arrays are
+    in voxel-axis order (i, j), PNG/JPEG/DICOM in (row, column) order, so the mask would
+    be silently transposed against its image."""
+    for line, image, mask in zip(rows.index, rows["path"], rows["mask_path"], strict=True):
+        kinds = []
+        for column, cell in (("path", image), ("mask_path", mask)):
+            with open(_resolve(root, int(line), column, cell), "rb") as handle:
+                head = handle.read(1024)
+            try:
+                kinds.append(detect_format(head) == "nifti")
+            except DataError as exc:
+                raise DataError(f"manifest line {line}, column {column!r}: {exc}") from None
+        if kinds[0] != kinds[1]:
+            raise DataError(f"manifest line {line}: the image and its mask mix NIfTI with "
+                            "another format; their axis orders differ (NIfTI: voxel axes; "
+                            "PNG/JPEG/DICOM: rows, columns), so the mask would not align. "
+                            "Store both as NIfTI, or both as PNG/DICOM")
+
+
 def load_manifest_site(manifest: Manifest, site: str, *, prep: ImagePreprocessing,
                        test_fraction: float = 0.3, seed: int = 0) -> SiteData:
     """Load one site's images, targets and sensitive attributes, split into train/test.
@@ -254,8 +275,8 @@ def load_manifest_site(manifest: Manifest, site: str, *, prep: ImagePreprocessin
         raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     rows = manifest.frame[manifest.frame["site"] == site]
     if rows.empty:
-        raise DataError(f"site {site!r} has no rows in the manifest; its sites are "
-                        f"{list(manifest.sites)}")
+        raise DataError(f"site {site!r} has no rows in the manifest (check its 'site' "
+                        "column, or leave the column out of a one-site manifest)")
     labels = None
     if manifest.task == "image-classification":
         index = {name: i for i, name in enumerate(manifest.label_names)}
@@ -267,6 +288,8 @@ def load_manifest_site(manifest: Manifest, site: str, *, prep: ImagePreprocessin
             raise DataError(f"site {site!r} has only class "
                             f"{manifest.label_names[present[0]]!r} in its training split; a "
                             "binary model needs both")
+    if labels is None:
+        _check_mask_axes(rows, manifest.root)
     x = _load_column(rows, manifest.root, "path", lambda f: load_image(f, prep))
     if labels is None:
         y = _load_column(rows, manifest.root, "mask_path", lambda f: load_mask(f, prep.size))

@@ -198,8 +198,8 @@ def generate_hospitals(out_dir: Path, *, task: str, seed: int = 0, size: int = 6
         except OSError:
             if not _holds_dataset(out_dir, key):
                 raise ConfigError(
-                    f"{out_dir} exists and is not an empty folder or a synthetic dataset with "
-                    f"key {key}; remove it or choose another out_dir") from None
+                    f"the synthetic data folder exists and is not empty or a dataset with key "
+                    f"{key}; remove it or choose another folder") from None
             # Lost a race to a concurrent generator with the same parameters: use its copy.
     finally:
         if tmp.exists():

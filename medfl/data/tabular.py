@@ -3,7 +3,8 @@
 The schema (JSON) names the binary label, the model's input features and the sensitive
 attributes kept for subgroup evaluation::
 
-    {"label": {"column": "outcome", "names": ["no event", "event"], "positive": "1"},
+    {"label": {"column": "outcome", "names": ["no event", "event"], "negative": "0",
+               "positive": "1"},
      "features": [{"name": "age", "type": "numeric", "bounds": [18, 100]},
                   {"name": "smoker", "type": "binary"},
                   {"name": "cp", "type": "categorical", "levels": [1, 2, 3, 4]}],
@@ -143,22 +144,27 @@ class TabularSchema:
     positive: str
     features: tuple[Feature, ...]
     sensitive: tuple[str, ...] = ()
+    negative: str = "0"
 
     @classmethod
     def from_dict(cls, data: Any) -> TabularSchema:
         """Validate a parsed schema; ``ConfigError`` names the key and what is valid."""
         _keys(data, "schema", required=("label", "features"), optional=("sensitive",))
-        label = _keys(data["label"], "label", required=("column", "names", "positive"))
+        label = _keys(data["label"], "label",
+                      required=("column", "names", "negative", "positive"))
         column = _name(label["column"], "label.column")
         names = label["names"]
         if not (isinstance(names, list) and len(names) == 2
                 and all(isinstance(n, str) and n.strip() for n in names)
                 and names[0] != names[1]):
             raise _fail("label.names", names, "two distinct class names, negative first")
-        positive = label["positive"]
-        if not (isinstance(positive, str) and positive.strip()) and not _number(positive):
-            raise _fail("label.positive", positive, "the label value of the positive class "
-                        "(a string such as \"1\" or \"yes\")")
+        positive, negative = label["positive"], label["negative"]
+        for key, value in (("positive", positive), ("negative", negative)):
+            if not (isinstance(value, str) and value.strip()) and not _number(value):
+                raise _fail(f"label.{key}", value, f"the label value of the {key} class "
+                            "(a string such as \"1\" or \"yes\")")
+        if str(positive).strip() == str(negative).strip():
+            raise _fail("label.negative", negative, "a value other than label.positive")
         feats = data["features"]
         if not isinstance(feats, list) or not feats:
             raise _fail("features", feats, "a non-empty list of features")
@@ -178,7 +184,7 @@ class TabularSchema:
             raise _fail("sensitive", sensitive, "distinct columns other than the label "
                         f"column and {list(RESERVED)}")
         return cls(column, (names[0], names[1]), str(positive).strip(), features,
-                   tuple(sensitive))
+                   tuple(sensitive), str(negative).strip())
 
     # --- the encoding ------------------------------------------------------------------
 
@@ -333,16 +339,23 @@ def table_sites(path: str | Path) -> tuple[str, ...]:
 
 
 def _labels(rows: pd.DataFrame, schema: TabularSchema) -> np.ndarray:
+    """1 for ``schema.positive``, 0 for ``schema.negative``; any other value is refused
+    (a typo or an unknown outcome must not silently become a negative)."""
     text = _cells(rows, schema.label_column, numbers=False)
-    positive = schema.positive
     numeric = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(dtype=np.float64)
     try:
-        pos_value = float(positive)
+        pos_value, neg_value = float(schema.positive), float(schema.negative)
     except ValueError:
-        pos_value = math.nan
-    if math.isfinite(pos_value) and np.isfinite(numeric).all():
-        return (numeric == pos_value).astype(np.int64)  # "1" and "1.0" are the same label
-    return (text == positive).astype(np.int64)
+        pos_value = neg_value = math.nan
+    if math.isfinite(pos_value) and math.isfinite(neg_value) and np.isfinite(numeric).all():
+        pos, neg = numeric == pos_value, numeric == neg_value  # "1" and "1.0" are one label
+    else:
+        pos, neg = text == schema.positive, text == schema.negative
+    bad = ~(pos | neg)
+    if bad.any():
+        raise DataError(f"line {rows.index[bad.argmax()]}, column {schema.label_column!r}: "
+                        f"the label is neither label.negative nor label.positive of the schema")
+    return pos.astype(np.int64)
 
 
 def _split(rows: pd.DataFrame, y: np.ndarray, site: str, *, test_fraction: float,

@@ -18,6 +18,7 @@ from medfl.config import parse_run_config
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
 from medfl.federation.records import Handler
 from medfl.privacy.egress import check_reply
+from medfl.site import site_config
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
         return reply  # errors are already vetted by `guarded`
     kind = msg.metadata.message_type
     try:
-        cfg = parse_run_config(dict(context.run_config))
+        cfg = site_config(parse_run_config(dict(context.run_config)), dict(context.node_config))
         k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
         n_numeric = len(tasks.feature_spec(cfg).numeric_idx) if cfg.is_tabular else 0
         content = reply.content

@@ -295,7 +295,7 @@ def test_cached_call_returns_the_dataset_without_rewriting(cls_root):
 def test_a_different_dataset_in_out_dir_is_refused_and_kept(cls_root):
     before = (cls_root / "manifest.csv").read_bytes()
 
-    with pytest.raises(ConfigError, match="remove it or choose another out_dir"):
+    with pytest.raises(ConfigError, match="remove it or choose another folder"):
         generate_hospitals(cls_root, task=CLS, seed=7, size=SIZE, sites=FOUR_SITES)
 
     assert (cls_root / "manifest.csv").read_bytes() == before

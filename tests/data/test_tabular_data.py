@@ -19,7 +19,8 @@ from medfl.data.tabular import (
 from medfl.errors import ConfigError, DataError
 
 SCHEMA = {
-    "label": {"column": "outcome", "names": ["no event", "event"], "positive": "1"},
+    "label": {"column": "outcome", "names": ["no event", "event"], "negative": "0",
+              "positive": "1"},
     "features": [
         {"name": "age", "type": "numeric", "bounds": [18, 100]},
         {"name": "smoker", "type": "binary"},
@@ -116,9 +117,12 @@ def test_input_schema_has_the_serving_shape():
     ({"features": [{"name": "a", "type": "binary"}, {"name": "a", "type": "binary"}]},
      r"features\[1\]\.name.*unique"),
     ({"features": []}, r"'features'.*non-empty"),
-    ({"label": {"column": "outcome", "names": ["only"], "positive": "1"}}, r"label\.names"),
-    ({"label": {"column": "outcome", "names": ["a", "b"], "positive": "1", "x": 0}},
-     r"unknown key 'label\.x'"),
+    ({"label": {"column": "outcome", "names": ["only"], "negative": "0", "positive": "1"}},
+     r"label\.names"),
+    ({"label": {"column": "outcome", "names": ["a", "b"], "negative": "0", "positive": "1",
+                "x": 0}}, r"unknown key 'label\.x'"),
+    ({"label": {"column": "outcome", "names": ["a", "b"], "negative": "1", "positive": "1"}},
+     r"label\.negative"),
     ({"sensitive": ["outcome"]}, r"'sensitive'"),
 ])
 def test_schema_errors_name_the_key_and_what_is_valid(changes, match):
@@ -240,3 +244,39 @@ def test_federated_run_on_a_consortium_table_serves_the_same_model(files, run_in
     records = test[["age", "smoker", "cp"]].to_dict("records")
     served = [p["probabilities"]["event"] for p in model.predict(records)]
     np.testing.assert_allclose(served, expected, rtol=1e-5)
+
+
+def test_a_label_that_is_neither_class_is_refused_not_made_negative(files, tmp_path):
+    frame, _, schema = files
+    bad = frame.copy()
+    bad["outcome"] = bad["outcome"].astype(str)
+    bad.loc[7, "outcome"] = "unknown"  # data row 7 is CSV line 9
+    csv = tmp_path / "bad.csv"
+    bad.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"line 9, column 'outcome'.*neither") as err:
+        load_tabular_site(csv, load_schema(schema), "alpha", test_fraction=0.3, seed=0)
+    assert "unknown" not in str(err.value) and str(tmp_path) not in str(err.value)
+
+
+def test_a_deployed_site_reads_only_its_own_node_config_paths(files):
+    """The run config's data.schema / data.manifest are the server's choice: a deployed
+    site ignores them and needs its own data-path and schema-path."""
+    from conftest import run_config
+
+    from medfl import site as site_lib
+    from medfl.config import parse_run_config
+
+    frame, csv, schema = files
+    cfg = parse_run_config(run_config(task="tabular", data__manifest="/server/side.csv",
+                                      data__schema="/server/side.json"))
+    with pytest.raises(ConfigError, match="schema-path"):
+        site_lib.site_config(cfg, {"site": "alpha", "data-path": str(csv)})
+    with pytest.raises(ConfigError, match="data-path"):
+        site_lib.site_config(cfg, {"site": "alpha"})
+    local = site_lib.site_config(cfg, {"site": "alpha", "data-path": str(csv),
+                                       "schema-path": str(schema)})
+    assert local.data.schema == str(schema) and local.data.manifest == ""
+    data = site_lib.load_site(local, "alpha", data_path=str(csv))
+    assert data.n_train + data.n_test == N_PER_SITE
+    # simulation (partition-id, no site) keeps the run config as it is
+    assert site_lib.site_config(cfg, {"partition-id": 0}) is cfg
