@@ -192,12 +192,14 @@ def _partitioned(cfg: RunConfig, manifest, site: str, num_partitions: int):
     return replace(manifest, frame=rows)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _load_image_site(cfg: RunConfig, path: str, mtime_ns: int, site: str,
                      num_partitions: int | None, data_path_given: bool) -> SiteData:
     # Cached per process: a simulated ClientApp is called every round, and decoding a few
     # hundred images each time would dominate a CPU round. The key holds the manifest's
-    # mtime, so an edited manifest is re-read.
+    # mtime, so an edited manifest is re-read (an image replaced in place under an
+    # unchanged manifest is not: touch the manifest). Four sites at most per process: a
+    # simulation actor serves several sites; at large image sizes each costs memory.
     from medfl.data.manifest import load_manifest_site
 
     manifest = _read(cfg, Path(path), default_site=site if data_path_given else None)

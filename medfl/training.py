@@ -123,7 +123,8 @@ def predict_proba(model: nn.Module, x: np.ndarray, *, device: torch.device,
         logits = model(xb)
         if logits.ndim == 2:
             logits = logits.squeeze(-1)
-        out.append(torch.sigmoid(logits).double().cpu())
+        # in float64: float32 saturates at 1.0 for logits above ~17, tying confident scores
+        out.append(torch.sigmoid(logits.double()).cpu())
     if not out:
         return np.zeros((0,), np.float64)
     return torch.cat(out).numpy()
