@@ -61,3 +61,4 @@ bench: install
 	$(BIN)/python -m bench.heart_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.privacy_audit $(BENCH_ARGS)
 	$(BIN)/python -m bench.serve
+	$(BIN)/python -m bench.imaging_utility $(BENCH_ARGS)
