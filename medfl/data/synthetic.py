@@ -51,7 +51,7 @@ __all__ = ["FILE_FORMATS", "GENERATOR_VERSION", "LABEL_NAMES", "TASKS", "SitePro
 logger = logging.getLogger(__name__)
 
 #: Bumped whenever the same arguments would render different pixels (invalidates caches).
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 TASKS = ("image-classification", "segmentation")
 FILE_FORMATS = ("png", "png16", "nifti", "dicom")
 LABEL_NAMES = ("absent", "present")
@@ -153,7 +153,8 @@ def generate_hospitals(out_dir: Path, *, task: str, seed: int = 0, size: int = 6
     out_dir : dataset folder, created atomically (rendered in a temporary sibling, then
         renamed). If it already holds a dataset with the same parameters, it is returned as is.
     task : ``"image-classification"`` (label ``absent``/``present``) or ``"segmentation"``
-        (1-3 lesions per image; mask PNG, values {0, 255}, lesion union).
+        (1-3 lesions per image; mask PNG with values {0, 255}, or NIfTI {0, 1} at a
+        NIfTI site; the union of the lesions).
     seed : master seed (>= 0); site ``i`` draws from ``np.random.default_rng([seed, i])``.
     size : images are ``size`` x ``size`` pixels (>= 16).
     sites : hospital profiles; ``default_sites(task)`` when None.
@@ -251,8 +252,15 @@ def _render_site(root: Path, site: SiteProfile, *, task: str, size: int, key: st
             path = f"{stem}.{_EXTENSIONS[site.file_format]}"
             _to_file(root / path, units[j], site.file_format, patient=(sex, age),
                      uid_entropy=[key, site.name, str(first + j)])
-            target = f"{stem}_mask.png" if task == "segmentation" else LABEL_NAMES[n_lesions]
-            if task == "segmentation":
+            # A NIfTI site stores its masks as NIfTI too: tools keep image and mask in one
+            # format, and the loader refuses a NIfTI/PNG mix (their axis orders differ).
+            nifti = site.file_format == "nifti"
+            target = (f"{stem}_mask.{'nii.gz' if nifti else 'png'}" if task == "segmentation"
+                      else LABEL_NAMES[n_lesions])
+            if task == "segmentation" and nifti:
+                raw = nib.Nifti1Image(masks[j].astype(np.uint8), np.eye(4)).to_bytes()
+                (root / target).write_bytes(gzip.compress(raw, mtime=0))
+            elif task == "segmentation":
                 Image.fromarray(masks[j].astype(np.uint8) * 255).save(root / target)
             rows.append((path, target, site.name, sex, age))
     return rows

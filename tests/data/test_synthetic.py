@@ -153,7 +153,9 @@ def test_manifest_columns_and_relative_paths(tmp_path, task, target):
         if task == CLS:
             assert row["label"] in LABEL_NAMES
         else:
-            assert row["mask_path"] == row["path"].split(".")[0] + "_mask.png"
+            # NIfTI sites keep image and mask in one format (the loader refuses a mix)
+            ext = ".nii.gz" if row["path"].endswith(".nii.gz") else ".png"
+            assert row["mask_path"] == row["path"].split(".")[0] + "_mask" + ext
             assert (manifest.parent / row["mask_path"]).is_file()
 
 
@@ -267,7 +269,10 @@ def test_segmentation_masks_are_binary_and_cover_bright_lesions(seg_root):
     rows = _rows(seg_root / "manifest.csv")
     brighter = []
     for row in rows:
-        mask = np.asarray(Image.open(seg_root / row["mask_path"]))
+        if row["mask_path"].endswith(".nii.gz"):  # NIfTI masks hold {0, 1}
+            mask = np.asarray(nib.load(seg_root / row["mask_path"]).dataobj) * 255
+        else:
+            mask = np.asarray(Image.open(seg_root / row["mask_path"]))
         image = _read(seg_root / row["path"]).astype(np.float64)
         assert mask.dtype == np.uint8 and mask.shape == image.shape
         assert set(np.unique(mask)) == {0, 255}

@@ -126,9 +126,10 @@ def test_flwr_run_imaging_scenario_end_to_end(tmp_path, scenario, metric):
     finally:
         stop_superlink(flwr_home)
     summary = json.loads((tmp_path / "out" / "e2e" / "summary.json").read_text())
+    rounds = (tmp_path / "out" / "e2e" / "rounds.jsonl").read_text()
     assert summary["task"] == cfg["task"] and summary["rounds"] == 2
     assert [s["name"] for s in summary["sites"]] == ["hillcrest", "lakeside", "riverside",
-                                                     "summit"]
+                                                     "summit"], rounds[-3000:] + log[-3000:]
     assert all(0 < s["epsilon"] <= 8.0 for s in summary["sites"])
     assert all(s["metrics"][metric] is not None for s in summary["sites"])
     manifest = json.loads((tmp_path / "out" / "e2e" / "model" / "manifest.json").read_text())
