@@ -222,31 +222,74 @@ def serve(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (or its model/ bundle)")],
-    input_csv: Annotated[Path, typer.Argument(help="CSV of records with the input columns")],
+    input_path: Annotated[Path, typer.Argument(
+        help="tabular: a CSV of records; imaging: an image file or a folder of images")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of predictions")],
 ) -> None:
-    """Offline batch inference: records in, one prediction per row out (no server)."""
+    """Offline batch inference (no server): one prediction per record or image.
+
+    Imaging bundles read PNG/JPEG/DICOM/NIfTI with the preprocessing recorded at training;
+    segmentation also writes each mask as a PNG (0/255), ``<output stem>_masks/<file>.mask.png``.
+    Nothing is written unless every input could be predicted.
+    """
     import pandas as pd
 
     from medfl.errors import MedflError
     from medfl.io import atomic_write_bytes
-    from medfl.serving import TabularModel, load_bundle
+    from medfl.serving import ImageModel, TabularModel, load_bundle
 
+    masks: dict[str, object] = {}
     try:
-        model = TabularModel.from_bundle(load_bundle(run_dir))
-        try:
-            frame = pd.read_csv(input_csv)
-        except (OSError, ValueError) as exc:
-            raise MedflError(f"{input_csv.name} is not a readable CSV ({type(exc).__name__})") \
-                from None
-        records = frame.to_dict("records")
-        out = model.predict(records)
+        bundle = load_bundle(run_dir)
+        if bundle.manifest.get("input_schema", {}).get("type") == "image":
+            model = ImageModel.from_bundle(bundle)
+            files = (sorted(f for f in input_path.iterdir() if f.is_file())
+                     if input_path.is_dir() else [input_path])
+            if not files:
+                raise MedflError(f"{input_path.name} holds no files")
+            out = []
+            for f in files:
+                try:
+                    [pred] = model.predict([f.read_bytes()])
+                except (MedflError, OSError) as exc:
+                    raise MedflError(f"{f.name}: {exc}") from None
+                out.append(pred)
+            names = [f.name for f in files]
+            if model.task == "segmentation":
+                masks = {n: p.pop("mask") for n, p in zip(names, out, strict=True)}
+                result = pd.DataFrame({"file": names,
+                                       "lesion_fraction": [p["lesion_fraction"] for p in out],
+                                       "mask": [f"{output.stem}_masks/{n}.mask.png"
+                                                for n in names]})
+            else:
+                result = pd.DataFrame({"file": names, "label": [p["label"] for p in out],
+                                       **{f"p_{k}": [p["probabilities"][k] for p in out]
+                                          for k in model.labels}})
+        else:
+            model = TabularModel.from_bundle(bundle)
+            try:
+                frame = pd.read_csv(input_path)
+            except (OSError, ValueError) as exc:
+                raise MedflError(f"{input_path.name} is not a readable CSV "
+                                 f"({type(exc).__name__})") from None
+            out = model.predict(frame.to_dict("records"))
+            result = pd.DataFrame({"label": [p["label"] for p in out],
+                                   **{f"p_{k}": [p["probabilities"][k] for p in out]
+                                      for k in model.labels}})
     except MedflError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    result = pd.DataFrame({"label": [p["label"] for p in out],
-                           **{f"p_{k}": [p["probabilities"][k] for p in out]
-                              for k in model.labels}})
+    if masks:
+        from io import BytesIO
+
+        from PIL import Image
+
+        folder = output.parent / f"{output.stem}_masks"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, mask in masks.items():
+            buf = BytesIO()
+            Image.fromarray(mask * 255).save(buf, format="PNG")
+            atomic_write_bytes(folder / f"{name}.mask.png", buf.getvalue())
     atomic_write_bytes(output, result.to_csv(index=False).encode())
     typer.echo(f"{len(result)} predictions written to {output}")
 

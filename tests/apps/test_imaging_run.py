@@ -14,10 +14,13 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_config
+from PIL import Image
 from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
 
 from medfl import site as site_lib
 from medfl import tasks
+from medfl.cli import app as cli_app
 from medfl.config import parse_run_config
 from medfl.data.images import ImagePreprocessing
 from medfl.data.synthetic import SiteProfile, generate_hospitals
@@ -63,7 +66,8 @@ def _parsed(manifest, **overrides):
     return parse_run_config(run_config(**kwargs))
 
 
-def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_manifest):
+def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_manifest,
+                                                           tmp_path):
     run, grid = run_inprocess(**_imaging_config(
         cls_manifest, task="image-classification", model__name="resnet", train__augment="light"))
     summary = json.loads((run / "summary.json").read_text())
@@ -101,9 +105,26 @@ def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_ma
     assert [o["probabilities"]["present"] for o in out] == pytest.approx(expect.tolist())
     assert all(o["label"] == ("present" if pe >= 0.5 else "absent")
                for o, pe in zip(out, expect, strict=True))
+    # `medfl predict` on a folder of the same DICOM files gives the same probabilities; a
+    # corrupt file stops it with the file's name and nothing written.
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    for i, data in enumerate(files[:3]):
+        (folder / f"img{i}.dcm").write_bytes(data)
+    result = CliRunner().invoke(cli_app, ["predict", str(run), str(folder), "-o",
+                                          str(tmp_path / "pred.csv")])
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert list(pred["file"]) == ["img0.dcm", "img1.dcm", "img2.dcm"]
+    assert list(pred["p_present"]) == pytest.approx(expect.tolist())
+    (folder / "img3.dcm").write_bytes(files[3][:600])  # truncated
+    result = CliRunner().invoke(cli_app, ["predict", str(run), str(folder), "-o",
+                                          str(tmp_path / "pred2.csv")])
+    assert result.exit_code == 2 and "img3.dcm" in result.output
+    assert not (tmp_path / "pred2.csv").exists()
 
 
-def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest):
+def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest, tmp_path):
     run, _ = run_inprocess(**_imaging_config(seg_manifest, task="segmentation",
                                              model__name="unet"))
     summary = json.loads((run / "summary.json").read_text())
@@ -127,6 +148,15 @@ def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest)
     first = (seg_manifest.parent / frame[frame.site == "beta"].path.iloc[0]).read_bytes()
     [out] = served.predict([first])
     assert out["shape"] == [SIZE, SIZE] and set(np.unique(out["mask"])) <= {0, 1}
+    # `medfl predict` writes the same mask as a 0/255 PNG beside its CSV
+    src = seg_manifest.parent / frame[frame.site == "beta"].path.iloc[0]
+    result = CliRunner().invoke(cli_app, ["predict", str(run), str(src), "-o",
+                                          str(tmp_path / "seg.csv")])
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "seg.csv").iloc[0]
+    written = np.asarray(Image.open(tmp_path / row["mask"]))
+    assert np.array_equal(written, out["mask"] * 255)
+    assert row["lesion_fraction"] == pytest.approx(out["mask"].mean())
 
 
 def test_evaluate_replies_carry_only_sums_not_per_image_dice(run_inprocess, seg_manifest):
