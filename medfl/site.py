@@ -8,7 +8,6 @@ and evaluate the global model, returning only what the egress contract allows.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.augment import build_augmentation
-from medfl.data.heart import FEATURE_NAMES, HEART_SITES, NUMERIC_COLUMNS, PUBLIC_BOUNDS
+from medfl.data.heart import HEART_SITES
 from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
@@ -42,11 +41,6 @@ from medfl.privacy.ledger import Ledger
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
 logger = logging.getLogger(__name__)
-
-#: Heart disease's numeric columns and public bounds; a run's own come from
-#: :func:`medfl.tasks.feature_spec` (for ``task = "tabular"``, from its schema).
-NUMERIC_IDX = tuple(FEATURE_NAMES.index(c) for c in NUMERIC_COLUMNS)
-BOUNDS = np.array([PUBLIC_BOUNDS[c] for c in NUMERIC_COLUMNS], dtype=np.float64)
 
 
 def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
@@ -109,11 +103,7 @@ def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Pa
     """
     if "site-dir" in node_config:
         return Path(str(node_config["site-dir"]))
-    if cfg.state_dir:
-        return Path(cfg.state_dir).expanduser() / site
-    home = os.environ.get("MEDFL_HOME")
-    root = Path(home) if home else Path(__file__).resolve().parents[1]
-    return root / "state" / site
+    return tasks.state_root(cfg) / site
 
 
 #: node-config keys a hospital sets to bound what any run may ask of it.

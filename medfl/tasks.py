@@ -121,7 +121,9 @@ def make_loss(cfg: RunConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
 
 # --- where the data is -------------------------------------------------------------------
 
-def _state_root(cfg: RunConfig) -> Path:
+def state_root(cfg: RunConfig) -> Path:
+    """``state-dir``, or ``$MEDFL_HOME/state``, or ``<project>/state``: simulated sites'
+    ledgers and the generated synthetic hospitals live below it."""
     if cfg.state_dir:
         return Path(cfg.state_dir).expanduser()
     home = os.environ.get("MEDFL_HOME")
@@ -140,7 +142,7 @@ def dataset_manifest(cfg: RunConfig) -> Path:
 
     sites = default_sites(cfg.task)
     key = dataset_key(cfg.task, SYNTHETIC_SEED, cfg.data.image_size, sites)
-    out = _state_root(cfg) / "_synthetic" / f"{cfg.task}-{key}"
+    out = state_root(cfg) / "_synthetic" / f"{cfg.task}-{key}"
     return generate_hospitals(out, task=cfg.task, seed=SYNTHETIC_SEED,
                               size=cfg.data.image_size, sites=sites)
 

@@ -114,9 +114,7 @@ def build_summary(
     return {
         "run_name": run_name,
         "task": cfg.task,
-        "dataset": ("uci-heart-disease" if cfg.task == "heart-disease"
-                    else "tabular-csv" if cfg.task == "tabular"
-                    else cfg.data.manifest and "manifest" or "synthetic-hospitals"),
+        "dataset": _dataset(cfg),
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
         "rounds": last_round,
@@ -158,6 +156,14 @@ def build_summary(
         "mean_site_accuracy": mean_acc,
         **({"mean_site_dice": mean_dice} if mean_dice is not None else {}),
     }
+
+
+def _dataset(cfg: RunConfig) -> str:
+    if cfg.task == "heart-disease":
+        return "uci-heart-disease"
+    if cfg.task == "tabular":
+        return "tabular-csv"
+    return "manifest" if cfg.data.manifest else "synthetic-hospitals"
 
 
 def _metrics(e: SiteEvalStats | None) -> dict[str, float | None]:

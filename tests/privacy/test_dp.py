@@ -12,6 +12,7 @@ from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from medfl import site as site_lib
+from medfl import tasks
 from medfl.config import ModelConfig, parse_run_config
 from medfl.data.scaling import local_standardizer
 from medfl.errors import PrivacyBudgetExceeded
@@ -64,7 +65,7 @@ def test_plan_uses_opacus_poisson_rate_and_steps():
 def _fit_rounds(rounds: int, **overrides):
     cfg = parse_run_config(run_config(num_server_rounds=rounds, **overrides))
     data = site_lib.load_site(cfg, "hungarian")
-    scaler = local_standardizer(data.x_train, columns=site_lib.NUMERIC_IDX)
+    scaler = local_standardizer(data.x_train, columns=tasks.feature_spec(cfg).numeric_idx)
     torch.manual_seed(0)
     weights = build_model(cfg.model, n_features=13).state_dict()
     plan, history, metrics = None, [], []
