@@ -8,19 +8,16 @@ allows: model arrays, declared scalar metrics, and the site's public name.
 from __future__ import annotations
 
 import logging
-import zlib
 
-import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from medfl import federation as fed
 from medfl import site as site_lib
+from medfl import site_report
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError
-from medfl.privacy.dp import dp_seed
-from medfl.privacy.ledger import Ledger
 
 logger = logging.getLogger(__name__)
 # Flower may run several ClientApps side by side on a few cores: one thread each avoids
@@ -42,15 +39,6 @@ def _setup(msg: Message, context: Context):
                                          num_partitions=num)
 
 
-def _ledger(cfg, site: str, context: Context) -> Ledger:
-    return Ledger.open(site_lib.site_state_dir(cfg, site, dict(context.node_config)), site)
-
-
-def _seed(cfg, site: str, server_round: int) -> int:
-    # Distinct per site and round, reproducible from the run's seed.
-    return cfg.seed * 1_000_003 + zlib.crc32(site.encode()) % 10_007 * 10_007 + server_round
-
-
 @app.query(mods=[fed.egress_guard])
 @fed.guarded
 def query(msg: Message, context: Context) -> Message:
@@ -59,15 +47,15 @@ def query(msg: Message, context: Context) -> Message:
     kind = msg.content["config"]["query"]
     if kind != fed.QUERY_FEATURE_MOMENTS:
         raise ConfigError(f"unknown query {kind!r}; valid: {fed.QUERY_FEATURE_MOMENTS!r}")
-    rng = np.random.default_rng(dp_seed(_seed(cfg, site, 0), secure=cfg.privacy.secure_noise))
-    moments = site_lib.feature_stats(cfg, data, rng=rng)
+    moments = site_lib.feature_stats(cfg, data, rng=site_lib.moments_rng(cfg, site))
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:
         # A Gaussian mechanism on the whole vector, once: accounted and recorded before
         # the moments leave the site.
         plan, history = fed.load_dp_state(context.state)
         history = site_lib.release_noised_moments(
-            cfg, _ledger(cfg, site, context), run_id=context.run_id, history=history,
+            cfg, site_lib.open_ledger(cfg, site, dict(context.node_config)),
+            run_id=context.run_id, history=history,
             limit=site_lib.lifetime_limit(cfg, dict(context.node_config)))
         fed.save_dp_state(context.state, plan, history)
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
@@ -84,6 +72,20 @@ def audit(msg: Message, context: Context) -> Message:
     return fed.reply(msg, site=site, metrics=result.to_metrics())
 
 
+@app.query(fed.QUERY_REPORT, mods=[fed.egress_guard])
+@fed.guarded
+def report(msg: Message, context: Context) -> Message:
+    """Report statistics of the final model (suppressed at k), and the site-local report."""
+    cfg, site, data = _setup(msg, context)
+    config = msg.content["config"]
+    local = site_report.local_dir(site_lib.site_state_dir(cfg, site, dict(context.node_config)),
+                                  str(config.get("run-name", "")), run_id=context.run_id)
+    stats = site_report.report(
+        cfg, data, weights=fed.from_array_record(msg.content["arrays"]), local_dir=local,
+        scaler=site_lib.site_scaler(cfg, data, fed.scaler_from_config(config)))
+    return fed.reply(msg, site=site, metrics=stats.to_metrics())
+
+
 @app.train(mods=[fed.egress_guard])
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:
@@ -93,11 +95,11 @@ def train(msg: Message, context: Context) -> Message:
     scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(config))
     plan, history = fed.load_dp_state(context.state)
     result = site_lib.fit_with_ledger(
-        cfg, data, _ledger(cfg, site, context), run_id=context.run_id,
-        server_round=server_round, plan=plan, history=history,
+        cfg, data, site_lib.open_ledger(cfg, site, dict(context.node_config)),
+        run_id=context.run_id, server_round=server_round, plan=plan, history=history,
         limit=site_lib.lifetime_limit(cfg, dict(context.node_config)),
         weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
-        seed=_seed(cfg, site, server_round),
+        seed=site_lib.round_seed(cfg, site, server_round),
     )
     fed.save_dp_state(context.state, result.plan, result.history)
     logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,

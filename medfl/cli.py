@@ -40,6 +40,40 @@ def _fmt(value: float | str | None, digits: int = 3) -> str:
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
+) -> None:
+    """Rebuild a run's report.json, report.html, sites/<site>/report.html and MODEL_CARD.md
+    from its run directory (what the sites shared is kept in evaluation.json)."""
+    from medfl.errors import MedflError
+    from medfl.reporting.files import write_reports
+
+    if not (run_dir / "summary.json").is_file():
+        typer.echo(f"error: {run_dir / 'summary.json'} not found: is {run_dir} a finished "
+                   "MedFL run? (runs are in outputs/<run-name>/)", err=True)
+        raise typer.Exit(2)
+    try:
+        rep = write_reports(run_dir)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    pooled = rep["populations"][0]["metrics"]
+    head = ("dice", "iou", "hd95") if rep["kind"] == "segmentation" else (
+        "auroc", "sensitivity", "specificity", "brier", "ece")
+    console = Console()
+    for name in head:
+        m = pooled[name]
+        ci = f" (95% CI {m['ci'][0]:.3f}–{m['ci'][1]:.3f})" if m["ci"] else ""
+        console.print(f"pooled {name}: {_fmt(m['value'])}{ci}")
+    flagged = sum(g["flagged"] for p in rep["populations"] for f in p["fairness"]
+                  for g in f["gaps"].values())
+    console.print(f"fairness gaps with a 95% CI excluding 0: {flagged}")
+    for name in ("report.html", "MODEL_CARD.md", "report.json"):
+        console.print(f"wrote {(run_dir / name).resolve()}")
+    console.print(f"site views: {(run_dir / 'sites').resolve()}/<site>/report.html")
+
+
+@app.command()
 def show(
     run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
 ) -> None:
@@ -77,6 +111,9 @@ def show(
         what = "images" if seg else "patients in a class"
         console.print(f"'suppressed': fewer than k={s['privacy']['k_threshold']} {what} "
                       "at that site; the value never left the site.")
+    if (run_dir / "report.html").is_file():
+        console.print(f"fairness report: {(run_dir / 'report.html').resolve()} "
+                      "(per site: sites/<site>/report.html; MODEL_CARD.md)")
     console.print(f"run directory: {run_dir.resolve()}")
     console.print(medfl.DISCLAIMER, style="dim")
 

@@ -25,6 +25,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """UTF-8 text, written atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Strict JSON (no NaN/Infinity: callers encode those explicitly), indented, sorted."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)

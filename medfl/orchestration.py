@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from datetime import datetime, timezone
@@ -19,6 +20,7 @@ from medfl.errors import DataError
 from medfl.evaluation.stats import SiteEvalStats
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult
+from medfl.reporting.files import EVALUATION_FILE, write_reports
 from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
 from medfl.serving.bundle import save_bundle
@@ -96,8 +98,12 @@ def finish_run(
     rounds_trained: dict[str, list[int]],
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
+    report_stats: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle and ``summary.json``, then point ``latest`` at the run."""
+    """Write the bundle, ``summary.json`` and the reports, then point ``latest`` at the run.
+
+    ``report_stats``: each site's report statistics as received (``query.report``).
+    """
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
@@ -122,5 +128,11 @@ def finish_run(
     if signing_key:  # the consortium's key, held by the server: serving can then verify
         sign_bundle(run_dir.path / "model", Path(signing_key))
     run_dir.write_json("summary.json", summary)
+    run_dir.write_json(EVALUATION_FILE, report_stats or {})
+    try:
+        write_reports(run_dir.path)
+    except Exception:  # noqa: BLE001 - the model and summary stand; the report can be rebuilt
+        logger.exception("writing the report failed; rebuild it with `medfl report %s`",
+                         run_dir.path.name)
     run_dir.mark_latest()
-    return summary
+    return json.loads((run_dir.path / "summary.json").read_text())

@@ -8,6 +8,7 @@ and evaluate the global model, returning only what the egress contract allows.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -106,6 +107,11 @@ def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Pa
     return tasks.state_root(cfg) / site
 
 
+def open_ledger(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Ledger:
+    """This site's lifetime privacy ledger (see :func:`site_state_dir`)."""
+    return Ledger.open(site_state_dir(cfg, site, node_config), site)
+
+
 #: node-config keys a hospital sets to bound what any run may ask of it.
 SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp", "lifetime-epsilon")
 
@@ -167,6 +173,17 @@ def release_noised_moments(cfg: RunConfig, ledger: Ledger, *, run_id: int, histo
     ledger.append(run_id=run_id, server_round=0, status="released", history=after,
                   epsilon_run=eps, delta=p.target_delta, accountant=p.accountant, limit=limit)
     return after
+
+
+def round_seed(cfg: RunConfig, site: str, server_round: int) -> int:
+    """A seed distinct per site and round, reproducible from the run's seed."""
+    return cfg.seed * 1_000_003 + zlib.crc32(site.encode()) % 10_007 * 10_007 + server_round
+
+
+def moments_rng(cfg: RunConfig, site: str) -> np.random.Generator:
+    """The generator of the feature moments' noise: OS entropy under secure noise."""
+    return np.random.default_rng(dp_seed(round_seed(cfg, site, 0),
+                                         secure=cfg.privacy.secure_noise))
 
 
 def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:

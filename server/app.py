@@ -59,11 +59,14 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.privacy.audit:
         audits = fed.query_audit(grid, list(grid.get_node_ids()), arrays=result.arrays,
                                  config=shared, timeout=ROUND_TIMEOUT_S)
+    report_config = ConfigRecord({**dict(shared), "run-name": run_dir.path.name})
+    report_stats = fed.query_report(grid, list(grid.get_node_ids()), arrays=result.arrays,
+                                    config=report_config, timeout=ROUND_TIMEOUT_S)
     summary = orch.finish_run(
         run_dir, cfg, weights=fed.from_array_record(result.arrays), scaler=scaler,
         train=strategy.final_train, evaluation=strategy.final_site_stats,
         rounds_trained=strategy.rounds_trained, audits=audits,
-        central=fed.central_dp_report(cfg, strategy),
+        central=fed.central_dp_report(cfg, strategy), report_stats=report_stats,
     )
     logger.info("MedFL run finished: mean site accuracy %s; files in %s",
                 summary["mean_site_accuracy"], run_dir.path)

@@ -8,13 +8,17 @@ attributes kept for subgroup evaluation::
      "features": [{"name": "age", "type": "numeric", "bounds": [18, 100]},
                   {"name": "smoker", "type": "binary"},
                   {"name": "cp", "type": "categorical", "levels": [1, 2, 3, 4]}],
-     "sensitive": ["sex", "age_band"]}
+     "sensitive": ["ethnicity", {"name": "sex", "levels": ["M", "F"]},
+                   {"name": "age", "cuts": [50, 65]}]}
 
 Numeric features need public bounds: values outside them are refused, and the feature
 moments a site shares are computed on values clipped to them, which bounds one patient's
 influence. Categorical levels come from the schema, never from a site's rows, so every site
 encodes the same columns. Sensitive attributes are not model inputs unless also listed as
-features. The encoding is heart-disease's: numeric, then binary, then one-hot categorical
+features. A sensitive entry with ``levels`` (categories, the first one the reference) or
+``cuts`` (numeric band edges) is reported on as subgroups; a bare name is kept but not
+reported on (its levels would otherwise have to come from a site's rows). The encoding is
+heart-disease's: numeric, then binary, then one-hot categorical
 with the first level dropped; :func:`encode_columns` is the one encoder, used for training
 and, from a bundle's ``input_schema``, for serving.
 """
@@ -136,6 +140,38 @@ def _feature(obj: Any, key: str) -> Feature:
 
 
 @dataclass(frozen=True)
+class SensitiveAttribute:
+    """A declared sensitive column and, optionally, its public subgroup levels or cuts."""
+
+    name: str
+    levels: tuple = ()
+    cuts: tuple[float, ...] = ()
+
+
+def _sensitive(entry: Any, key: str) -> SensitiveAttribute:
+    if isinstance(entry, str):
+        return SensitiveAttribute(_name(entry, key))
+    _keys(entry, key, required=("name",), optional=("levels", "cuts"))
+    name = _name(entry["name"], f"{key}.name")
+    if "levels" in entry and "cuts" in entry:
+        raise _fail(key, sorted(entry), "either 'levels' or 'cuts', not both")
+    if "levels" in entry:
+        lv = entry["levels"]
+        if not (isinstance(lv, list) and len(lv) >= 2 and len(set(map(str, lv))) == len(lv)
+                and all((isinstance(x, str) and x.strip()) or _number(x) for x in lv)):
+            raise _fail(f"{key}.levels", lv, "a list of at least 2 distinct levels (the "
+                        "first is the reference for fairness gaps)")
+        return SensitiveAttribute(name, levels=tuple(lv))
+    if "cuts" in entry:
+        cuts = entry["cuts"]
+        if not (isinstance(cuts, list) and cuts and all(_number(c) for c in cuts)
+                and sorted(cuts) == cuts and len(set(cuts)) == len(cuts)):
+            raise _fail(f"{key}.cuts", cuts, "an increasing list of numbers (band edges)")
+        return SensitiveAttribute(name, cuts=tuple(float(c) for c in cuts))
+    return SensitiveAttribute(name)
+
+
+@dataclass(frozen=True)
 class TabularSchema:
     """A consortium's declared table: label, features and sensitive attributes."""
 
@@ -145,6 +181,8 @@ class TabularSchema:
     features: tuple[Feature, ...]
     sensitive: tuple[str, ...] = ()
     negative: str = "0"
+    #: the sensitive attributes with their declared subgroups (same order as ``sensitive``)
+    subgroups: tuple[SensitiveAttribute, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Any) -> TabularSchema:
@@ -171,8 +209,10 @@ class TabularSchema:
         features = tuple(_feature(f, f"features[{i}]") for i, f in enumerate(feats))
         sensitive = data.get("sensitive", [])
         if not isinstance(sensitive, list):
-            raise _fail("sensitive", sensitive, "a list of column names")
-        sensitive = [_name(s, f"sensitive[{i}]") for i, s in enumerate(sensitive)]
+            raise _fail("sensitive", sensitive, "a list of column names or {name, levels | "
+                        "cuts} objects")
+        attrs = tuple(_sensitive(s, f"sensitive[{i}]") for i, s in enumerate(sensitive))
+        sensitive = [a.name for a in attrs]
         seen: set[str] = set()
         for i, name in enumerate([f.name for f in features]):
             if name in seen or name == column or name in RESERVED:
@@ -184,7 +224,7 @@ class TabularSchema:
             raise _fail("sensitive", sensitive, "distinct columns other than the label "
                         f"column and {list(RESERVED)}")
         return cls(column, (names[0], names[1]), str(positive).strip(), features,
-                   tuple(sensitive), str(negative).strip())
+                   tuple(sensitive), str(negative).strip(), attrs)
 
     # --- the encoding ------------------------------------------------------------------
 

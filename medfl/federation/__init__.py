@@ -19,6 +19,7 @@ from medfl.federation.records import (
     DP_STATE_KEY,
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
+    QUERY_REPORT,
     from_array_record,
     load_dp_state,
     moments_from_metrics,
@@ -36,6 +37,7 @@ from medfl.federation.server import (
     check_update,
     query_audit,
     query_feature_moments,
+    query_report,
     wait_for_nodes,
     weight_key,
     with_central_dp,
@@ -43,9 +45,11 @@ from medfl.federation.server import (
 
 __all__ = [
     "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
-    "QUERY_FEATURE_MOMENTS", "RecordingFedAvg", "central_dp_report", "check_update",
+    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "central_dp_report",
+    "check_update",
     "egress_guard", "from_array_record", "guarded", "load_dp_state", "moments_from_metrics",
-    "moments_to_metrics", "query_audit", "query_feature_moments", "reply", "save_dp_state",
+    "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",
+    "save_dp_state",
     "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
     "weight_key", "with_central_dp",
 ]

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 QUERY_FEATURE_MOMENTS = "feature-moments"
 QUERY_AUDIT = "audit"  # message type "query.audit"
+QUERY_REPORT = "report"  # message type "query.report"
 Handler = Callable[[Message, Context], Message]
 DP_STATE_KEY = "medfl.dp"
 

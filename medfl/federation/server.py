@@ -27,6 +27,7 @@ from medfl.federation.client import ERROR_CODES
 from medfl.federation.records import (
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
+    QUERY_REPORT,
     moments_from_metrics,
     site_of,
 )
@@ -316,3 +317,23 @@ def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metr
         out["max-epsilon"] = max(eps)
     return MetricRecord(out)
 
+
+
+def query_report(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,
+                 timeout: float) -> dict[str, dict[str, Any]]:
+    """Ask every node for its report statistics on the final model (raw metric dicts, as
+    received: the run directory keeps them so that ``medfl report`` can rebuild)."""
+    messages = [
+        Message(RecordDict({"arrays": arrays, "config": ConfigRecord(dict(config))}),
+                dst_node_id=node, message_type=f"query.{QUERY_REPORT}")
+        for node in nodes
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    for rep in grid.send_and_receive(messages, timeout=timeout):
+        if rep.has_error():
+            logger.warning("report: node %d failed: %s", rep.metadata.src_node_id,
+                           rep.error.reason)
+            continue
+        m = rep.content["metrics"]
+        out[site_of(rep)] = {key: m[key] for key in m}
+    return out

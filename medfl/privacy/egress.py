@@ -30,12 +30,26 @@ DECLARED: dict[str, dict[str, str]] = {
         "pos-n": LIST, "pos-mean": LIST, "pos-var": LIST,
         "dice-sum": SCALAR, "dice-sqsum": SCALAR, "iou-sum": SCALAR,
     },
+    # The final report (medfl.evaluation.cellstats): per-cell lists (cell 0 = whole test
+    # set, then each declared subgroup), the score groups, and an explanation vector.
+    "query.report": {
+        "cell-n": LIST, "cell-loss-sum": LIST, "cell-brier-sum": LIST, "cell-auroc": LIST,
+        "g-cell": LIST, "g-class": LIST, "g-n": LIST, "g-mean": LIST, "g-var": LIST,
+        "g-side": LIST,
+        "cell-dice-sum": LIST, "cell-dice-sqsum": LIST, "cell-iou-sum": LIST,
+        "cell-iou-sqsum": LIST, "cell-hd-n": LIST, "cell-hd-sum": LIST, "cell-hd-sqsum": LIST,
+        "explain": LIST, "explain-n": SCALAR,
+    },
 }
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
-COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members"}
+COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members",
+              "cell-n", "g-n", "cell-hd-n", "explain-n"}
 
 #: Lists whose length is fixed by the model/schema, not by the data.
-FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric"}
+FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
+                **{f"cell-{x}": "n_cells" for x in (
+                    "n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
+                    "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")}}
 #: Lists with a small fixed bound (a site makes at most a few accounted releases a run).
 MAX_LENGTH = {"prior-noise-multipliers": 8}
 
@@ -54,6 +68,8 @@ def check_reply(
     expected_arrays: dict[str, tuple[int, ...]] | None,
     k: int,
     n_numeric: int,
+    n_cells: int = 0,
+    n_explain: int = 0,
 ) -> list[str]:
     """Violations of the egress contract by one reply (empty list: it may leave).
 
@@ -65,7 +81,9 @@ def check_reply(
     site_record : the "site" ConfigRecord's contents (only ``name`` is allowed).
     arrays, expected_arrays : name -> shape of the reply's arrays and of the arrays the
         server sent (train replies must match them exactly; other replies carry none).
-    k : the suppression threshold; n_numeric : number of numeric features.
+    k : the suppression threshold; n_numeric : number of numeric features; n_cells : number
+        of declared evaluation cells; n_explain : length of the explanation vector (features
+        or saliency cells; it may also be empty).
     """
     if kind not in DECLARED:
         return [f"message type {kind!r} has no egress contract"]
@@ -94,8 +112,10 @@ def check_reply(
         if key in COUNT_KEYS and any(v != SUPPRESSED and (v < k or not math.isfinite(v))
                                      for v in values):
             out.append(f"metric {key!r} holds a count below k={k}")
-        if key in FIXED_LENGTH and len(values) != n_numeric:
-            out.append(f"metric {key!r} must have {n_numeric} entries")
+        sizes = {"n_numeric": n_numeric, "n_cells": n_cells, "n_explain": n_explain}
+        if key in FIXED_LENGTH and len(values) != sizes[FIXED_LENGTH[key]] \
+                and not (key == "explain" and not values):
+            out.append(f"metric {key!r} must have {sizes[FIXED_LENGTH[key]]} entries")
         if key in MAX_LENGTH and len(values) > MAX_LENGTH[key]:
             out.append(f"metric {key!r} may have at most {MAX_LENGTH[key]} entries")
     if kind == "evaluate":
@@ -104,6 +124,8 @@ def check_reply(
         if sums and not (_is_number(metrics.get("num-examples"))
                          and metrics["num-examples"] >= k):
             out.append(f"metrics {sums} need 'num-examples' of at least k={k}")
+    if kind == "query.report":
+        out += _check_cells(metrics)
     if kind == "train":
         if arrays is None:
             out.append("a train reply must carry the model arrays")
@@ -129,4 +151,25 @@ def _check_groups(m: dict[str, Any], k: int) -> list[str]:
         total = sum(m["neg-n"]) + sum(m["pos-n"])
         if total != n:
             out.append("score group sizes do not add up to 'num-examples'")
+    return out
+
+
+def _check_cells(m: dict[str, Any]) -> list[str]:
+    """Report cells: aligned group lists that add up to their cell's size, groups only for
+    a shown cell, and an explanation only with its count."""
+    out = []
+    parts = ("cell", "class", "n", "mean", "var", "side")
+    if len({len(m.get(f"g-{p}", [])) for p in parts}) != 1:
+        return ["score group lists ('g-*') differ in length"]
+    sizes = m.get("cell-n", [])
+    totals: dict[int, float] = {}
+    for c, n in zip(m.get("g-cell", []), m.get("g-n", []), strict=True):
+        if not (float(c).is_integer() and 0 <= c < len(sizes)):
+            return ["'g-cell' names a cell that is not declared"]
+        totals[int(c)] = totals.get(int(c), 0) + n
+    for c, total in totals.items():
+        if sizes[c] == SUPPRESSED or total != sizes[c]:
+            out.append(f"score groups of cell {c} do not add up to its 'cell-n'")
+    if m.get("explain") and m.get("explain-n", SUPPRESSED) == SUPPRESSED:
+        out.append("'explain' needs its count 'explain-n' (at least k)")
     return out

@@ -8,6 +8,7 @@ back through ``data.manifest`` exactly as a hospital's own manifest would be.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -121,6 +122,17 @@ def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_ma
                                           str(tmp_path / "pred2.csv")])
     assert result.exit_code == 2 and "img3.dcm" in result.output
     assert not (tmp_path / "pred2.csv").exists()
+    # The report: Grad-CAM shares per 8 x 8 cell (each site's sums to 1), and each site's
+    # overlays only in its site-local report, under its own state folder.
+    report = json.loads((run / "report.json").read_text())
+    ex = report["explanations"]
+    assert ex["kind"] == "grad-cam"
+    assert np.asarray(ex["saliency_grid"]).shape == (8, 8)
+    assert float(np.sum(ex["saliency_grid"])) == pytest.approx(1.0, abs=1e-3)
+    assert "base64" not in (run / "report.html").read_text()
+    state = json.loads((run / "config.json").read_text())["run_config"]["state-dir"]
+    local = (Path(state) / "alpha" / "reports" / run.name / "report.html").read_text()
+    assert local.count("data:image/png;base64,") == 8
 
 
 def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest, tmp_path):
@@ -156,6 +168,22 @@ def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest,
     written = np.asarray(Image.open(tmp_path / row["mask"]))
     assert np.array_equal(written, out["mask"] * 255)
     assert row["lesion_fraction"] == pytest.approx(out["mask"].mean())
+    # report.json: beta's HD95 is MONAI's 95th-percentile Hausdorff distance averaged over
+    # the images where both masks are non-empty, and the pooled Dice is the summary's.
+    from monai.metrics import HausdorffDistanceMetric
+
+    report = json.loads((run / "report.json").read_text())
+    pops = {p["name"]: p for p in report["populations"]}
+    both = (pred.sum(1) > 0) & (truth.sum(1) > 0)
+    shape = (len(p), 1, SIZE, SIZE)
+    hd = HausdorffDistanceMetric(percentile=95, reduction="none")(
+        torch.as_tensor(pred.reshape(shape)[both], dtype=torch.float32),
+        torch.as_tensor(truth.reshape(shape)[both], dtype=torch.float32))
+    assert pops["beta"]["metrics"]["hd95"]["value"] == pytest.approx(float(hd.mean()), rel=1e-5)
+    assert pops["beta"]["metrics"]["dice"]["value"] == pytest.approx(float(dice), abs=1e-6)
+    assert pops["pooled"]["metrics"]["dice"]["value"] == pytest.approx(g["dice"], abs=1e-9)
+    lo, hi = pops["pooled"]["metrics"]["dice"]["ci"]
+    assert lo < g["dice"] < hi
 
 
 def test_evaluate_replies_carry_only_sums_not_per_image_dice(run_inprocess, seg_manifest):

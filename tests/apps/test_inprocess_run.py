@@ -180,9 +180,12 @@ def test_only_declared_values_leave_a_site(dp_run):
                   "epsilon-lifetime", "site-weight"},
         "evaluate": {"num-examples", "n-correct", "loss-sum", "auroc", "neg-n", "neg-mean",
                      "neg-var", "pos-n", "pos-mean", "pos-var"},
+        "query.report": {"cell-n", "cell-loss-sum", "cell-brier-sum", "cell-auroc", "g-cell",
+                         "g-class", "g-n", "g-mean", "g-var", "g-side", "explain",
+                         "explain-n"},
     }
     shapes = {k_: tuple(v.shape) for k_, v in load_bundle(dp_run[0]).weights.items()}
-    assert len(grid.replies) == 4 * (1 + 2 * 3 + 1)
+    assert len(grid.replies) == 4 * (1 + 2 * 3 + 1 + 1)
     swiss_eval = [r for r in grid.replies if r.metadata.message_type == "evaluate"
                   and r.content["site"]["name"] == "switzerland"]
     assert all(list(r.content["metrics"]["neg-n"]) == [] for r in swiss_eval)
@@ -196,7 +199,8 @@ def test_only_declared_values_leave_a_site(dp_run):
         assert r.content["site"]["name"] in SITES
         if "arrays" in r.content:
             assert {k_: tuple(v.shape) for k_, v in r.content["arrays"].items()} == shapes
-        for key in ("num-examples", "count", "n-correct", "members", "non-members"):
+        for key in ("num-examples", "count", "n-correct", "members", "non-members",
+                    "explain-n"):
             if key in m:
                 assert m[key] == -1 or m[key] >= k, (kind, key)
         if kind == "evaluate":

@@ -79,7 +79,8 @@ def test_canary_value_and_identifier_never_leave_the_site(tmp_path, caplog):
 
     assert (out / "canary" / "summary.json").is_file()
     needles = [*_needles(CANARY), IDENTIFIER.encode()]
-    assert len(grid.replies) == 4 * (1 + 2 * 2 + 1)
+    # feature moments, 2 x (train, evaluate), the audit and the report, at 4 sites
+    assert len(grid.replies) == 4 * (1 + 2 * 2 + 1 + 1)
     for msg in [*grid.sent, *grid.replies]:
         blob = _payload_bytes(msg)
         assert not any(n in blob for n in needles), msg.metadata.message_type

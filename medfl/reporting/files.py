@@ -1,0 +1,114 @@
+"""Write (or rewrite) a run's report files from its directory: ``report.json``,
+``report.html``, ``sites/<site>/report.html``, ``MODEL_CARD.md``, and the report's figures
+in ``summary.json``. ``medfl report RUN_DIR`` and the ServerApp both call :func:`write_reports`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from medfl.config import parse_run_config
+from medfl.errors import ConfigError
+from medfl.evaluation.cellstats import ReportStats
+from medfl.io import atomic_write_json, atomic_write_text
+from medfl.reporting.report import build_report
+from medfl.reporting.run_dir import jsonable
+
+#: the sites' report statistics exactly as received (aggregates only; see PRIVACY.md)
+EVALUATION_FILE = "evaluation.json"
+SUMMARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece",
+                   "dice", "iou", "hd95")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path.name} is missing from the run directory; is this a MedFL "
+                          "run directory (outputs/<run>)?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{path.name} in the run directory is not valid JSON") from None
+
+
+def _rounds(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ConfigError(f"rounds.jsonl line {i} is not valid JSON") from None
+    return out
+
+
+def _figures(population: dict[str, Any]) -> dict[str, Any]:
+    """A population's report figures in summary.json's shape."""
+    m = population["metrics"]
+    out: dict[str, Any] = {k: m[k]["value"] for k in SUMMARY_METRICS if k in m}
+    out["ci"] = {k: v["ci"] for k, v in m.items()}
+    subgroups: dict[str, dict[str, Any]] = {}
+    for s in population["subgroups"]:
+        subgroups.setdefault(s["attribute"], {})[s["level"]] = {
+            "n": s["n"], "suppressed": s["suppressed"],
+            **{k: v["value"] for k, v in s["metrics"].items()}}
+    out["subgroups"] = subgroups
+    return out
+
+
+def merge_into_summary(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's per-site and global metrics gain the report's figures, CIs and
+    subgroups; the global AUROC becomes the report's pooled estimate (one figure, one
+    method)."""
+    pops = {p["name"]: p for p in report["populations"]}
+    for site in summary["sites"]:
+        if site["name"] in pops:
+            site["metrics"].update(_figures(pops[site["name"]]))
+    pooled = pops["pooled"]
+    summary["global"]["metrics"].update(_figures(pooled))
+    if "auroc" in pooled["metrics"]:
+        summary["global"]["metrics"]["auroc"] = pooled["metrics"]["auroc"]["value"]
+        summary["global"]["auroc_method"] = report["methods"]["metrics"]
+    return summary
+
+
+def write_reports(run_path: Path) -> dict[str, Any]:
+    """Build ``report.json`` from the run directory, merge its figures into
+    ``summary.json``, then render every report page.
+
+    Raises ``ConfigError`` when a file the report needs is missing or unreadable. Every file
+    is replaced atomically, so a failure leaves the previous version intact.
+    """
+    run_path = Path(run_path)
+    config = _read_json(run_path / "config.json")
+    cfg = parse_run_config(config["run_config"])
+    summary = _read_json(run_path / "summary.json")
+    raw = _read_json(run_path / EVALUATION_FILE)
+    stats = {site: ReportStats.from_metrics(m) for site, m in raw.items()}
+    report = jsonable(build_report(
+        cfg, summary=summary, rounds=_rounds(run_path / "rounds.jsonl"), site_stats=stats,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")))
+    atomic_write_json(run_path / "report.json", report)
+    atomic_write_json(run_path / "summary.json", jsonable(merge_into_summary(summary, report)))
+    render_reports(run_path, report)
+    return report
+
+
+def render_reports(run_path: Path, report: dict[str, Any]) -> None:
+    """``report.html``, ``sites/<site>/report.html`` and ``MODEL_CARD.md`` from a report."""
+    from medfl.reporting.html import render_report_html
+    from medfl.reporting.model_card import render_model_card
+
+    atomic_write_text(run_path / "report.html", render_report_html(report))
+    for p in report["populations"][1:]:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", p["name"]):
+            raise ConfigError("a site name is not a plain folder name (letters, digits, "
+                              "'.', '_', '-', not starting with '.'); its page is not written")
+        atomic_write_text(run_path / "sites" / p["name"] / "report.html",
+                          render_report_html(report, site=p["name"]))
+    atomic_write_text(run_path / "MODEL_CARD.md", render_model_card(report))
