@@ -261,19 +261,25 @@ class _Page:
                      if any(n in (s.get("metrics") or {}) for s in subs)]
             head = ["Attribute", "Level", "n", *map(metric_label, names)]
             head += [f"pooled {metric_label(prim)}"] if compare else []
-            rows = []
+            rows, notes = [], []
             for s in subs:
                 reason = s.get("reason") if s.get("suppressed") else None
-                level = self.t(s.get("level")) + (
-                    f' <span class="note">({self.t(reason)})</span>'
-                    if reason and reason != f"n < {self.k}" else "")
                 cells = [self.count(None) if s.get("suppressed") else
                          self.m((s.get("metrics") or {}).get(n), n) for n in names]
                 if compare:
                     twin = ref.get((s.get("attribute"), s.get("level"))) or {}
                     cells.append(self.m((twin.get("metrics") or {}).get(prim), prim))
-                rows.append([self.t(s.get("attribute")), level,
-                             self.count(None if s.get("suppressed") else s.get("n")), *cells])
+                mark = ""
+                if reason:  # a footnote under the table keeps the columns narrow
+                    notes += [reason] if reason not in notes else []
+                    mark = f'<sup class="note">{notes.index(reason) + 1}</sup>'
+                rows.append([self.t(s.get("attribute")), self.t(s.get("level")) + mark,
+                             self.count(s.get("n")), *cells])
+            if subs and all(s.get("n") is None for s in subs):
+                out.append(f"<h3>{self.t(self.label(p))}</h3>")
+                out.append(f'<p class="na">Every subgroup is withheld here: '
+                           f'{self.t(subs[0].get("reason") or "")}.</p>')
+                continue
             overall = as_float(((p.get("metrics") or {}).get(prim) or {}).get("value"))
             svg = plots.forest_svg(subs, metric=prim, label=METRICS[prim][0], k=self.k,
                                    compare=compare, names=(self.label(p), "pooled"),
@@ -283,7 +289,10 @@ class _Page:
             if not rows:
                 out.append('<p class="na">No subgroup results.</p>')
                 continue
-            out.append('<div class="row">' + self.table(head, rows, num_from=2) + (self.fig(
+            foot = "".join(f'<p class="note"><sup>{i}</sup> {self.t(r)}</p>'
+                           for i, r in enumerate(notes, start=1))
+            out.append('<div class="row"><div>' + self.table(head, rows, num_from=2) + foot
+                       + "</div>" + (self.fig(
                 svg, f"{METRICS[prim][0]} per subgroup with 95% CI; dashed: whole population")
                 if svg else "") + "</div>")
         return "".join(out) + "</section>"
@@ -314,6 +323,12 @@ class _Page:
                        f"({classes.count('flag')} flagged)</span></h3>")
             if not rows:
                 out.append('<p class="na">No fairness comparisons.</p>')
+                continue
+            gaps = [g or {} for f in p.get("fairness") or []
+                    for g in (f.get("gaps") or {}).values()]
+            if all(g.get("suppressed") for g in gaps) and not self.site:
+                out.append('<p class="na">Every gap is withheld here: its subgroups are '
+                           "suppressed (see Subgroups).</p>")
                 continue
             svg = plots.fairness_svg(p.get("fairness"), gap_labels=GAPS,
                                      title=f"{self.label(p)}: fairness gaps")

@@ -294,7 +294,7 @@ class _Card:
         names = [n for n in HEADLINE.get(self.kind, ()) if any(
             n in (s.get("metrics") or {}) for p in self.pops for s in p.get("subgroups") or [])]
         rows = [[self.name(p), _md(s.get("attribute")), _md(s.get("level")),
-                 self.count(None if s.get("suppressed") else s.get("n")),
+                 self.count(s.get("n")),
                  *(suppressed_text(self.k) if s.get("suppressed") else
                    self.m((s.get("metrics") or {}).get(n), n) for n in names)]
                 for p in self.pops for s in p.get("subgroups") or []]

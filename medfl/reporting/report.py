@@ -55,8 +55,14 @@ def _methods(cfg: RunConfig, kind: str) -> dict[str, str]:
                  "Hausdorff distance (pixels, over images where both masks are non-empty).")
     return {
         "statistics": stats,
-        "metrics": (pop.__doc__ or "").split("\n\n")[1 if kind != "segmentation" else 2]
-        .replace("\n", " ").strip(),
+        "metrics": (
+            "Per-image Dice, IoU and HD95 averaged over images, pooled from the sites' sums."
+            if kind == "segmentation" else
+            "The server expands each shared group into pseudo-patients with the group's exact "
+            "size, mean and variance, kept on the group's side of the threshold, and computes "
+            "the metrics on them as on real patients. Confusion-based figures are exact when "
+            "every group lies on one side of the threshold; otherwise they are marked "
+            "estimated. A single site's AUROC and Brier score are its exact values."),
         "ci": ("95% CIs: t-intervals from the sums of squares (Welch for gaps)."
                if kind == "segmentation" else
                f"95% CIs: percentile bootstrap with {pop.B} replicates over pseudo-patients "
@@ -136,12 +142,12 @@ class _Populations:
                 m, used_i, a_i = self.metrics(sites, i)
                 n = sum(ns) if ns else None
                 reason = None
+                k = self.cfg.privacy.k_threshold
                 if n is None:
-                    reason = (f"fewer than k={self.cfg.privacy.k_threshold} patients in a "
-                              "level of this attribute at every site")
+                    reason = (f"a level of {attr} has fewer than k={k} patients "
+                              "(complementary suppression)")
                 elif self.kind == "classification" and a_i is None:
-                    reason = (f"a class has fewer than k={self.cfg.privacy.k_threshold} "
-                              "patients in a level of this attribute")
+                    reason = f"a class has fewer than k={k} patients in a level of {attr}"
                 out["demographics"].append({"attribute": attr, "level": self.cells[i].level,
                                             "n": n})
                 out["subgroups"].append({"attribute": attr, "level": self.cells[i].level,

@@ -86,6 +86,14 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
     assert 0.5 < summary["mean_site_accuracy"] <= 1.0
     assert len((run / "rounds.jsonl").read_text().splitlines()) == 2
     assert (run / "model" / "manifest.json").is_file()
+    # the fairness report, its site views and the model card came out of the real runtime
+    report = json.loads((run / "report.json").read_text())
+    assert [p["name"] for p in report["populations"]] == ["pooled", "cleveland", "hungarian",
+                                                          "switzerland", "va"]
+    assert report["populations"][0]["metrics"]["auroc"]["ci"] is not None
+    for name in ("report.html", "MODEL_CARD.md", *(f"sites/{s['name']}/report.html"
+                                                    for s in summary["sites"])):
+        assert (run / name).is_file(), name
     assert (out / "latest").resolve() == run.resolve()
     # nothing was written into the folder the command was started from
     assert list(workdir.iterdir()) == []
@@ -151,6 +159,10 @@ def test_flwr_run_imaging_scenario_end_to_end(tmp_path, scenario, metric):
     assert all(s["metrics"][metric] is not None for s in summary["sites"])
     manifest = json.loads((tmp_path / "out" / "e2e" / "model" / "manifest.json").read_text())
     assert manifest["preprocessing"]["image"]["size"] == 64
+    report = json.loads((tmp_path / "out" / "e2e" / "report.json").read_text())
+    assert report["kind"] == ("segmentation" if cfg["task"] == "segmentation"
+                              else "classification")
+    assert (tmp_path / "out" / "e2e" / "MODEL_CARD.md").is_file()
     # the synthetic hospitals were written as files with a manifest, one format per site
     written = list((tmp_path / "state" / "_synthetic").glob("*/manifest.csv"))
     assert len(written) == 1
