@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from medfl.evaluation.stats import SUPPRESSED
+from medfl.evaluation.stats import SUPPRESSED, per_image_overlap
 from medfl.evaluation.subgroups import Cell, attributes
 
 ABOVE, BELOW, MIXED = 1, 0, -1
@@ -207,14 +207,11 @@ def per_image_segmentation(masks: np.ndarray, probs: np.ndarray, *,
     """Per-image Dice, IoU (MONAI, foreground; an empty prediction of an empty mask scores
     1) and 95th-percentile Hausdorff distance in pixels (NaN where either is empty)."""
     import torch
-    from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
+    from monai.metrics import HausdorffDistanceMetric
 
+    dice, iou = per_image_overlap(masks, probs, threshold=threshold)
     pred = torch.as_tensor(np.asarray(probs) >= threshold, dtype=torch.float32)
     truth = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32)
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
     empty = (pred.flatten(1).sum(1) == 0) | (truth.flatten(1).sum(1) == 0)
     hd = np.full(len(dice), np.nan)
     if (~empty).any():

@@ -166,6 +166,23 @@ def site_eval_stats(
     )
 
 
+def per_image_overlap(masks: np.ndarray, probs: np.ndarray, *,
+                      threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of the thresholded ``probs`` against ``masks`` (MONAI's
+    ``DiceMetric`` / ``MeanIoU``, foreground only; an empty prediction of an empty mask
+    scores 1). Both (n, 1, H, W); returns two (n,) float64 arrays."""
+    import torch
+    from monai.metrics import DiceMetric, MeanIoU
+
+    pred = torch.as_tensor(np.asarray(probs) >= threshold, dtype=torch.float32)
+    truth = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32)
+    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
+        pred, truth).reshape(-1).double().numpy()
+    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(
+        pred, truth).reshape(-1).double().numpy()
+    return dice, iou
+
+
 def segmentation_stats(masks: np.ndarray, probs: np.ndarray, *, threshold: float,
                        k: int) -> SiteEvalStats:
     """One site's segmentation statistics: sums of per-image Dice and IoU (MONAI's
@@ -177,15 +194,7 @@ def segmentation_stats(masks: np.ndarray, probs: np.ndarray, *, threshold: float
     n = int(masks.shape[0])
     if n < k:
         return SiteEvalStats(None, None, None, None, None, None)
-    import torch
-    from monai.metrics import DiceMetric, MeanIoU
-
-    pred = torch.as_tensor(np.asarray(probs) >= threshold, dtype=torch.float32)
-    truth = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32)
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
+    dice, iou = per_image_overlap(masks, probs, threshold=threshold)
     return SiteEvalStats(n=n, n_correct=None, loss_sum=None, auroc=None, groups_neg=None,
                          groups_pos=None, dice_sum=float(dice.sum()),
                          dice_sqsum=float(np.square(dice).sum()), iou_sum=float(iou.sum()))

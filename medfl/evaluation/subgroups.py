@@ -45,71 +45,51 @@ def _everyone(frame: pd.DataFrame) -> np.ndarray:
     return np.ones(len(frame), dtype=bool)
 
 
-def _column(frame: pd.DataFrame, name: str) -> pd.Series | None:
-    return frame[name] if name in frame.columns else None
+def _where(column: str, test: Callable[[pd.Series], object]) -> Callable[[pd.DataFrame],
+                                                                          np.ndarray]:
+    """A cell's selector: ``test`` on ``column``; no row is selected when the site's data
+    lacks the column (its cells are then empty, hence suppressed)."""
+    def select(frame: pd.DataFrame) -> np.ndarray:
+        if column not in frame.columns:
+            return np.zeros(len(frame), dtype=bool)
+        with np.errstate(invalid="ignore"):
+            return np.asarray(test(frame[column]), dtype=bool)
+    return select
+
+
+def _numbers(col: pd.Series) -> np.ndarray:
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _sex(male: tuple, female: tuple) -> list[Cell]:
     def pick(values: tuple) -> Callable[[pd.DataFrame], np.ndarray]:
-        def select(frame: pd.DataFrame) -> np.ndarray:
-            col = _column(frame, "sex")
-            if col is None:
-                return np.zeros(len(frame), dtype=bool)
-            norm = col.astype(str).str.strip().str.upper()
-            return norm.isin([str(v).upper() for v in values]).to_numpy()
-        return select
+        wanted = [str(v).upper() for v in values]
+        return _where("sex", lambda c: c.astype(str).str.strip().str.upper().isin(wanted))
 
     return [Cell("sex", "male", pick(male)), Cell("sex", "female", pick(female))]
 
 
-def _age_band(cut: float, column: str = "age") -> list[Cell]:
-    def band(lower: bool) -> Callable[[pd.DataFrame], np.ndarray]:
-        def select(frame: pd.DataFrame) -> np.ndarray:
-            col = _column(frame, column)
-            if col is None:
-                return np.zeros(len(frame), dtype=bool)
-            age = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                return (age < cut) if lower else (age >= cut)
-        return select
-
-    c = f"{cut:g}"
-    return [Cell(f"{column} band", f"under {c}", band(True)),
-            Cell(f"{column} band", f"{c} and over", band(False))]
-
-
 def _levels(column: str, levels: list) -> list[Cell]:
-    def pick(level: object) -> Callable[[pd.DataFrame], np.ndarray]:
-        def select(frame: pd.DataFrame) -> np.ndarray:
-            col = _column(frame, column)
-            if col is None:
-                return np.zeros(len(frame), dtype=bool)
-            return (col.astype(str).str.strip() == str(level)).to_numpy()
-        return select
-
-    return [Cell(column, str(lv), pick(lv)) for lv in levels]
+    return [Cell(column, str(lv), _where(column, lambda c, lv=lv: c.astype(str).str.strip()
+                                         == str(lv))) for lv in levels]
 
 
 def _cuts(column: str, cuts: list[float]) -> list[Cell]:
+    """Bands between consecutive ``cuts`` (the first from -inf, the last to +inf)."""
     edges = [-np.inf, *sorted(float(c) for c in cuts), np.inf]
-
-    def between(lo: float, hi: float) -> Callable[[pd.DataFrame], np.ndarray]:
-        def select(frame: pd.DataFrame) -> np.ndarray:
-            col = _column(frame, column)
-            if col is None:
-                return np.zeros(len(frame), dtype=bool)
-            v = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                return (v >= lo) & (v < hi)
-        return select
 
     def name(lo: float, hi: float) -> str:
         if lo == -np.inf:
             return f"under {hi:g}"
         return f"{lo:g} and over" if hi == np.inf else f"{lo:g} to under {hi:g}"
 
-    return [Cell(f"{column} band", name(lo, hi), between(lo, hi))
+    return [Cell(f"{column} band", name(lo, hi),
+                 _where(column, lambda c, lo=lo, hi=hi: (_numbers(c) >= lo) & (_numbers(c) < hi)))
             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _age_band(cut: float) -> list[Cell]:
+    return _cuts("age", [cut])
 
 
 def cells(cfg: RunConfig) -> list[Cell]:
