@@ -57,8 +57,16 @@ def test_model_describes_version_schema_metrics_and_privacy(client, run_dir):
     assert "not for clinical use" in body["disclaimer"]
 
 
-def test_model_card_is_404_with_a_reason_until_the_run_has_one(client):
+def test_model_card_is_the_runs_and_404_with_a_reason_without_one(client, run_dir, tmp_path):
     r = client.get("/model-card", headers=KEY)
+    assert r.status_code == 200
+    assert r.text == (run_dir / "MODEL_CARD.md").read_text()
+    assert "not for clinical use" in r.text
+    import shutil
+
+    shutil.copytree(run_dir / "model", tmp_path / "run" / "model")  # a run without a card
+    with TestClient(create_app(Settings(bundle=tmp_path / "run"))) as bare:
+        r = bare.get("/model-card")
     assert r.status_code == 404 and "MODEL_CARD.md" in r.json()["detail"]
 
 
