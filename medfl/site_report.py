@@ -101,26 +101,14 @@ def _explain(cfg: RunConfig, model: torch.nn.Module, data: SiteData, x_test: np.
         values = mean_abs_shap(model, x_test.astype(np.float32),
                                background=background.astype(np.float32), seed=cfg.seed)
         return [float(v) for v in values], data.n_test, []
-    from medfl.explain import gradcam, overlay_png, saliency_grid
+    from medfl.explain import feature_layer, gradcam, overlay_png, saliency_grid
 
-    maps = gradcam(model, x_test.astype(np.float32), target_layer=cam_layer(model))
+    maps = gradcam(model, x_test.astype(np.float32), target_layer=feature_layer(model))
     grid = saliency_grid(maps, grid=SALIENCY_GRID)
     # Overlays for the site's own eyes: its most confident positive predictions first.
     order = np.argsort(-probs)[:LOCAL_OVERLAYS]
     overlays = [overlay_png(x_test[i, 0], maps[i]) for i in order]
     return [float(v) for v in grid.reshape(-1)], data.n_test, overlays
-
-
-def cam_layer(model: torch.nn.Module) -> torch.nn.Module | None:
-    """Grad-CAM's layer: the last whole feature block, not its last Conv2d (for MONAI's
-    residual classifier that conv is the shortcut branch; for DenseNet one of the last
-    layer's 32 new channels). ``None``: the last Conv2d."""
-    if hasattr(model, "features"):  # DenseNet
-        return model.features
-    net = getattr(model, "net", None)
-    if net is not None and len(list(net.children())):  # MONAI Classifier: residual units
-        return list(net.children())[-1]
-    return None
 
 
 def _write_local(folder: Path, cfg: RunConfig, data: SiteData, local: dict[str, float],

@@ -67,3 +67,37 @@ def run_dir(tmp_path_factory):
                      run_name="served", privacy__audit=False)
     inprocess.run(cfg)
     return out / "served"
+
+
+# --- imaging runs to serve: small synthetic hospitals written as files -----------------
+
+IMAGE_SIZE = 32
+
+
+def _served_image_run(tmp_path_factory, task: str, model: str, formats: tuple[str, str]):
+    from bench import inprocess
+    from medfl.data.synthetic import SiteProfile, generate_hospitals
+
+    root = tmp_path_factory.mktemp(f"serve-{task}")
+    sites = (SiteProfile("alpha", 60, 0.5, 0.5, 55, 10, file_format=formats[0]),
+             SiteProfile("beta", 50, 0.4, 0.4, 65, 10, file_format=formats[1]))
+    manifest = generate_hospitals(root / "data", task=task, seed=1, size=IMAGE_SIZE, sites=sites)
+    cfg = run_config(task=task, model__name=model, data__manifest=str(manifest),
+                     data__image_size=IMAGE_SIZE, num_server_rounds=2, strategy__min_nodes=2,
+                     train__batch_size=16, train__optimizer="adam", train__lr=0.002,
+                     privacy__enabled=False, privacy__audit=False, privacy__k_threshold=5,
+                     output_dir=str(root / "out"), run_name="served")
+    inprocess.run(cfg, num_nodes=2)
+    return root / "out" / "served", manifest
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory):
+    """(run dir, manifest) of an image-classification run (ResNet, DICOM and PNG sites)."""
+    return _served_image_run(tmp_path_factory, "image-classification", "resnet", ("dicom", "png"))
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory):
+    """(run dir, manifest) of a segmentation run (UNet, NIfTI and 16-bit PNG sites)."""
+    return _served_image_run(tmp_path_factory, "segmentation", "unet", ("nifti", "png16"))

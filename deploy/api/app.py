@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from deploy.api.routers import health, model, predict
 from deploy.api.settings import Settings
 from medfl import DISCLAIMER, __version__
-from medfl.serving import InputError, TabularModel, load_bundle
+from medfl.serving import ImageModel, InputError, TabularModel, load_bundle
 
 logger = logging.getLogger("medfl.api")
 
@@ -83,8 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.model = TabularModel.from_bundle(
-            load_bundle(settings.bundle, public_key=settings.public_key))
+        bundle = load_bundle(settings.bundle, public_key=settings.public_key)
+        image = bundle.manifest.get("input_schema", {}).get("type") == "image"
+        app.state.model = (ImageModel if image else TabularModel).from_bundle(bundle)
         app.state.run_dir = (settings.bundle if (settings.bundle / "model").is_dir()
                              else settings.bundle.parent)
         logger.info("serving model %s", app.state.model.version)

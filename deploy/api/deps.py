@@ -1,4 +1,4 @@
-"""Dependencies: the loaded model and the JSON body check.
+"""Dependencies: the loaded model (tabular or imaging).
 
 The API key is enforced by the ``Guard`` middleware in ``deploy.api.app``, before any
 body is read, for every path but ``/health``.
@@ -6,18 +6,10 @@ body is read, for every path but ``/health``.
 
 from __future__ import annotations
 
-from fastapi import HTTPException, Request
+from fastapi import Request
 
-from medfl.serving import TabularModel
+from medfl.serving import ImageModel, TabularModel
 
 
-def get_model(request: Request) -> TabularModel:
+def get_model(request: Request) -> TabularModel | ImageModel:
     return request.app.state.model
-
-
-def require_json(request: Request) -> None:
-    """415 unless the body is declared as JSON."""
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip().lower() != "application/json":
-        raise HTTPException(status_code=415,
-                            detail="Content-Type must be application/json")

@@ -31,3 +31,32 @@ class Explanation(BaseModel):
 class ExplainResponse(BaseModel):
     explanations: list[Explanation]
     model_version: str
+
+
+class ImagePrediction(BaseModel):
+    """Classification: ``label`` and ``probabilities``. Segmentation: ``shape`` (H, W),
+    ``mask_rle`` (run lengths of the binary mask read row by row, starting with a run of
+    0s, possibly empty) and ``lesion_fraction``."""
+
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    shape: list[int] | None = None
+    mask_rle: list[int] | None = None
+    lesion_fraction: float | None = None
+
+
+class ImagePredictResponse(BaseModel):
+    predictions: list[ImagePrediction]
+    threshold: float
+    model_version: str
+
+
+class ImageExplanation(BaseModel):
+    shape: list[int]
+    heatmap_png: str = Field(description="Grad-CAM heatmap, 8-bit greyscale PNG, base64")
+    overlay_png: str = Field(description="the heatmap over the preprocessed image, PNG, base64")
+
+
+class ImageExplainResponse(BaseModel):
+    explanations: list[ImageExplanation]
+    model_version: str

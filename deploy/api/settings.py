@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed),
-    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``, ``MEDFL_PUBLIC_KEY``."""
+    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``, ``MEDFL_MAX_IMAGES``,
+    ``MEDFL_PUBLIC_KEY``."""
 
     model_config = SettingsConfigDict(env_prefix="MEDFL_", extra="ignore")
 
@@ -18,7 +19,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, min_length=16,
         description="required in X-API-Key if set (16+ characters; empty is refused)")
-    max_body_bytes: int = Field(default=256_000, gt=0, description="larger bodies get 413")
+    max_body_bytes: int = Field(default=4_000_000, gt=0,
+                                description="larger bodies get 413 (a 512 x 512 16-bit "
+                                            "DICOM slice is about 0.5 MB)")
     max_batch: int = Field(default=256, gt=0, description="records per /predict request")
+    max_images: int = Field(default=16, gt=0, description="uploaded files per request")
     public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM): serve only bundles it verifies")

@@ -35,6 +35,19 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
+def feature_layer(model: nn.Module) -> nn.Module | None:
+    """The layer Grad-CAM should look at in MedFL's image models: the last whole feature
+    block, not its last Conv2d (in MONAI's residual classifier that conv is the shortcut
+    branch, in DenseNet one of the last layer's 32 new channels). ``None``: the last
+    Conv2d (:func:`default_target_layer`)."""
+    if hasattr(model, "features"):  # DenseNet
+        return model.features
+    net = getattr(model, "net", None)
+    if net is not None and len(list(net.children())):  # MONAI Classifier: residual units
+        return list(net.children())[-1]
+    return None
+
+
 def _positive_logit(output: torch.Tensor) -> torch.Tensor:
     """Grad-CAM target for one sample: its single logit (the positive class)."""
     if output.numel() != 1:

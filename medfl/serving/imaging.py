@@ -12,9 +12,26 @@ import torch
 
 from medfl.config import ModelConfig
 from medfl.data.images import ImagePreprocessing, load_image_bytes
-from medfl.errors import BundleError
+from medfl.errors import BundleError, DataError
 from medfl.models import IMAGE_MODELS, build_model
 from medfl.serving.bundle import Bundle
+from medfl.serving.tabular import InputError
+
+
+def mask_rle(mask: np.ndarray) -> list[int]:
+    """Run lengths of a binary mask read row by row, starting with a run of 0s (which may
+    be empty): ``[0, 0, 1, 1, 1, 0]`` -> ``[2, 3, 1]``."""
+    flat = np.asarray(mask, dtype=np.uint8).reshape(-1)
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] == 1 else runs
+
+
+def mask_from_rle(runs: list[int], shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`mask_rle`."""
+    values = np.arange(len(runs)) % 2
+    return np.repeat(values, runs).astype(np.uint8).reshape(shape)
 
 
 @dataclass
@@ -51,9 +68,18 @@ class ImageModel:
         return self.bundle.manifest["weights_sha256"][:12]
 
     def preprocess(self, images: list[bytes]) -> np.ndarray:
-        """File bytes -> (n, 1, S, S) float32, as at training (``DataError`` names why an
-        image cannot be read: format, frames, channels, corrupt)."""
-        return np.stack([load_image_bytes(data, self.prep) for data in images])
+        """File bytes -> (n, 1, S, S) float32, as at training.
+
+        Raises ``InputError`` naming the upload (``files[i]``) and why it cannot be read
+        (format, frames, channels, corrupt), never a pixel or tag value.
+        """
+        out = []
+        for i, data in enumerate(images):
+            try:
+                out.append(load_image_bytes(data, self.prep))
+            except DataError as exc:
+                raise InputError(f"files[{i}]", str(exc)) from None
+        return np.stack(out)
 
     @torch.no_grad()
     def probabilities(self, x: np.ndarray) -> np.ndarray:
@@ -70,8 +96,34 @@ class ImageModel:
         p = self.probabilities(self.preprocess(images))
         if self.task == "segmentation":
             masks = (p[:, 0] >= self.threshold).astype(np.uint8)
-            return [{"mask": m, "shape": list(m.shape), "lesion_fraction": float(m.mean())}
-                    for m in masks]
+            return [{"mask": m, "shape": list(m.shape), "lesion_fraction": float(m.mean()),
+                     "mask_rle": mask_rle(m)} for m in masks]
         return [{"label": self.labels[int(pi >= self.threshold)],
                  "probabilities": {self.labels[0]: float(1 - pi), self.labels[1]: float(pi)}}
                 for pi in p]
+
+    def explain(self, images: list[bytes]) -> list[dict[str, Any]]:
+        """Grad-CAM of the positive logit per image (classification only): the heatmap
+        (S, S) in [0, 1], the same as a greyscale PNG, and its overlay on the preprocessed
+        image (PNG)."""
+        if self.task == "segmentation":
+            raise InputError("files", "a segmentation model is explained by its mask: use "
+                                      "/predict (Grad-CAM needs a single class score)")
+        from medfl.explain import feature_layer, gradcam, overlay_png
+
+        x = self.preprocess(images)
+        maps = gradcam(self.model, x, target_layer=feature_layer(self.model))
+        return [{"heatmap": m, "shape": list(m.shape), "heatmap_png": _grey_png(m),
+                 "overlay_png": overlay_png(xi[0], m)} for xi, m in zip(x, maps, strict=True)]
+
+
+def _grey_png(values: np.ndarray) -> bytes:
+    """(H, W) in [0, 1] -> an 8-bit greyscale PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(values, 0, 1) * 255).round().astype(np.uint8), mode="L").save(
+        buf, format="PNG")
+    return buf.getvalue()

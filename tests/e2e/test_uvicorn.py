@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from medfl.serving import TabularModel, load_bundle
+from medfl.serving import ImageModel, TabularModel, load_bundle
 
 pytestmark = pytest.mark.slow
 RECORD = {"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
@@ -24,12 +26,13 @@ RECORD = {"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
 KEY = {"X-API-Key": "k-e2e-0123456789abcdef"}
 
 
-@pytest.fixture(scope="module")
-def server(run_dir):
+@contextlib.contextmanager
+def _serve(run_dir, **env_extra: str):
+    """``medfl serve RUN_DIR`` on a free loopback port; yields (url, process)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "MEDFL_API_KEY": "k-e2e-0123456789abcdef", "MEDFL_MAX_BODY_BYTES": "50000"}
+    env = {**os.environ, "MEDFL_API_KEY": "k-e2e-0123456789abcdef", **env_extra}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "medfl"), "serve", str(run_dir),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -51,6 +54,18 @@ def server(run_dir):
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    with _serve(run_dir, MEDFL_MAX_BODY_BYTES="50000") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def image_server(image_run):
+    with _serve(image_run[0]) as served:
+        yield served
 
 
 def test_predictions_over_http_equal_the_library(server, run_dir):
@@ -92,11 +107,44 @@ def test_200_concurrent_requests_all_succeed(server):
     assert all(len(v) == 1 for v in by_age.values()) and len(by_age) == 60
 
 
+def test_image_uploads_over_http_equal_the_library(image_server, image_run):
+    from pydicom.data import get_testdata_file
+
+    url, _ = image_server
+    ct = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    r = httpx.post(f"{url}/predict", files=[("files", ("ct.dcm", ct))], headers=KEY)
+    assert r.status_code == 200, r.text
+    expected = ImageModel.from_bundle(load_bundle(image_run[0])).predict([ct])[0]
+    assert r.json()["predictions"][0]["probabilities"]["present"] == pytest.approx(
+        expected["probabilities"]["present"])
+    r = httpx.post(f"{url}/predict", files=[("files", ("x.dcm", ct[:2000]))], headers=KEY)
+    assert r.status_code == 422 and r.json()["field"] == "files[0]"
+    assert httpx.post(f"{url}/predict", files=[("files", ("ct.dcm", ct))]).status_code == 401
+
+
+def test_concurrent_image_uploads_all_succeed(image_server, image_run):
+    url, _ = image_server
+    frame = pd.read_csv(image_run[1])
+    blobs = [(image_run[1].parent / p).read_bytes() for p in frame.path[:40]]
+    expected = ImageModel.from_bundle(load_bundle(image_run[0])).predict(blobs)
+
+    def call(blob):
+        with httpx.Client(timeout=60) as c:
+            r = c.post(f"{url}/predict", files=[("files", ("i", blob))], headers=KEY)
+            return r.status_code, r.json()["predictions"][0]["probabilities"]["present"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(call, blobs))
+    assert [s for s, _ in results] == [200] * len(blobs)
+    assert [p for _, p in results] == pytest.approx(
+        [e["probabilities"]["present"] for e in expected])
+
+
 # --- property-based fuzz of the OpenAPI schema: no input may cause a 5xx ------------------
 
-@pytest.fixture(scope="module")
-def api_schema(server):
-    url, _ = server
+@pytest.fixture(scope="module", params=["server", "image_server"])
+def api_schema(request):
+    url, _ = request.getfixturevalue(request.param)  # the tabular and the imaging service
     return schemathesis.openapi.from_url(f"{url}/openapi.json", headers=KEY)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -9,15 +10,31 @@ from fastapi.responses import PlainTextResponse
 
 from deploy.api.deps import get_model
 from medfl import DISCLAIMER
-from medfl.serving import TabularModel
+from medfl.serving import ImageModel, TabularModel
 
-ModelDep = Annotated[TabularModel, Depends(get_model)]
+ModelDep = Annotated[TabularModel | ImageModel, Depends(get_model)]
 
 router = APIRouter(tags=["model"])
 
 
+def _report_figures(request: Request) -> dict | None:
+    """Pooled and per-site headline metrics with 95% CIs, from the run's report.json."""
+    path = request.app.state.run_dir / "report.json"
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        return {p["name"]: {k: {"value": v["value"], "ci": v["ci"]}
+                            for k, v in p["metrics"].items()}
+                for p in report["populations"]}
+    except (ValueError, KeyError, TypeError):
+        return None  # an unreadable report must not take the model description down
+
+
 @router.get("/model")
-def describe(model: ModelDep) -> dict:
+def describe(request: Request, model: ModelDep) -> dict:
+    """Version, sha256, task, input schema, headline metrics (with 95% CIs when the run
+    has a report), (ε, δ) per site, and the disclaimer."""
     m = model.bundle.manifest
     return {
         "model_version": model.version,
@@ -28,6 +45,7 @@ def describe(model: ModelDep) -> dict:
         "label_names": m["label_names"],
         "threshold": model.threshold,
         "metrics": m.get("metrics"),
+        "metrics_with_ci": _report_figures(request),
         "privacy": m.get("privacy"),
         "created": m.get("created"),
         "disclaimer": DISCLAIMER,

@@ -1,45 +1,127 @@
-"""Predictions and explanations. Plain ``def`` routes: inference runs in the threadpool."""
+"""Predictions and explanations, for tabular and imaging bundles on the same paths.
+
+A tabular model takes ``application/json`` records; an imaging model takes
+``multipart/form-data`` uploads (one or more ``files`` fields: PNG, JPEG, DICOM or NIfTI).
+The body is parsed here (not by FastAPI's signature) so that one path serves both; the
+CPU-bound work runs in the threadpool, off the event loop.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import base64
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
-from deploy.api.deps import get_model, require_json
-from deploy.api.schemas import ExplainResponse, PredictRequest, PredictResponse
-from medfl.serving import TabularModel
+from deploy.api.deps import get_model
+from deploy.api.schemas import (
+    ExplainResponse,
+    ImageExplainResponse,
+    ImagePredictResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from medfl.serving import ImageModel, TabularModel
 
-ModelDep = Annotated[TabularModel, Depends(get_model)]
+ModelDep = Annotated[TabularModel | ImageModel, Depends(get_model)]
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_json)])
+router = APIRouter(tags=["predict"])
 
 EXAMPLE = {"records": [{"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 233, "fbs": 1,
                         "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}]}
 
 
-def _check_batch(request: Request, body: PredictRequest) -> None:
+def _body_doc(schema_ref: str) -> dict[str, Any]:
+    """OpenAPI: either body, depending on the served model."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": schema_ref}, "example": EXAMPLE},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["files"],
+            "properties": {"files": {"type": "array",
+                                     "items": {"type": "string", "format": "binary"}}}}},
+    }}}
+
+
+def _kind(request: Request) -> str:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "application/json":
+        return "json"
+    if ctype == "multipart/form-data":
+        return "multipart"
+    raise HTTPException(status_code=415, detail="Content-Type must be application/json "
+                        "(tabular models) or multipart/form-data (imaging models)")
+
+
+async def _records(request: Request, model: TabularModel) -> list[dict[str, Any]]:
+    if _kind(request) != "json":
+        raise HTTPException(status_code=415, detail="this model takes JSON records "
+                            "(Content-Type: application/json), not file uploads")
+    try:
+        body = PredictRequest.model_validate(json.loads(await request.body()))
+    except json.JSONDecodeError:
+        raise HTTPException(status_code=422, detail="the body is not valid JSON") from None
+    except ValidationError as exc:  # name the field, never echo the input
+        raise HTTPException(status_code=422, detail=[
+            {"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "invalid")}
+            for e in exc.errors()]) from None
     limit = request.app.state.settings.max_batch
     if len(body.records) > limit:
         raise HTTPException(status_code=413, detail=f"at most {limit} records per request")
+    return body.records
 
 
-@router.post("/predict", response_model=PredictResponse)
-def predict(request: Request,
-            body: Annotated[PredictRequest, Body(openapi_examples={"one patient": {
-                "value": EXAMPLE}})],
-            model: ModelDep) -> dict:
-    """Label and probability per record, in request order, with the operating threshold."""
-    _check_batch(request, body)
-    return {"predictions": model.predict(body.records), "threshold": model.threshold,
+async def _images(request: Request) -> list[bytes]:
+    if _kind(request) != "multipart":
+        raise HTTPException(status_code=415, detail="this model takes images: send "
+                            "multipart/form-data with one or more 'files' fields")
+    limit = request.app.state.settings.max_images
+    try:
+        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
+    except Exception:  # noqa: BLE001 - python-multipart raises several types on bad bodies
+        raise HTTPException(status_code=422, detail="the multipart body could not be parsed"
+                            f" (at most {limit} files)") from None
+    files = [v for k, v in form.multi_items() if k == "files" and isinstance(v, UploadFile)]
+    if not files:
+        raise HTTPException(status_code=422, detail="no 'files' field with an uploaded file")
+    if len(files) > limit:
+        raise HTTPException(status_code=413, detail=f"at most {limit} images per request")
+    return [await f.read() for f in files]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@router.post("/predict", response_model=PredictResponse | ImagePredictResponse,
+             openapi_extra=_body_doc("#/components/schemas/PredictRequest"))
+async def predict(request: Request, model: ModelDep) -> dict:
+    """Tabular: label and class probabilities per record, in request order. Imaging: per
+    uploaded file, in order, the label and class probabilities (classification) or the
+    mask at the operating threshold as row-major run lengths with its shape (segmentation).
+    Both with the operating threshold and the model version."""
+    if isinstance(model, TabularModel):
+        out = await run_in_threadpool(model.predict, await _records(request, model))
+    else:
+        out = await run_in_threadpool(model.predict, await _images(request))
+        for o in out:
+            o.pop("mask", None)  # the RLE carries it
+    return {"predictions": out, "threshold": model.threshold, "model_version": model.version}
+
+
+@router.post("/explain", response_model=ExplainResponse | ImageExplainResponse,
+             openapi_extra=_body_doc("#/components/schemas/PredictRequest"))
+async def explain(request: Request, model: ModelDep) -> dict:
+    """Tabular: SHAP values of the logit per model feature, against a fixed reference
+    patient. Image classification: a Grad-CAM heatmap (greyscale PNG, base64) and its
+    overlay on the preprocessed image, per uploaded file."""
+    if isinstance(model, TabularModel):
+        out = await run_in_threadpool(model.explain, await _records(request, model))
+        return {"explanations": out, "model_version": model.version}
+    out = await run_in_threadpool(model.explain, await _images(request))
+    return {"explanations": [{"shape": o["shape"], "heatmap_png": _b64(o["heatmap_png"]),
+                              "overlay_png": _b64(o["overlay_png"])} for o in out],
             "model_version": model.version}
-
-
-@router.post("/explain", response_model=ExplainResponse)
-def explain(request: Request,
-            body: Annotated[PredictRequest, Body(openapi_examples={"one patient": {
-                "value": EXAMPLE}})],
-            model: ModelDep) -> dict:
-    """SHAP values of the logit per model feature, against a fixed reference patient."""
-    _check_batch(request, body)
-    return {"explanations": model.explain(body.records), "model_version": model.version}
