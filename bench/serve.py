@@ -128,7 +128,7 @@ def main() -> None:
         rows, ratio = _measure(Path(tmp) / "serve", lambda: model.predict([RECORD]),
                                args.requests, None)
         cfg.update({"task": "image-classification", "model.name": "resnet",
-                    "run-name": "serve-image"})
+                    "train.lr": 0.01, "train.momentum": 0.9, "run-name": "serve-image"})
         inprocess.run(cfg)
         image_model = ImageModel.from_bundle(load_bundle(Path(tmp) / "serve-image"))
         manifest = next((Path(tmp) / "state" / "_synthetic").glob("*/manifest.csv"))

@@ -262,12 +262,17 @@ def predict(
     input_path: Annotated[Path, typer.Argument(
         help="tabular: a CSV of records; imaging: an image file or a folder of images")],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV of predictions")],
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="image classification: also write each image's Grad-CAM overlay")]
+    = False,
 ) -> None:
     """Offline batch inference (no server): one prediction per record or image.
 
     Imaging bundles read PNG/JPEG/DICOM/NIfTI with the preprocessing recorded at training;
-    segmentation also writes each mask as a PNG (0/255), ``<output stem>_masks/<file>.mask.png``.
-    Nothing is written unless every input could be predicted.
+    segmentation also writes each mask as a PNG (0/255), ``<output stem>_masks/<file>.mask.png``;
+    with ``--explain``, classification writes Grad-CAM overlays,
+    ``<output stem>_gradcam/<file>.gradcam.png``. Nothing is written unless every input could
+    be predicted.
     """
     import pandas as pd
 
@@ -276,6 +281,7 @@ def predict(
     from medfl.serving import ImageModel, TabularModel, load_bundle
 
     masks: dict[str, object] = {}
+    overlays: dict[str, bytes] = {}
     try:
         bundle = load_bundle(run_dir)
         if bundle.manifest.get("input_schema", {}).get("type") == "image":
@@ -287,7 +293,10 @@ def predict(
             out = []
             for f in files:
                 try:
-                    [pred] = model.predict([f.read_bytes()])
+                    data = f.read_bytes()
+                    [pred] = model.predict([data])
+                    if explain and model.task != "segmentation":
+                        overlays[f.name] = model.explain([data])[0]["overlay_png"]
                 except (MedflError, OSError) as exc:
                     raise MedflError(f"{f.name}: {exc}") from None
                 out.append(pred)
@@ -302,6 +311,9 @@ def predict(
                 result = pd.DataFrame({"file": names, "label": [p["label"] for p in out],
                                        **{f"p_{k}": [p["probabilities"][k] for p in out]
                                           for k in model.labels}})
+                if overlays:
+                    result["gradcam"] = [f"{output.stem}_gradcam/{n}.gradcam.png"
+                                         for n in names]
         else:
             model = TabularModel.from_bundle(bundle)
             try:
@@ -327,6 +339,8 @@ def predict(
             buf = BytesIO()
             Image.fromarray(mask * 255).save(buf, format="PNG")
             atomic_write_bytes(folder / f"{name}.mask.png", buf.getvalue())
+    for name, png in overlays.items():
+        atomic_write_bytes(output.parent / f"{output.stem}_gradcam" / f"{name}.gradcam.png", png)
     atomic_write_bytes(output, result.to_csv(index=False).encode())
     typer.echo(f"{len(result)} predictions written to {output}")
 

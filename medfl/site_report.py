@@ -26,6 +26,7 @@ from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
+from medfl.errors import DataError
 from medfl.evaluation.cellstats import (
     ReportStats,
     classification_report,
@@ -64,6 +65,9 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     model = model.to(device).eval()
     x_test = scaler.transform(data.x_test)
     probs = predict_proba(model, x_test, device=device)
+    if not np.all(np.isfinite(probs)):
+        raise DataError("the global model's predictions are not finite (NaN or infinity): "
+                        "training diverged; lower train.lr")
     cell_list = cells(cfg)
     kind = tasks.kind(cfg)
     if kind == "segmentation":

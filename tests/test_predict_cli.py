@@ -1,6 +1,8 @@
-"""`medfl predict`: offline batch inference from a CSV."""
+"""`medfl predict`: offline batch inference from a CSV or a folder of images."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,3 +33,23 @@ def test_bad_row_names_the_field_and_writes_nothing(run_dir, tmp_path):
                                  "-o", str(tmp_path / "out.csv")])
     assert r.exit_code == 2 and "records[1].age" in r.output
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_image_folder_with_explain_writes_grad_cam_overlays(image_run, tmp_path):
+    from medfl.serving import ImageModel
+
+    run, manifest = image_run
+    frame = pd.read_csv(manifest)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in frame.path[:3]:
+        (folder / Path(p).name).write_bytes((manifest.parent / p).read_bytes())
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(app, ["predict", str(run), str(folder), "-o", str(out),
+                                      "--explain"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    model = ImageModel.from_bundle(load_bundle(run))
+    for name, rel in zip(table["file"], table["gradcam"], strict=True):
+        expected = model.explain([(folder / name).read_bytes()])[0]["overlay_png"]
+        assert (tmp_path / rel).read_bytes() == expected
