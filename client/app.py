@@ -77,6 +77,7 @@ def audit(msg: Message, context: Context) -> Message:
 def report(msg: Message, context: Context) -> Message:
     """Report statistics of the final model (suppressed at k), and the site-local report."""
     cfg, site, data = _setup(msg, context)
+    fed.answer_once(context.state, "report")
     config = msg.content["config"]
     local = site_report.local_dir(site_lib.site_state_dir(cfg, site, dict(context.node_config)),
                                   str(config.get("run-name", "")), run_id=context.run_id)

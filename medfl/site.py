@@ -24,7 +24,9 @@ from medfl.data.heart import HEART_SITES
 from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
+from medfl.evaluation.cellstats import classification_report
 from medfl.evaluation.stats import SiteEvalStats, segmentation_stats, site_eval_stats
+from medfl.evaluation.subgroups import cells
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.privacy.dp import (
@@ -337,9 +339,12 @@ def evaluate(
     if tasks.kind(cfg) == "segmentation":
         return segmentation_stats(data.y_test, scores, threshold=cfg.evaluation.threshold,
                                   k=cfg.privacy.k_threshold)
-    return site_eval_stats(
-        data.y_test, scores, threshold=cfg.evaluation.threshold, k=cfg.privacy.k_threshold,
-    )
+    t, k = cfg.evaluation.threshold, cfg.privacy.k_threshold
+    whole = classification_report(data.y_test, scores, data.sensitive_test, cells(cfg),
+                                  threshold=t, k=k)[0]
+    groups = None if whole.groups is None else tuple(
+        [(g.n, g.mean, g.var) for g in whole.groups if g.cls == c] for c in (0, 1))
+    return site_eval_stats(data.y_test, scores, threshold=t, k=k, groups=groups)
 
 
 def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],

@@ -82,19 +82,20 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
         table = score_table(np.asarray(data.y_test), probs[None, :], threshold=threshold)
         local = {name: float(table[name][0]) for name in
                  ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")}
-        explain, explain_n, overlays = _explain(cfg, model, data, x_test, probs, k=k,
-                                                background=scaler.transform(data.x_train))
+        explain, explain_n, overlays = _explain(cfg, model, data, x_test, probs, k=k)
     if local_dir is not None:
         _write_local(local_dir, cfg, data, local, overlays)
     return ReportStats(tuple(stats), tuple(explain), explain_n)
 
 
 def _explain(cfg: RunConfig, model: torch.nn.Module, data: SiteData, x_test: np.ndarray,
-             probs: np.ndarray, *, k: int,
-             background: np.ndarray) -> tuple[list[float], int | None, list[bytes]]:
+             probs: np.ndarray, *, k: int) -> tuple[list[float], int | None, list[bytes]]:
     """The shared explanation vector, its count, and the site-local overlays.
 
-    SHAP's background is the site's own (scaled) training rows: it never leaves either.
+    SHAP's reference is a public row, all zeros in model-input space (under federated
+    scaling: the consortium-mean patient with every binary and one-hot feature 0), as in
+    serving. A reference drawn from the site's training rows would put a statistic of
+    those rows, outside DP-SGD, into the shared vector.
     """
     if data.n_test < k:
         return [], None, []
@@ -103,7 +104,8 @@ def _explain(cfg: RunConfig, model: torch.nn.Module, data: SiteData, x_test: np.
         from medfl.explain import mean_abs_shap
 
         values = mean_abs_shap(model, x_test.astype(np.float32),
-                               background=background.astype(np.float32), seed=cfg.seed)
+                               background=np.zeros((1, x_test.shape[1]), np.float32),
+                               seed=cfg.seed)
         return [float(v) for v in values], data.n_test, []
     from medfl.explain import feature_layer, gradcam, overlay_png, saliency_grid
 

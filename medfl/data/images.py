@@ -51,6 +51,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I", "F")
 _NIFTI_HEADER_SIZES = (348, 540)
 _MAX_NIFTI_BYTES = 512 << 20  # a 2-D slice is far smaller: 8192 x 8192 float64
+#: Largest image read (checked from the header, before the pixels are decoded): a small
+#: compressed upload can otherwise expand to gigabytes once converted to float64.
+MAX_PIXELS = 4096 * 4096
+
+
+def _check_size(kind: str, height: int, width: int) -> None:
+    if height * width > MAX_PIXELS:
+        raise DataError(f"{kind} image is {height} x {width} pixels; MedFL reads images of at "
+                        f"most {MAX_PIXELS} pixels (e.g. 4096 x 4096): downsample it first")
 _DISPLAY = {"png": "PNG", "jpeg": "JPEG", "dicom": "DICOM", "nifti": "NIfTI"}
 
 
@@ -183,6 +192,7 @@ def _read_dicom(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     if not has_pixels:
         raise DataError("not a readable DICOM image: it has no pixel data (truncated or corrupt, "
                         "or not an image object such as a report)")
+    _check_size("DICOM", int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
     syntax = ds.file_meta.get("TransferSyntaxUID")
     kind = f"DICOM ({syntax.name})" if syntax is not None and syntax.is_compressed else "DICOM"
     with _decoding(kind):
@@ -232,6 +242,8 @@ def _read_nifti(data: bytes) -> np.ndarray:
     if len(shape) != 2 and (len(shape) > 4 or len(kept) > 2):
         raise DataError(f"NIfTI image has shape {shape}; MedFL reads 2-D images (a 3-D/4-D "
                         "file needs all but two dimensions of size 1); export one slice per file")
+    if len(kept) == 2:
+        _check_size("NIfTI", *kept)
     with _decoding("NIfTI"):
         pixels = np.asarray(image.get_fdata(dtype=np.float64))  # applies scl_slope/scl_inter
     if pixels.ndim != 2:
@@ -243,6 +255,7 @@ def _read_nifti(data: bytes) -> np.ndarray:
 
 def _read_pil(data: bytes, kind: str) -> np.ndarray:
     with _decoding(kind), Image.open(io.BytesIO(data), formats=[kind]) as image:
+        _check_size(kind, image.height, image.width)  # from the header, before decoding
         image.load()
         frames = int(getattr(image, "n_frames", 1))
         if frames > 1:

@@ -136,12 +136,14 @@ class ReportStats:
 
 # --- classification ------------------------------------------------------------------
 
-def class_groups(logits: np.ndarray, *, cls: int, cut: float, k: int) -> list[Group]:
-    """One class's sorted ``logits`` cut into groups of at least ``k``, split at ``cut``
-    (the operating threshold on the logit scale) when both sides hold ``k`` or more."""
+def class_groups(logits: np.ndarray, *, cls: int, cut: float, k: int,
+                 split: bool = True) -> list[Group]:
+    """One class's sorted ``logits`` cut into groups of at least ``k``; with ``split`` and
+    both sides of ``cut`` (the operating threshold on the logit scale) holding ``k`` or
+    more, no group straddles the threshold."""
     s = np.sort(np.asarray(logits, dtype=np.float64))
     below, above = s[s < cut], s[s >= cut]
-    parts = [below, above] if min(len(below), len(above)) >= k else [s]
+    parts = [below, above] if split and min(len(below), len(above)) >= k else [s]
     out = []
     for part in parts:
         for g in np.array_split(part, len(part) // k):
@@ -150,54 +152,75 @@ def class_groups(logits: np.ndarray, *, cls: int, cut: float, k: int) -> list[Gr
     return out
 
 
-def _classification_cell(y: np.ndarray, p: np.ndarray, *, threshold: float,
-                         k: int) -> CellStats:
-    n = len(y)
-    if n < k:
-        return CellStats()
-    p = np.clip(p, 1e-12, 1 - 1e-12)
-    loss_sum = float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    brier_sum = float(np.sum((p - y) ** 2))
-    base = CellStats(n=n, loss_sum=loss_sum, brier_sum=brier_sum)
-    if min(int(y.sum()), n - int(y.sum())) < k:
-        return base
-    logits = np.log(p) - np.log1p(-p)
-    cut = math.log(threshold) - math.log1p(-threshold)
-    groups = (class_groups(logits[y == 0], cls=0, cut=cut, k=k)
-              + class_groups(logits[y == 1], cls=1, cut=cut, k=k))
-    return replace(base, auroc=float(roc_auc_score(y, p)), groups=tuple(groups))
+def _small(count: int, k: int) -> bool:
+    """A count that would describe between 1 and k - 1 patients."""
+    return 0 < count < k
 
 
-def _complementary(cells: list[CellStats], cell_list: list[Cell], *, k: int,
-                   class_ok: list[bool]) -> list[CellStats]:
-    """Apply complementary suppression attribute by attribute (see module docstring).
+def _attribute_rules(masks: list[np.ndarray], y: np.ndarray, above: np.ndarray,
+                     cell_list: list[Cell], *, k: int) -> tuple[set[int], set[int], list[bool]]:
+    """Complementary suppression, attribute by attribute.
 
-    ``class_ok[i]``: cell ``i``'s finer statistics (class groups; segmentation: HD95 over
-    images where it is defined) describe at least ``k`` patients each."""
-    out = list(cells)
+    Returns the cells whose sizes are withheld, the cells whose class detail is withheld,
+    and, per class, whether every released cell (and every attribute's remainder: rows
+    in none of its levels) holds 0 or >= k patients on each side of the threshold, so that
+    groups may be cut there everywhere (one decision for all cells: cutting some cells and
+    not others would let the server subtract one cell's side from another's).
+    """
+    everyone = masks[0]
+    hide_n, hide_detail = set(), set()
     for idx in attributes(cell_list).values():
-        if any(out[i].n is None for i in idx):
-            for i in idx:
-                out[i] = CellStats()
-        elif not all(class_ok[i] for i in idx):
-            for i in idx:
-                out[i] = replace(out[i], auroc=None, groups=None, hd_n=None, hd_sum=None,
-                                 hd_sqsum=None)
-    return out
+        rest = everyone & ~np.logical_or.reduce([masks[i] for i in idx])
+        sizes = [int(masks[i].sum()) for i in idx]
+        if any(n < k for n in sizes) or _small(int(rest.sum()), k):
+            hide_n.update(idx)
+            continue
+        per_class = [(int((y[m] == c).sum())) for m in [masks[i] for i in idx] for c in (0, 1)]
+        rest_class = [int((y[rest] == c).sum()) for c in (0, 1)]
+        if any(n < k for n in per_class) or any(_small(n, k) for n in rest_class):
+            hide_detail.update(idx)
+    shown = [i for i, m in enumerate(masks) if i not in hide_n | hide_detail
+             and min(int((y[m] == 0).sum()), int((y[m] == 1).sum())) >= k]
+    split = []
+    for c in (0, 1):
+        sides = [int(((y == c) & (above == side) & masks[i]).sum())
+                 for i in shown for side in (True, False)]
+        ok = all(n >= k for n in sides)
+        for idx in attributes(cell_list).values():
+            if set(idx) <= set(shown):
+                rest = everyone & ~np.logical_or.reduce([masks[i] for i in idx])
+                ok &= not any(_small(int(((y == c) & (above == side) & rest).sum()), k)
+                              for side in (True, False))
+        split.append(ok)
+    return hide_n, hide_detail, split
 
 
 def classification_report(y: np.ndarray, p: np.ndarray, sensitive: pd.DataFrame,
                           cell_list: list[Cell], *, threshold: float, k: int) -> list[CellStats]:
-    """Per-cell statistics of binary labels ``y`` (n,) and probabilities ``p`` (n,)."""
+    """Per-cell statistics of binary labels ``y`` (n,) and probabilities ``p`` (n,), with
+    the suppression rules of the module docstring applied."""
     y = np.asarray(y).astype(np.int64)
-    p = np.asarray(p, dtype=np.float64).reshape(-1)
-    cells, class_ok = [], []
-    for cell in cell_list:
-        sel = cell.select(sensitive)
-        cells.append(_classification_cell(y[sel], p[sel], threshold=threshold, k=k))
-        n_pos = int(y[sel].sum())
-        class_ok.append(min(n_pos, int(sel.sum()) - n_pos) >= k)
-    return _complementary(cells, cell_list, k=k, class_ok=class_ok)
+    p = np.clip(np.asarray(p, dtype=np.float64).reshape(-1), 1e-12, 1 - 1e-12)
+    logits = np.log(p) - np.log1p(-p)
+    cut = math.log(threshold) - math.log1p(-threshold)
+    masks = [np.asarray(c.select(sensitive), dtype=bool) for c in cell_list]
+    hide_n, hide_detail, split = _attribute_rules(masks, y, logits >= cut, cell_list, k=k)
+    out = []
+    for i, sel in enumerate(masks):
+        yc, pc, lc = y[sel], p[sel], logits[sel]
+        n = len(yc)
+        if n < k or i in hide_n:
+            out.append(CellStats())
+            continue
+        base = CellStats(n=n, loss_sum=float(-np.sum(yc * np.log(pc) + (1 - yc) * np.log(1 - pc))),
+                         brier_sum=float(np.sum((pc - yc) ** 2)))
+        if min(int(yc.sum()), n - int(yc.sum())) < k or i in hide_detail:
+            out.append(base)
+            continue
+        groups = [g for c in (0, 1)
+                  for g in class_groups(lc[yc == c], cls=c, cut=cut, k=k, split=split[c])]
+        out.append(replace(base, auroc=float(roc_auc_score(yc, pc)), groups=tuple(groups)))
+    return out
 
 
 # --- segmentation --------------------------------------------------------------------
@@ -225,22 +248,36 @@ def per_image_segmentation(masks: np.ndarray, probs: np.ndarray, *,
 def segmentation_report(dice: np.ndarray, iou: np.ndarray, hd: np.ndarray,
                         sensitive: pd.DataFrame, cell_list: list[Cell], *,
                         k: int) -> list[CellStats]:
-    """Per-cell sums of per-image Dice, IoU and HD95 (see :func:`per_image_segmentation`)."""
-    cells, ok = [], []
-    for cell in cell_list:
-        sel = cell.select(sensitive)
-        d, j, h = dice[sel], iou[sel], hd[sel]
-        h = h[np.isfinite(h)]
-        if len(d) < k:
-            cells.append(CellStats())
-            ok.append(False)
-        else:
-            hd_ok = len(h) >= k
-            ok.append(hd_ok)
-            cells.append(CellStats(
-                n=len(d), dice_sum=float(d.sum()), dice_sqsum=float(np.square(d).sum()),
-                iou_sum=float(j.sum()), iou_sqsum=float(np.square(j).sum()),
-                hd_n=len(h) if hd_ok else None,
-                hd_sum=float(h.sum()) if hd_ok else None,
-                hd_sqsum=float(np.square(h).sum()) if hd_ok else None))
-    return _complementary(cells, cell_list, k=k, class_ok=ok)
+    """Per-cell sums of per-image Dice, IoU and HD95 (see :func:`per_image_segmentation`).
+
+    HD95 is shared only where both the images with a defined HD95 and those without
+    (an empty mask) are 0 or at least ``k``; the same size rules as classification apply
+    attribute by attribute, remainder included.
+    """
+    masks = [np.asarray(c.select(sensitive), dtype=bool) for c in cell_list]
+    finite = np.isfinite(hd)
+
+    def hd_ok(m: np.ndarray) -> bool:
+        return int((m & finite).sum()) >= k and not _small(int((m & ~finite).sum()), k)
+
+    hide_n, hide_hd = set(), set()
+    for idx in attributes(cell_list).values():
+        rest = masks[0] & ~np.logical_or.reduce([masks[i] for i in idx])
+        if any(int(masks[i].sum()) < k for i in idx) or _small(int(rest.sum()), k):
+            hide_n.update(idx)
+        elif not all(hd_ok(masks[i]) for i in idx) or _small(int((rest & finite).sum()), k) \
+                or _small(int((rest & ~finite).sum()), k):
+            hide_hd.update(idx)
+    out = []
+    for i, sel in enumerate(masks):
+        d, j, h = dice[sel], iou[sel], hd[sel & finite]
+        if len(d) < k or i in hide_n:
+            out.append(CellStats())
+            continue
+        show_hd = i not in hide_hd and hd_ok(sel)
+        out.append(CellStats(
+            n=len(d), dice_sum=float(d.sum()), dice_sqsum=float(np.square(d).sum()),
+            iou_sum=float(j.sum()), iou_sqsum=float(np.square(j).sum()),
+            hd_n=len(h) if show_hd else None, hd_sum=float(h.sum()) if show_hd else None,
+            hd_sqsum=float(np.square(h).sum()) if show_hd else None))
+    return out

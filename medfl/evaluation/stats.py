@@ -138,9 +138,16 @@ class SiteEvalStats:
 
 
 def site_eval_stats(
-    y_true: np.ndarray, y_score: np.ndarray, *, threshold: float, k: int
+    y_true: np.ndarray, y_score: np.ndarray, *, threshold: float, k: int,
+    groups: tuple[list[Group], list[Group]] | None = None,
 ) -> SiteEvalStats:
-    """Compute and suppress one site's evaluation statistics (see module docstring)."""
+    """Compute and suppress one site's evaluation statistics (see module docstring).
+
+    ``groups``: the (negative, positive) score groups to share instead of cutting them
+    here. A site passes the groups of its report's whole-test-set cell, so that the final
+    round's evaluation and the report describe the same model's scores with the *same*
+    groups: two different cuts of one set of scores could be subtracted from each other.
+    """
     y_true = np.asarray(y_true).astype(np.int64)
     y_score = np.asarray(y_score, dtype=np.float64)
     n = int(y_true.shape[0])
@@ -161,8 +168,8 @@ def site_eval_stats(
     return SiteEvalStats(
         n=n, n_correct=n_correct, loss_sum=loss_sum,
         auroc=float(roc_auc_score(y_true, y_score)),
-        groups_neg=score_groups(logits[y_true == 0], k=k),
-        groups_pos=score_groups(logits[y_true == 1], k=k),
+        groups_neg=groups[0] if groups else score_groups(logits[y_true == 0], k=k),
+        groups_pos=groups[1] if groups else score_groups(logits[y_true == 1], k=k),
     )
 
 

@@ -20,6 +20,7 @@ from medfl.federation.records import (
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
     QUERY_REPORT,
+    answer_once,
     from_array_record,
     load_dp_state,
     moments_from_metrics,
@@ -45,7 +46,8 @@ from medfl.federation.server import (
 
 __all__ = [
     "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
-    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "central_dp_report",
+    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "answer_once",
+    "central_dp_report",
     "check_update",
     "egress_guard", "from_array_record", "guarded", "load_dp_state", "moments_from_metrics",
     "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",

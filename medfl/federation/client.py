@@ -16,7 +16,7 @@ from flwr.app import (
 from medfl import tasks
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
-from medfl.evaluation.subgroups import cells
+from medfl.evaluation.subgroups import attributes, cells
 from medfl.federation.records import Handler
 from medfl.privacy.egress import check_reply
 from medfl.site import site_config
@@ -47,7 +47,8 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
         cfg = site_config(parse_run_config(dict(context.run_config)), dict(context.node_config))
         k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
         n_numeric = len(tasks.feature_spec(cfg).numeric_idx) if cfg.is_tabular else 0
-        n_cells = len(cells(cfg))
+        cell_list = cells(cfg)
+        n_cells = len(cell_list)
         n_explain = (len(tasks.feature_spec(cfg).feature_names) if cfg.is_tabular
                      else SALIENCY_GRID ** 2)
         content = reply.content
@@ -60,7 +61,8 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
         expected = _shapes(msg.content["arrays"]) if "arrays" in msg.content else None
         violations = check_reply(kind, records=records, metrics=metrics, site_record=site,
                                  arrays=arrays, expected_arrays=expected, k=k,
-                                 n_numeric=n_numeric, n_cells=n_cells, n_explain=n_explain)
+                                 n_numeric=n_numeric, n_cells=n_cells, n_explain=n_explain,
+                                 attribute_cells=list(attributes(cell_list).values()))
     except Exception as exc:  # noqa: BLE001 - fail closed
         violations = [f"the reply could not be checked ({type(exc).__name__})"]
     if not violations:

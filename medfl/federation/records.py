@@ -118,3 +118,15 @@ def moments_from_metrics(r: MetricRecord) -> FeatureMoments:
                           np.asarray(r["sumsq"], dtype=np.float64))
 
 
+
+
+def answer_once(state: RecordDict, what: str) -> None:
+    """Refuse a second request of ``what`` in this run (the node's context state is per
+    run): a site answers the final report query once, whatever arrays it is sent."""
+    key = f"medfl.once.{what}"
+    if key in state.config_records:
+        from medfl.errors import ConfigError
+
+        raise ConfigError(f"this site already answered this run's {what} query; it answers "
+                          "once per run")
+    state[key] = ConfigRecord({"answered": 1})

@@ -70,6 +70,7 @@ def check_reply(
     n_numeric: int,
     n_cells: int = 0,
     n_explain: int = 0,
+    attribute_cells: list[list[int]] | None = None,
 ) -> list[str]:
     """Violations of the egress contract by one reply (empty list: it may leave).
 
@@ -83,7 +84,8 @@ def check_reply(
         server sent (train replies must match them exactly; other replies carry none).
     k : the suppression threshold; n_numeric : number of numeric features; n_cells : number
         of declared evaluation cells; n_explain : length of the explanation vector (features
-        or saliency cells; it may also be empty).
+        or saliency cells; it may also be empty); attribute_cells : the cell indices of each
+        declared attribute's levels (complementary suppression is checked on them).
     """
     if kind not in DECLARED:
         return [f"message type {kind!r} has no egress contract"]
@@ -125,7 +127,7 @@ def check_reply(
                          and metrics["num-examples"] >= k):
             out.append(f"metrics {sums} need 'num-examples' of at least k={k}")
     if kind == "query.report":
-        out += _check_cells(metrics)
+        out += _check_cells(metrics, k, attribute_cells or [])
     if kind == "train":
         if arrays is None:
             out.append("a train reply must carry the model arrays")
@@ -154,22 +156,48 @@ def _check_groups(m: dict[str, Any], k: int) -> list[str]:
     return out
 
 
-def _check_cells(m: dict[str, Any]) -> list[str]:
+def _check_cells(m: dict[str, Any], k: int, attribute_cells: list[list[int]]) -> list[str]:
     """Report cells: aligned group lists that add up to their cell's size, groups only for
-    a shown cell, and an explanation only with its count."""
-    out = []
+    a shown cell with both classes at k or more, nothing beside a suppressed size, the
+    complementary suppression of each attribute (all its levels or none; the rows in no
+    level 0 or at least k, per class too), and an explanation only with its count."""
     parts = ("cell", "class", "n", "mean", "var", "side")
     if len({len(m.get(f"g-{p}", [])) for p in parts}) != 1:
         return ["score group lists ('g-*') differ in length"]
+    out = []
     sizes = m.get("cell-n", [])
-    totals: dict[int, float] = {}
-    for c, n in zip(m.get("g-cell", []), m.get("g-n", []), strict=True):
+    per_class: dict[int, list[float]] = {}
+    for c, cls, n, side in zip(m.get("g-cell", []), m.get("g-class", []), m.get("g-n", []),
+                               m.get("g-side", []), strict=True):
         if not (float(c).is_integer() and 0 <= c < len(sizes)):
             return ["'g-cell' names a cell that is not declared"]
-        totals[int(c)] = totals.get(int(c), 0) + n
-    for c, total in totals.items():
-        if sizes[c] == SUPPRESSED or total != sizes[c]:
+        if cls not in (0, 1) or side not in (-1, 0, 1):
+            return ["'g-class' must be 0 or 1 and 'g-side' -1, 0 or 1"]
+        per_class.setdefault(int(c), [0.0, 0.0])[int(cls)] += n
+    for c, (neg, pos) in per_class.items():
+        if sizes[c] == SUPPRESSED or neg + pos != sizes[c]:
             out.append(f"score groups of cell {c} do not add up to its 'cell-n'")
+        elif min(neg, pos) < k:
+            out.append(f"score groups of cell {c} describe a class under k={k}")
+    for key in [x for x in m if x.startswith("cell-") and x != "cell-n"]:
+        if any(v != SUPPRESSED for v, n in zip(m[key], sizes, strict=False) if n == SUPPRESSED):
+            out.append(f"metric {key!r} holds a value for a cell whose size is suppressed")
+    small = (lambda v: 0 < v < k)  # noqa: E731
+    for idx in attribute_cells:
+        if not idx or max(idx) >= len(sizes) or not sizes:
+            continue
+        shown = [sizes[i] != SUPPRESSED for i in idx]
+        if any(shown) and not all(shown):
+            out.append(f"cells {idx} show some levels of an attribute but not all")
+        elif all(shown) and sizes[0] != SUPPRESSED and small(sizes[0] - sum(sizes[i] for i in idx)):
+            out.append(f"cells {idx}: the rows in no level number under k={k}")
+        grouped = [i in per_class for i in idx]
+        if any(grouped) and not all(grouped):
+            out.append(f"cells {idx} show some levels' score groups but not all")
+        elif all(grouped) and 0 in per_class:
+            for cls in (0, 1):
+                if small(per_class[0][cls] - sum(per_class[i][cls] for i in idx)):
+                    out.append(f"cells {idx}: class {cls} rows in no level number under k={k}")
     if m.get("explain") and m.get("explain-n", SUPPRESSED) == SUPPRESSED:
         out.append("'explain' needs its count 'explain-n' (at least k)")
     return out

@@ -191,10 +191,11 @@ def _explanations(cfg: RunConfig, stats: dict[str, ReportStats], order: list[str
                                for s in order}} for j, n in enumerate(names)]
         feats.sort(key=lambda f: -f["mean_abs_shap"])
         return {**base, "kind": "shap", "features": feats,
-                "method": ("SHAP values of the model's logit (independent masker over the "
-                           "site's own training rows) for each site's test rows; each site "
-                           "shares the mean |SHAP| per feature; pooled weighted by test-set "
-                           "size."),
+                "method": ("SHAP values of the model's logit against a public reference "
+                           "row (all zeros in model-input space: the consortium-mean patient, "
+                           "binary and one-hot features 0) for each site's test rows; each "
+                           "site shares the mean |SHAP| per feature; pooled weighted by "
+                           "test-set size."),
                 "per_site": {s: None for s in order}}
     g = int(round(math.sqrt(len(pooled))))
     grid = lambda v: np.asarray(v).reshape(g, g).round(5).tolist()  # noqa: E731
@@ -273,8 +274,7 @@ def build_report(cfg: RunConfig, *, summary: dict[str, Any], rounds: list[dict[s
                     "target_epsilon": privacy["target_epsilon"],
                     "delta": privacy["target_delta"], "accountant": privacy["accountant"],
                     "k_threshold": privacy["k_threshold"],
-                    "non_dp_releases": privacy["non_dp_releases"]
-                    + ["report statistics per cell, suppressed below k (see methods)"],
+                    "non_dp_releases": privacy["non_dp_releases"],
                     "sites": [{"name": s["name"], "epsilon": s["epsilon"], "delta": s["delta"],
                                "noise_multiplier": s["noise_multiplier"], "steps": s["steps"]}
                               for s in summary["sites"]]},

@@ -32,8 +32,13 @@ def _site_privacy(cfg: RunConfig, t: dict[str, Any]) -> dict[str, Any]:
 
 def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
+    k = cfg.privacy.k_threshold
     out = ["training-set size per site (FedAvg weight)",
-           f"test-set evaluation statistics, suppressed below k={cfg.privacy.k_threshold}"]
+           f"test-set evaluation statistics, suppressed below k={k}",
+           f"the final report's test-set statistics per subgroup cell, suppressed below k={k} "
+           "with complementary suppression",
+           f"explanation aggregates over >= k={k} test cases (mean |SHAP| per feature against "
+           "a public reference row, or Grad-CAM shares on an 8 x 8 grid)"]
     if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
             and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")

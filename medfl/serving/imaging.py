@@ -4,7 +4,8 @@ No web code here (``deploy/api`` will serve it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,9 @@ class ImageModel:
     task: str
     labels: list[str]
     threshold: float
+    #: one forward pass at a time: Grad-CAM hooks the shared module, and a concurrent
+    #: request's forward pass would land in another request's activations
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ImageModel:
@@ -84,7 +88,8 @@ class ImageModel:
     @torch.no_grad()
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Sigmoid outputs: (n,) for classification, (n, 1, S, S) for segmentation."""
-        logits = self.model(torch.as_tensor(x, dtype=torch.float32))
+        with self.lock:
+            logits = self.model(torch.as_tensor(x, dtype=torch.float32))
         if logits.ndim == 2:
             logits = logits.squeeze(-1)
         return torch.sigmoid(logits).double().numpy()
@@ -112,7 +117,8 @@ class ImageModel:
         from medfl.explain import feature_layer, gradcam, overlay_png
 
         x = self.preprocess(images)
-        maps = gradcam(self.model, x, target_layer=feature_layer(self.model))
+        with self.lock:
+            maps = gradcam(self.model, x, target_layer=feature_layer(self.model))
         return [{"heatmap": m, "shape": list(m.shape), "heatmap_png": _grey_png(m),
                  "overlay_png": overlay_png(xi[0], m)} for xi, m in zip(x, maps, strict=True)]
 

@@ -357,3 +357,18 @@ def test_from_dict_rejects_unknown_and_missing_keys():
         ImagePreprocessing.from_dict({"size": 64, "intensity": "minmax", "resize": 1})
     with pytest.raises(ConfigError, match=r"missing keys \['intensity'\]"):
         ImagePreprocessing.from_dict({"size": 64})
+
+
+def test_an_image_too_large_is_refused_from_its_header_before_decoding():
+    # 4100 x 4100 zeros compress to a few kB but would be 134 MB as float64
+    import io
+
+    from PIL import Image as PILImage
+
+    from medfl.data.images import MAX_PIXELS, ImagePreprocessing, load_image_bytes
+
+    buf = io.BytesIO()
+    PILImage.new("L", (4100, 4100)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 100_000 and 4100 * 4100 > MAX_PIXELS
+    with pytest.raises(DataError, match="4100 x 4100 pixels"):
+        load_image_bytes(buf.getvalue(), ImagePreprocessing(size=32, intensity="minmax"))

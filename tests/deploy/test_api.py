@@ -187,3 +187,22 @@ def test_with_a_public_key_only_a_signed_bundle_is_served(run_dir, tmp_path):
     sign_bundle(copy / "model", priv)
     with TestClient(create_app(Settings(bundle=copy, public_key=pub))) as c:
         assert c.get("/health").json()["model_loaded"] is True
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe not utf-8", b"[" * 100_00 + b"]" * 100_00,
+                                  b'{"records": '])
+def test_undecodable_json_bodies_are_422_not_500(client, body):
+    r = client.post("/predict", content=body,
+                    headers={**KEY, "Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+
+
+def test_openapi_schema_has_no_dangling_references(client):
+    import json
+
+    text = json.dumps(client.get("/openapi.json", headers=KEY).json())
+    schema = client.get("/openapi.json", headers=KEY).json()
+    refs = {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}
+    assert refs <= set(schema["components"]["schemas"])
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}

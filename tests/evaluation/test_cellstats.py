@@ -84,7 +84,8 @@ def _reply(stats: list, explain=()) -> dict:
 def _check(m: dict, n_explain: int = 0) -> list[str]:
     return check_reply("query.report", records={"metrics": "metrics", "site": "config"},
                        metrics=m, site_record={"name": "a"}, arrays=None, expected_arrays=None,
-                       k=K, n_numeric=0, n_cells=len(CELLS), n_explain=n_explain)
+                       k=K, n_numeric=0, n_cells=len(CELLS), n_explain=n_explain,
+                       attribute_cells=[[1, 2], [3, 4]])
 
 
 def test_report_round_trips_and_passes_the_egress_contract():
@@ -100,6 +101,12 @@ def test_report_round_trips_and_passes_the_egress_contract():
     assert back.cells == tuple(stats) and back.explain_n == 60
 
 
+def _drop_groups(m: dict, cell: int) -> None:
+    keep = [i for i, c in enumerate(m["g-cell"]) if c != cell]
+    for part in ("cell", "class", "n", "mean", "var", "side"):
+        m[f"g-{part}"] = [m[f"g-{part}"][i] for i in keep]
+
+
 @pytest.mark.parametrize("tamper, message", [
     (lambda m: m["g-n"].__setitem__(0, 3.0), "below k"),
     (lambda m: m["cell-n"].append(20.0), "entries"),
@@ -107,6 +114,19 @@ def test_report_round_trips_and_passes_the_egress_contract():
     (lambda m: m["cell-n"].__setitem__(0, m["cell-n"][0] + 10), "add up"),
     (lambda m: m.update({"explain-n": -1.0}), "explain"),
     (lambda m: m.update({"patient-scores": [0.3]}), "not declared"),
+    (lambda m: m["g-class"].__setitem__(0, 2.0), "'g-class'"),
+    (lambda m: m["g-side"].__setitem__(0, 5.0), "'g-side'"),
+    # a suppressed level that still carries its loss sum
+    (lambda m: (m["cell-n"].__setitem__(2, -1.0),
+                [m[k_].__setitem__(2, -1.0) for k_ in ("cell-brier-sum", "cell-auroc")],
+                _drop_groups(m, 2)), "'cell-loss-sum'"),
+    # one level shown and the other suppressed: the whole minus the shown one reveals it
+    (lambda m: (m["cell-n"].__setitem__(2, -1.0),
+                [m[k_].__setitem__(2, -1.0) for k_ in ("cell-loss-sum", "cell-brier-sum",
+                                                       "cell-auroc")],
+                _drop_groups(m, 2)), "not all"),
+    # the levels cover all but 3 rows of the whole set
+    (lambda m: m["cell-n"].__setitem__(0, m["cell-n"][0] + 3), "no level"),
 ])
 def test_egress_blocks_tampered_reports(tamper, message):
     y = np.r_[np.ones(30, int), np.zeros(30, int)]
@@ -121,15 +141,89 @@ def test_egress_blocks_tampered_reports(tamper, message):
 def test_segmentation_cells_sum_per_image_values_and_suppress_small_levels():
     dice = np.linspace(0.5, 0.9, 30)
     iou = dice / (2 - dice)
-    hd = np.r_[np.linspace(1, 5, 25), [np.nan] * 5]
+    hd = np.r_[np.linspace(1, 5, 20), [np.nan] * 10]  # 10 images with an empty mask
     sex = ["M"] * 25 + ["F"] * 5
-    out = segmentation_report(dice, iou, hd, _frame(sex, [40.0] * 15 + [70.0] * 15), CELLS,
-                              k=K)
+    age = [40.0] * 15 + [70.0] * 15
+    out = segmentation_report(dice, iou, hd, _frame(sex, age), CELLS, k=K)
     assert out[0].n == 30 and out[0].dice_sum == pytest.approx(dice.sum())
     assert out[0].dice_sqsum == pytest.approx((dice ** 2).sum())
-    assert out[0].hd_n == 25 and out[0].hd_sum == pytest.approx(hd[:25].sum())
+    assert out[0].hd_n == 20 and out[0].hd_sum == pytest.approx(hd[:20].sum())
     assert out[1].suppressed and out[2].suppressed  # 5 women: under k
     young, old = out[3], out[4]
     assert young.n == 15 and old.n == 15
-    # old: 10 finite HD95 values (>= k); young: 15 -> both shown
-    assert young.hd_n == 15 and old.hd_n == 10
+    # old has 5 images with a defined HD95 (under k): HD95 goes for both age levels
+    assert young.hd_n is None and old.hd_n is None
+    out = segmentation_report(dice, iou, np.linspace(1, 5, 30), _frame(sex, age), CELLS, k=K)
+    assert out[3].hd_n == 15 and out[4].hd_n == 15
+
+
+def test_hd95_is_withheld_when_the_images_without_it_are_under_k():
+    dice = np.linspace(0.5, 0.9, 30)
+    hd = np.r_[np.linspace(1, 5, 27), [np.nan] * 3]  # n - hd_n = 3 would be revealed
+    out = segmentation_report(dice, dice, hd, _frame(["M"] * 30, [40.0] * 30), CELLS, k=K)
+    assert out[0].n == 30 and out[0].hd_n is None and out[0].hd_sum is None
+
+
+# --- attacks a curious server could try on one report ---------------------------------
+
+def _positives_fn_split(n_women_fn: int):
+    """40 positives (20 men, 20 women) and 40 negatives; the men have 10 false negatives,
+    the women ``n_women_fn``."""
+    rng = np.random.default_rng(0)
+    men_fn, women_fn = -rng.uniform(0.5, 2, 10), -rng.uniform(0.5, 2, n_women_fn)
+    pos = np.r_[men_fn, rng.uniform(0.5, 3, 10), women_fn, rng.uniform(0.5, 3, 20 - n_women_fn)]
+    neg = -rng.uniform(0.5, 3, 40)
+    logits = np.r_[pos, neg]
+    y = np.r_[np.ones(40, int), np.zeros(40, int)]
+    sex = ["M"] * 20 + ["F"] * 20 + ["M", "F"] * 20
+    return y, 1 / (1 + np.exp(-logits)), _frame(sex, [40.0] * 80), women_fn
+
+
+def test_threshold_sides_cannot_be_subtracted_to_reveal_one_patient():
+    # Whole set: 11 false negatives, men: 10. Cut at the threshold everywhere, the whole
+    # set's and the men's below-threshold groups would differ by one woman's score.
+    y, p, frame, women_fn = _positives_fn_split(1)
+    out = classification_report(y, p, frame, CELLS, threshold=0.5, k=K)
+    below = [[g for g in c.groups if g.cls == 1 and g.side == BELOW] for c in out[:2]]
+    sums = [sum(g.n * g.mean for g in gs) for gs in below]
+    sizes = [sum(g.n for g in gs) for gs in below]
+    assert not (sizes[0] - sizes[1] == 1 and sums[0] - sums[1] == pytest.approx(women_fn[0]))
+    logit = np.log(p) - np.log1p(-p)  # not cut at the threshold: plain windows of k or more
+    assert [g for g in out[0].groups if g.cls == 1] == class_groups(
+        logit[y == 1], cls=1, cut=0.0, k=K, split=False)
+    # with 10 women false negatives every side holds k: the cut is exact and safe
+    y, p, frame, _ = _positives_fn_split(10)
+    out = classification_report(y, p, frame, CELLS, threshold=0.5, k=K)
+    assert sum(g.n for g in out[0].groups if g.cls == 1 and g.side == BELOW) == 20
+
+
+def test_rows_in_no_level_suppress_the_attribute():
+    # One patient whose sex is recorded as "X": whole minus men minus women would be them.
+    rng = np.random.default_rng(2)
+    y = np.r_[np.ones(30, int), np.zeros(31, int)]
+    p = np.clip(0.5 + 0.3 * (2 * y - 1) + rng.normal(0, 0.2, 61), 0.01, 0.99)
+    sex = ["M", "F"] * 30 + ["X"]
+    out = classification_report(y, p, _frame(sex, [40.0, 70.0] * 30 + [50.0]), CELLS,
+                                threshold=0.5, k=K)
+    assert out[0].n == 61 and out[1].suppressed and out[2].suppressed
+    assert out[3].n is not None  # the age bands cover everyone: still shown
+
+
+def test_the_final_evaluation_and_the_report_share_one_cut_of_the_scores(tmp_path):
+    from conftest import run_config
+
+    from medfl import site as site_lib
+    from medfl import site_report, tasks
+    from medfl.config import parse_run_config
+    from medfl.data.scaling import Standardizer
+
+    cfg = parse_run_config(run_config(privacy__k_threshold=K))
+    data = tasks.load_site(cfg, "cleveland")
+    torch_model = tasks.build_task_model(cfg)
+    weights = {k_: v for k_, v in torch_model.state_dict().items()}
+    scaler = Standardizer((), (), ())
+    ev = site_lib.evaluate(cfg, data, weights=weights, scaler=scaler)
+    rep = site_report.report(cfg, data, weights=weights, scaler=scaler, local_dir=None)
+    whole = rep.cells[0]
+    assert ev.groups_pos == [(g.n, g.mean, g.var) for g in whole.groups if g.cls == 1]
+    assert ev.groups_neg == [(g.n, g.mean, g.var) for g in whole.groups if g.cls == 0]

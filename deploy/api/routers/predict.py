@@ -35,10 +35,12 @@ EXAMPLE = {"records": [{"age": 63, "sex": 1, "cp": 4, "trestbps": 145, "chol": 2
                         "restecg": 2, "thalach": 150, "exang": 0, "oldpeak": 2.3}]}
 
 
-def _body_doc(schema_ref: str) -> dict[str, Any]:
-    """OpenAPI: either body, depending on the served model."""
+def _body_doc() -> dict[str, Any]:
+    """OpenAPI: either body, depending on the served model (the JSON schema inlined: the
+    route's signature does not name the model, so FastAPI would not register it)."""
+    schema = PredictRequest.model_json_schema()
     return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": schema_ref}, "example": EXAMPLE},
+        "application/json": {"schema": schema, "example": EXAMPLE},
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["files"],
             "properties": {"files": {"type": "array",
@@ -56,18 +58,19 @@ def _kind(request: Request) -> str:
                         "(tabular models) or multipart/form-data (imaging models)")
 
 
-async def _records(request: Request, model: TabularModel) -> list[dict[str, Any]]:
+async def _records(request: Request) -> list[dict[str, Any]]:
     if _kind(request) != "json":
         raise HTTPException(status_code=415, detail="this model takes JSON records "
                             "(Content-Type: application/json), not file uploads")
     try:
         body = PredictRequest.model_validate(json.loads(await request.body()))
-    except json.JSONDecodeError:
-        raise HTTPException(status_code=422, detail="the body is not valid JSON") from None
-    except ValidationError as exc:  # name the field, never echo the input
-        raise HTTPException(status_code=422, detail=[
-            {"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "invalid")}
-            for e in exc.errors()]) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        if isinstance(exc, ValidationError):
+            raise HTTPException(status_code=422, detail=[
+                {"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "invalid")}
+                for e in exc.errors()]) from None
+        raise HTTPException(status_code=422, detail="the body is not valid UTF-8 JSON "
+                            "(or is nested too deeply)") from None
     limit = request.app.state.settings.max_batch
     if len(body.records) > limit:
         raise HTTPException(status_code=413, detail=f"at most {limit} records per request")
@@ -79,17 +82,27 @@ async def _images(request: Request) -> list[bytes]:
         raise HTTPException(status_code=415, detail="this model takes images: send "
                             "multipart/form-data with one or more 'files' fields")
     limit = request.app.state.settings.max_images
+    # A generous parser bound; the real limit is counted below, so that any number of files
+    # over it gets the same 413.
     try:
-        form = await request.form(max_files=limit + 1, max_fields=limit + 1)
-    except Exception:  # noqa: BLE001 - python-multipart raises several types on bad bodies
-        raise HTTPException(status_code=422, detail="the multipart body could not be parsed"
-                            f" (at most {limit} files)") from None
-    files = [v for k, v in form.multi_items() if k == "files" and isinstance(v, UploadFile)]
-    if not files:
+        async with request.form(max_files=4 * limit + 4, max_fields=4 * limit + 4) as form:
+            files = [v for k, v in form.multi_items()
+                     if k == "files" and isinstance(v, UploadFile)]
+            if len(files) > limit:
+                raise HTTPException(status_code=413,
+                                    detail=f"at most {limit} images per request")
+            blobs = [await f.read() for f in files]
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - python-multipart raises several types
+        if "too many" in str(exc).lower():
+            raise HTTPException(status_code=413,
+                                detail=f"at most {limit} images per request") from None
+        raise HTTPException(status_code=422,
+                            detail="the multipart body could not be parsed") from None
+    if not blobs:
         raise HTTPException(status_code=422, detail="no 'files' field with an uploaded file")
-    if len(files) > limit:
-        raise HTTPException(status_code=413, detail=f"at most {limit} images per request")
-    return [await f.read() for f in files]
+    return blobs
 
 
 def _b64(data: bytes) -> str:
@@ -97,14 +110,14 @@ def _b64(data: bytes) -> str:
 
 
 @router.post("/predict", response_model=PredictResponse | ImagePredictResponse,
-             openapi_extra=_body_doc("#/components/schemas/PredictRequest"))
+             openapi_extra=_body_doc())
 async def predict(request: Request, model: ModelDep) -> dict:
     """Tabular: label and class probabilities per record, in request order. Imaging: per
     uploaded file, in order, the label and class probabilities (classification) or the
     mask at the operating threshold as row-major run lengths with its shape (segmentation).
     Both with the operating threshold and the model version."""
     if isinstance(model, TabularModel):
-        out = await run_in_threadpool(model.predict, await _records(request, model))
+        out = await run_in_threadpool(model.predict, await _records(request))
     else:
         out = await run_in_threadpool(model.predict, await _images(request))
         for o in out:
@@ -113,13 +126,13 @@ async def predict(request: Request, model: ModelDep) -> dict:
 
 
 @router.post("/explain", response_model=ExplainResponse | ImageExplainResponse,
-             openapi_extra=_body_doc("#/components/schemas/PredictRequest"))
+             openapi_extra=_body_doc())
 async def explain(request: Request, model: ModelDep) -> dict:
     """Tabular: SHAP values of the logit per model feature, against a fixed reference
     patient. Image classification: a Grad-CAM heatmap (greyscale PNG, base64) and its
     overlay on the preprocessed image, per uploaded file."""
     if isinstance(model, TabularModel):
-        out = await run_in_threadpool(model.explain, await _records(request, model))
+        out = await run_in_threadpool(model.explain, await _records(request))
         return {"explanations": out, "model_version": model.version}
     out = await run_in_threadpool(model.explain, await _images(request))
     return {"explanations": [{"shape": o["shape"], "heatmap_png": _b64(o["heatmap_png"]),
