@@ -3,7 +3,9 @@
 Classification. Each shared score group (size ``n``, mean and variance of its logits, side
 of the threshold) is expanded into ``n`` *pseudo-patients*: the group's mean plus its
 standard deviation times ``n`` evenly spaced standard-normal quantiles (rescaled to the
-group's exact mean and variance), kept on the group's side of the threshold. Metrics are
+group's exact mean and variance). A group wholly on one side of the threshold keeps its
+exact mean; if its quantiles would cross the threshold they are shrunk toward the mean
+just enough to stay on their side (the variance is then smaller than the group's). Metrics are
 then computed on the pseudo-patients as on real ones; with every group on one side of the
 threshold the confusion counts are exact, otherwise the straddling groups' split is an
 estimate and the metric is marked ``estimated``. A single site's AUROC, Brier score and
@@ -74,10 +76,11 @@ def expand(groups: list[tuple[int, Group]], *, cut: float) -> Pseudo:
             z = (z - z.mean()) / z.std()
         x = g.mean + math.sqrt(max(g.var, 0.0)) * z
         # A margin keeps the side after the round trip through the sigmoid.
-        if g.side == ABOVE:
-            x = np.maximum(x, cut + 1e-7)
-        elif g.side == BELOW:
-            x = np.minimum(x, cut - 1e-7)
+        bound = cut + 1e-7 if g.side == ABOVE else cut - 1e-7
+        if g.side == ABOVE and x.min() < bound:
+            x = _shrink(x, g.mean, x.min(), bound)
+        elif g.side == BELOW and x.max() > bound:
+            x = _shrink(x, g.mean, x.max(), bound)
         logits.append(x)
         ys.append(np.full(g.n, g.cls))
         strata.append(np.full(g.n, stratum))
@@ -86,6 +89,14 @@ def expand(groups: list[tuple[int, Group]], *, cut: float) -> Pseudo:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
     return Pseudo(cat(logits, np.float64), cat(ys, np.int64), cat(strata, np.int64), mixed)
+
+
+def _shrink(x: np.ndarray, mean: float, extreme: float, bound: float) -> np.ndarray:
+    """Scale ``x`` about ``mean`` so that ``extreme`` lands on ``bound`` (mean unchanged);
+    a mean beyond the bound (rounding) collapses the group onto the bound."""
+    if (bound - mean) * (extreme - mean) <= 0 or extreme == mean:
+        return np.full_like(x, bound)
+    return mean + (x - mean) * ((bound - mean) / (extreme - mean))
 
 
 def _bootstrap_index(p: Pseudo, rng: np.random.Generator) -> np.ndarray:
@@ -156,7 +167,10 @@ def analyse(p: Pseudo, *, threshold: float, rng: np.random.Generator,
             reps[name] = reps[name] + (value - point[name])
             point[name] = value
     est0, est1 = p.mixed
-    estimated = {"sensitivity": est1, "specificity": est0, "fpr": est0}
+    estimated = {"sensitivity": est1, "specificity": est0, "fpr": est0,
+                 # from pseudo-patients unless a site's exact value was given
+                 "auroc": "auroc" not in (exact or {}), "brier": "brier" not in (exact or {}),
+                 "ece": True, "calibration": True}
     for name in ("accuracy", "ppv", "npv", "f1"):
         estimated[name] = est0 or est1
     fpr, tpr, _ = roc_curve(p.y, prob)
@@ -169,11 +183,16 @@ def analyse(p: Pseudo, *, threshold: float, rng: np.random.Generator,
                     rel, float(p.y.mean()))
 
 
-def _ci(reps: np.ndarray) -> tuple[float, float] | None:
+def _ci(reps: np.ndarray, *, bounds: tuple[float, float] | None = (0.0, 1.0)
+        ) -> tuple[float, float] | None:
+    """Percentile interval, clipped to the metric's range (a replicate shifted onto an
+    exact value can fall outside it)."""
     r = reps[np.isfinite(reps)]
     if len(r) < 0.9 * len(reps):
         return None
     lo, hi = np.percentile(r, [2.5, 97.5])
+    if bounds is not None:
+        lo, hi = np.clip([lo, hi], *bounds)
     return float(lo), float(hi)
 
 
@@ -185,14 +204,16 @@ def classification_metrics(a: Analysis) -> dict[str, dict]:
 def gap(ref: Analysis, comp: Analysis, name: str) -> dict:
     """``comp - ref`` for metric ``name`` (the report's ``G``)."""
     value = comp.point[name] - ref.point[name]
-    ci = _ci(comp.reps[name] - ref.reps[name])
+    ci = _ci(comp.reps[name] - ref.reps[name], bounds=(-1.0, 1.0))
     ok = math.isfinite(value)
     return {"value": value if ok else None, "ci": list(ci) if ci and ok else None,
             "flagged": bool(ok and ci is not None and (ci[0] > 0 or ci[1] < 0)),
-            "suppressed": False}
+            "suppressed": False,
+            "estimated": bool(ref.estimated.get(name) or comp.estimated.get(name))}
 
 
-SUPPRESSED_GAP = {"value": None, "ci": None, "flagged": False, "suppressed": True}
+SUPPRESSED_GAP = {"value": None, "ci": None, "flagged": False, "suppressed": True,
+                  "estimated": False}
 
 
 # --- segmentation ----------------------------------------------------------------------
@@ -231,10 +252,14 @@ def pooled_sums(cells: list[CellStats], key: str) -> MeanStat | None:
 
 
 def segmentation_metrics(cells: list[CellStats]) -> dict[str, dict]:
+    """Dice, IoU and HD95 with t-intervals; HD95 also carries ``images``, the number of
+    images it averages (both masks non-empty), since a missed lesion drops out of it."""
     out = {}
     for name, key in (("dice", "dice"), ("iou", "iou"), ("hd95", "hd")):
         s = pooled_sums(cells, key)
         out[name] = metric(s.mean, s.ci()) if s else metric(None, suppressed=True)
+        if name == "hd95":
+            out[name]["images"] = s.n if s else None
     return out
 
 
@@ -243,7 +268,14 @@ def dice_gap(ref: list[CellStats], comp: list[CellStats]) -> dict:
     if a is None or b is None:
         return dict(SUPPRESSED_GAP)
     value = b.mean - a.mean
-    se = math.sqrt(a.sd ** 2 / a.n + b.sd ** 2 / b.n)
-    ci = (value - 1.96 * se, value + 1.96 * se)
+    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    se = math.sqrt(va + vb)
+    if se == 0 or a.n < 2 or b.n < 2:
+        return {"value": value, "ci": None, "flagged": False, "suppressed": False,
+                "estimated": False}
+    # Welch-Satterthwaite degrees of freedom
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    half = student_t.ppf(0.975, df) * se
+    ci = (value - half, value + half)
     return {"value": value, "ci": list(ci), "flagged": bool(ci[0] > 0 or ci[1] < 0),
-            "suppressed": False}
+            "suppressed": False, "estimated": False}

@@ -69,9 +69,17 @@ def _sex(male: tuple, female: tuple) -> list[Cell]:
     return [Cell("sex", "male", pick(male)), Cell("sex", "female", pick(female))]
 
 
+def _same(col: pd.Series, level: object) -> np.ndarray:
+    """Cells equal to a declared level: numerically when the level is a number (a CSV's
+    "1.0" matches a level 1), as trimmed text otherwise."""
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        return _numbers(col) == float(level)
+    return (col.astype(str).str.strip() == str(level)).to_numpy()
+
+
 def _levels(column: str, levels: list) -> list[Cell]:
-    return [Cell(column, str(lv), _where(column, lambda c, lv=lv: c.astype(str).str.strip()
-                                         == str(lv))) for lv in levels]
+    return [Cell(column, str(lv), _where(column, lambda c, lv=lv: _same(c, lv)))
+            for lv in levels]
 
 
 def _cuts(column: str, cuts: list[float]) -> list[Cell]:

@@ -63,20 +63,28 @@ def _methods(cfg: RunConfig, kind: str) -> dict[str, str]:
             "the metrics on them as on real patients. Confusion-based figures are exact when "
             "every group lies on one side of the threshold; otherwise they are marked "
             "estimated. A single site's AUROC and Brier score are its exact values."),
-        "ci": ("95% CIs: t-intervals from the sums of squares (Welch for gaps)."
+        "ci": ("95% CIs: t-intervals from the sums of squares; gaps: Welch t-intervals "
+               "(Welch-Satterthwaite degrees of freedom). Images are treated as independent "
+               "(clustering by site is ignored). HD95 averages only the images where both "
+               "masks are non-empty (count given): a missed lesion drops out of it."
                if kind == "segmentation" else
                f"95% CIs: percentile bootstrap with {pop.B} replicates over pseudo-patients "
-               "resampled within each site and class."),
+               "resampled within each site and class, clipped to the metric's range. The "
+               "class sizes stay fixed, so intervals of prevalence-dependent figures (PPV, "
+               "NPV, accuracy, F1, Brier score, ECE) leave out that source of variation and "
+               "are somewhat narrow; an estimated split is resampled as if it were data."),
         "suppression": (f"Cells under k={k} patients are suppressed at the site, as is a "
                         "class's detail under k; an attribute's levels are shown only if "
                         "every level passes (complementary suppression). Suppressed cells "
                         "are shown as suppressed, never as 0."),
         "fairness": ("Gaps are a level's figure minus the reference level's (the first "
-                     "listed); flagged when the 95% CI excludes 0. Calibration gap: "
+                     "listed); flagged when the 95% CI excludes 0, unadjusted for multiple "
+                     "comparisons: with many gaps tested, about 1 in 20 true zero gaps is "
+                     "flagged by chance. Calibration gap: "
                      "difference of calibration-in-the-large (mean predicted risk minus "
                      "observed rate)." if kind != "segmentation" else
                      "Dice gap: a level's mean Dice minus the reference level's; flagged "
-                     "when the 95% CI excludes 0."),
+                     "when the 95% CI excludes 0 (unadjusted for multiple comparisons)."),
     }
 
 
@@ -243,10 +251,14 @@ def _limitations(cfg: RunConfig, report: dict[str, Any]) -> list[str]:
                for g, v in f["gaps"].items() if v["flagged"]]
     for name, attr, level, g in flagged:
         out.append(f"{name}: the {g} gap for {attr} = {level} has a 95% CI excluding 0.")
+    tested = sum(1 for p in report["populations"] for f in p["fairness"]
+                 for v in f["gaps"].values() if not v["suppressed"])
+    if tested:
+        out.append(f"{tested} fairness gaps were tested without correction for multiple "
+                   "comparisons; read flags as prompts for a closer look, not findings.")
     if cfg.task == "heart-disease":
-        out.append("UCI heart disease is small (four hospitals, 1988), mostly male at VA and "
-                   "Switzerland, and Switzerland's test set has too few negatives for "
-                   "discrimination figures.")
+        out.append("UCI heart disease is small (four hospitals, 1988) and mostly male at VA "
+                   "and Switzerland.")
     return out
 
 

@@ -220,4 +220,19 @@ def test_site_local_report_stays_in_the_site_state_dir(heart_run):
     local = Path(cfg["state-dir"]) / "cleveland" / "reports" / "rep" / "report.html"
     assert local.is_file()
     assert "Stays at this hospital" in local.read_text()
-    assert not list(path.rglob("*site-local*"))
+    for f in path.rglob("*"):  # nothing of it reached the server's run directory
+        if f.is_file():
+            data = f.read_bytes()
+            assert b"Stays at this hospital" not in data and b"data:image/png" not in data, f
+
+
+def test_a_site_answers_the_report_query_once_per_run():
+    from flwr.app import RecordDict
+
+    from medfl.errors import ConfigError
+    from medfl.federation import answer_once
+
+    state = RecordDict()
+    answer_once(state, "report")
+    with pytest.raises(ConfigError, match="once per run"):
+        answer_once(state, "report")

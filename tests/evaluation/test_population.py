@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -64,8 +62,13 @@ def test_pseudo_patients_keep_each_groups_size_mean_and_variance():
     ps = pop.expand([(0, g)], cut=0.0)
     assert ps.n == 12 and ps.logits.mean() == pytest.approx(0.7)
     assert ps.logits.var() == pytest.approx(0.25)
+    # a group above the threshold whose normal quantiles would cross it: the mean is kept,
+    # the spread shrunk just enough (never clamped, which would shift the mean)
     above = pop.expand([(0, Group(1, 10, 0.3, 1.0, 1))], cut=0.0)
-    assert (above.logits >= 0).all()
+    assert (above.logits > 0).all() and above.logits.mean() == pytest.approx(0.3)
+    assert above.logits.min() == pytest.approx(0.0, abs=1e-6)
+    below = pop.expand([(0, Group(0, 12, -0.5, 4.0, 0))], cut=0.0)
+    assert (below.logits < 0).all() and below.logits.mean() == pytest.approx(-0.5)
 
 
 def test_pure_groups_give_exact_confusion_metrics_and_a_close_auroc():
@@ -84,7 +87,8 @@ def test_pure_groups_give_exact_confusion_metrics_and_a_close_auroc():
     assert a.point["specificity"] == pytest.approx(recall_score(1 - y, ~pred))
     assert a.point["ppv"] == pytest.approx(precision_score(y, pred))
     assert a.point["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert not any(a.estimated.values())
+    assert not any(a.estimated[m] for m in ("sensitivity", "specificity", "ppv", "accuracy"))
+    assert a.estimated["auroc"] and a.estimated["ece"]  # pooled from pseudo-patients
     assert a.point["auroc"] == pytest.approx(roc_auc_score(y, p), abs=0.01)
     assert a.point["brier"] == pytest.approx(brier_score_loss(y, p), abs=0.01)
 
@@ -134,7 +138,7 @@ def test_segmentation_means_and_t_intervals_from_sums():
     assert m["dice"]["ci"] == pytest.approx(list(ref))
     assert m["hd95"]["suppressed"] and m["hd95"]["value"] is None
     g = pop.dice_gap([cells[0]], [cells[1]])
-    se = math.sqrt(a.var(ddof=1) / 20 + b.var(ddof=1) / 15)
+    welch = sps.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)  # the reference
     assert g["value"] == pytest.approx(b.mean() - a.mean())
-    assert g["ci"] == pytest.approx([g["value"] - 1.96 * se, g["value"] + 1.96 * se])
+    assert g["ci"] == pytest.approx([welch.low, welch.high])
     assert g["flagged"] is True
