@@ -52,6 +52,7 @@ def _figures(population: dict[str, Any]) -> dict[str, Any]:
     m = population["metrics"]
     out: dict[str, Any] = {k: m[k]["value"] for k in SUMMARY_METRICS if k in m}
     out["ci"] = {k: v["ci"] for k, v in m.items()}
+    out["estimated"] = sorted(k for k, v in m.items() if v.get("estimated"))
     subgroups: dict[str, dict[str, Any]] = {}
     for s in population["subgroups"]:
         subgroups.setdefault(s["attribute"], {})[s["level"]] = {

@@ -183,10 +183,14 @@ def test_html_reports_are_self_contained_and_site_views_are_private(heart_run):
 def test_model_card_states_use_privacy_and_evaluation(heart_run):
     path, _ = heart_run
     card = (path / "MODEL_CARD.md").read_text()
-    report = json.loads((path / "report.json").read_text())
+    summary = json.loads((path / "summary.json").read_text())
     assert "not for clinical use" in card
-    for site in report["privacy"]["sites"]:
-        assert site["name"] in card
+    for site in summary["sites"]:  # each site's (ε, δ) from the run's own accounting
+        assert f"| {site['name']} | (ε = {site['epsilon']:.2f}, δ = {site['delta']:g})" in card
+    auroc = summary["global"]["metrics"]
+    lo, hi = auroc["ci"]["auroc"]
+    assert f"{auroc['auroc']:.3f} ({lo:.3f}–{hi:.3f})" in card  # pooled AUROC with its CI
+    assert "auroc" in auroc["estimated"]  # pooled from pseudo-patients: marked
 
 
 def test_medfl_report_rebuilds_the_same_figures(heart_run):

@@ -24,7 +24,8 @@ def _report_figures(request: Request) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text())
-        return {p["name"]: {k: {"value": v["value"], "ci": v["ci"]}
+        return {p["name"]: {k: {"value": v["value"], "ci": v["ci"],
+                                "suppressed": v["suppressed"], "estimated": v["estimated"]}
                             for k, v in p["metrics"].items()}
                 for p in report["populations"]}
     except (ValueError, KeyError, TypeError):
