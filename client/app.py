@@ -101,6 +101,7 @@ def train(msg: Message, context: Context) -> Message:
         limit=site_lib.lifetime_limit(cfg, dict(context.node_config)),
         weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
         seed=site_lib.round_seed(cfg, site, server_round),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx sends it
     )
     fed.save_dp_state(context.state, result.plan, result.history)
     logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,

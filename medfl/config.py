@@ -26,7 +26,9 @@ TASK_MODELS = {
 INTENSITIES = ("minmax", "window", "zscore")
 PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
 AUGMENTATIONS = ("none", "light", "standard")
-STRATEGIES = ("fedavg",)
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
+              "fedtrimmedavg", "krum", "multikrum")
+ATTACKS = ("none", "scale", "sign-flip", "nan", "label-flip")
 # Opacus' "gdp" accountant is left out on purpose: it reads only the last history entry
 # (so it would drop an earlier release from the total) and is an approximation, not a bound.
 ACCOUNTANTS = ("rdp", "prv")
@@ -107,6 +109,25 @@ class StrategyConfig:
     fraction_train: float
     fraction_evaluate: float
     min_nodes: int
+    proximal_mu: float
+    server_lr: float
+    server_momentum: float
+    trim_beta: float
+    num_malicious: int
+    norm_ratio: float
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulation only: sites that send a corrupted update every round."""
+
+    sites: str
+    kind: str
+    scale: float
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.sites.split(",") if x.strip())
 
 
 @dataclass(frozen=True)
@@ -127,6 +148,7 @@ class RunConfig:
     data: DataConfig
     evaluation: EvaluationConfig
     strategy: StrategyConfig
+    attack: AttackConfig
 
     @property
     def is_tabular(self) -> bool:
@@ -208,6 +230,21 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "strategy.fraction-evaluate": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "strategy.min-nodes": _positive_int(),
+    "strategy.proximal-mu": (float, "a number >= 0 (FedProx's proximal weight)",
+                             lambda v: v >= 0 and math.isfinite(v)),
+    "strategy.server-lr": (float, "a number > 0 (FedAdam / FedYogi / FedAdagrad eta)",
+                           lambda v: v > 0 and math.isfinite(v)),
+    "strategy.server-momentum": (float, "a number in [0, 1) (FedAvgM)",
+                                 lambda v: 0 <= v < 1),
+    "strategy.trim-beta": (float, "a number in (0, 0.5) (FedTrimmedAvg's cut per side)",
+                           lambda v: 0 < v < 0.5),
+    "strategy.num-malicious": (int, "an integer >= 0 (Krum / MultiKrum)", lambda v: v >= 0),
+    "strategy.norm-ratio": (float, "a number >= 0: reject updates whose norm exceeds this "
+                            "many times the round's median (0: off)",
+                            lambda v: v >= 0 and math.isfinite(v)),
+    "attack.sites": (str, "comma-separated site names, or empty", lambda v: True),
+    "attack.kind": _choice(ATTACKS),
+    "attack.scale": (float, "a number (the factor of a 'scale' attack)", math.isfinite),
 }
 
 KNOWN_KEYS = frozenset(_SCHEMA)
@@ -282,4 +319,5 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         data=data,
         evaluation=section("evaluation", EvaluationConfig),
         strategy=section("strategy", StrategyConfig),
+        attack=section("attack", AttackConfig),
     )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medfl import tasks
+from medfl import attack, tasks
 from medfl.config import RunConfig
 from medfl.data.augment import build_augmentation
 from medfl.data.heart import HEART_SITES
@@ -84,6 +84,9 @@ def site_config(cfg: RunConfig, node_config: dict[str, Any]) -> RunConfig:
     ``data.manifest`` and ``data.schema`` are paths on the researcher's machine, chosen by
     the server, so they apply in simulation only.
     """
+    if "site" in node_config and cfg.attack.kind != "none":
+        raise ConfigError("attack.kind is a simulation option; a deployed site refuses a run "
+                          "that asks it to corrupt its update")
     if "site" not in node_config or cfg.task == "heart-disease":
         return cfg
     if "data-path" not in node_config:
@@ -244,6 +247,7 @@ def fit(
     history: History,
     seed: int,
     before_train: Callable[[History], None] | None = None,
+    proximal_mu: float = 0.0,
 ) -> FitResult:
     """Train the global model locally for ``train.local-epochs`` epochs.
 
@@ -256,6 +260,7 @@ def fit(
     if data.n_train < p.k_threshold:
         raise DataError(f"site has fewer training rows than privacy.k-threshold="
                         f"{p.k_threshold}; its example count may not leave the site")
+    data = attack.poison_data(cfg, data)
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
     model = _model(cfg, weights)
@@ -298,7 +303,8 @@ def fit(
             secure_mode=p.secure_mode,
         )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
-                          device=device, criterion=tasks.make_loss(cfg))
+                          device=device, criterion=tasks.make_loss(cfg),
+                          proximal_mu=proximal_mu)
     if p.enabled:
         history = [tuple(h) for h in engine.accountant.history]
         epsilon = (eps_after if history == after else
@@ -325,6 +331,7 @@ def fit(
     logger.debug("local training loss %.4f over %d steps", result.mean_loss, result.steps)
     # site-weight: a constant, so that central DP can average sites uniformly (its noise
     # is calibrated to one site's clipped update over the number of sites).
+    weights_out = attack.corrupt_update(cfg, data.name, weights, weights_out)
     metrics = {"num-examples": data.n_train, "site-weight": 1.0, **dp_metrics}
     return FitResult(weights_out, metrics, plan, history)
 

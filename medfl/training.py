@@ -74,10 +74,15 @@ class TrainResult:
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                  epochs: int, device: torch.device,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 ) -> TrainResult:
+                 proximal_mu: float = 0.0) -> TrainResult:
     """Run ``epochs`` passes of training; one optimizer step per batch.
 
     ``criterion(logits, targets)`` defaults to binary cross-entropy on one logit.
+    ``proximal_mu`` > 0 adds FedProx's term (mu / 2) ||w - w_start||^2 as a step of
+    ``lr * mu * (w - w_start)`` after each optimizer step. It is applied outside the loss
+    on purpose: under DP-SGD the optimizer rebuilds gradients from per-sample gradients,
+    which a parameter-only loss term never reaches; the term holds no data, so applying it
+    after the private step costs no privacy.
 
     Works with plain and Opacus-wrapped model/optimizer/loader. Under Poisson sampling a
     batch may be empty: the step is still taken (Opacus adds noise and the accountant
@@ -90,6 +95,8 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
         def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return bce(logits.squeeze(-1), y)
     steps, loss_sum, loss_n = 0, 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     for _ in range(epochs):
         for xb, yb in loader:
             xb, yb = xb.to(device), yb.to(device)
@@ -98,6 +105,11 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
             loss.backward()
             optimizer.step()
+            if anchors:
+                pull = optimizer.param_groups[0]["lr"] * proximal_mu
+                with torch.no_grad():
+                    for p, a in zip(params, anchors, strict=True):
+                        p.sub_(pull * (p - a))
             steps += 1
             if len(yb):
                 loss_sum += float(loss.item()) * len(yb)

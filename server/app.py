@@ -11,6 +11,7 @@ from medfl import federation as fed
 from medfl import orchestration as orch
 from medfl.config import parse_run_config
 from medfl.errors import MedflError
+from medfl.federation.strategies import build_strategy
 from medfl.reporting.run_dir import RunDirectory, config_record, resolve_output_root
 
 logger = logging.getLogger(__name__)
@@ -33,16 +34,8 @@ def main(grid: Grid, context: Context) -> None:
         scaler = orch.consortium_scaler(cfg, moments, expected=len(nodes))
     shared = ConfigRecord(fed.scaler_to_config(scaler))
 
-    strategy = fed.RecordingFedAvg(
-        on_round=run_dir.append_round,
-        node_sites=node_sites,
-        fraction_train=cfg.strategy.fraction_train,
-        fraction_evaluate=cfg.strategy.fraction_evaluate,
-        min_train_nodes=cfg.strategy.min_nodes,
-        min_evaluate_nodes=cfg.strategy.min_nodes,
-        min_available_nodes=cfg.strategy.min_nodes,
-        weighted_by_key=fed.weight_key(cfg),
-    )
+    strategy = build_strategy(cfg, num_sites=len(nodes), on_round=run_dir.append_round,
+                              node_sites=node_sites, weighted_by_key=fed.weight_key(cfg))
     runner = fed.with_central_dp(strategy, cfg, num_sites=len(nodes))
     result = runner.start(
         grid=grid,

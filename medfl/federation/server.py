@@ -92,7 +92,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
     """
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        rec: RecordingFedAvg = self.strategy
+        rec: Recording = self.strategy
         accepted = rec.record_train(server_round, list(replies))
         valid = [r for r in accepted if not r.has_error()]
         if len(valid) != self.num_sampled_clients:
@@ -102,7 +102,7 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
         return super().aggregate_train(server_round, valid)
 
 
-def with_central_dp(strategy: RecordingFedAvg, cfg: RunConfig, *, num_sites: int):
+def with_central_dp(strategy: Recording, cfg: RunConfig, *, num_sites: int):
     """Wrap ``strategy`` in server-side fixed-clipping central DP, if configured."""
     if cfg.privacy.central_noise_multiplier <= 0:
         return strategy
@@ -111,7 +111,7 @@ def with_central_dp(strategy: RecordingFedAvg, cfg: RunConfig, *, num_sites: int
                      num_sampled_clients=num_sites)
 
 
-def central_dp_report(cfg: RunConfig, strategy: RecordingFedAvg) -> dict[str, Any] | None:
+def central_dp_report(cfg: RunConfig, strategy: Recording) -> dict[str, Any] | None:
     """Site-level (ε, δ) of the global model under central DP, from Opacus' accountant.
 
     Each aggregated round is one Gaussian mechanism on the sum of the sites' clipped
@@ -157,17 +157,23 @@ def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-class RecordingFedAvg(FedAvg):
-    """Flower's FedAvg, plus a per-round record of every site's train and eval results.
+class Recording:
+    """A mixin for any of Flower's FedAvg-family strategies: a per-round record of every
+    site's train and eval results, and validation of every update before the strategy
+    aggregates it (non-finite values, wrong shapes, and with ``norm_ratio`` > 0 an update
+    whose distance from the global model is over ``norm_ratio`` times the round's median).
 
-    Aggregation of arrays is FedAvg's own. Evaluation replies carry sufficient statistics
-    (see ``medfl.evaluation.stats``) that are pooled here into consortium-wide figures.
-    ``on_round`` receives one JSON-ready dict per round.
+    Aggregation of arrays is the wrapped strategy's own. Evaluation replies carry
+    sufficient statistics (see ``medfl.evaluation.stats``) that are pooled here into
+    consortium-wide figures. ``on_round`` receives one JSON-ready dict per round.
     """
 
     def __init__(self, *, on_round: Callable[[dict[str, Any]], None],
-                 node_sites: dict[int, str] | None = None, **kwargs: Any) -> None:
+                 node_sites: dict[int, str] | None = None, norm_ratio: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=_aggregate_train_metrics, **kwargs)
+        self._norm_ratio = norm_ratio
+        self._global: dict[str, np.ndarray] = {}
         self._on_round = on_round
         self._current: dict[str, Any] = {}
         self._sent: dict[str, list[int]] = {"train": [], "evaluate": []}
@@ -204,6 +210,7 @@ class RecordingFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
+        self._global = {k: v.numpy() for k, v in arrays.items()}
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent["train"] = [m.metadata.dst_node_id for m in messages]
         return messages
@@ -229,6 +236,7 @@ class RecordingFedAvg(FedAvg):
                 f"every site refused round {server_round}; first reason: {refused[0]['reason']}")
         train: dict[str, dict[str, Any]] = {}
         accepted = [r for r in replies if r.has_error()]  # FedAvg counts and logs these
+        valid: list[Message] = []
         for rep in ok:
             reason = check_update(rep.content, self._expected)
             if reason is not None:
@@ -236,6 +244,13 @@ class RecordingFedAvg(FedAvg):
                                site_of(rep), reason)
                 problems.append({"site": site_of(rep), "status": "rejected", "reason": reason})
                 continue
+            valid.append(rep)
+        for rep, reason in self._norm_outliers(valid):
+            logger.warning("round %d: rejected the update of %s: %s", server_round,
+                           site_of(rep), reason)
+            problems.append({"site": site_of(rep), "status": "rejected", "reason": reason})
+            valid.remove(rep)
+        for rep in valid:
             m = rep.content["metrics"]
             train[site_of(rep)] = {k: m[k] for k in m}
             self.rounds_trained.setdefault(site_of(rep), []).append(server_round)
@@ -243,6 +258,24 @@ class RecordingFedAvg(FedAvg):
         self.final_train.update(train)
         self._current = {"round": server_round, "train": train, "train_problems": problems}
         return accepted
+
+    def _norm_outliers(self, replies: list[Message]) -> list[tuple[Message, str]]:
+        """Updates whose distance from the global model is over ``norm_ratio`` times the
+        round's median distance (needs three or more updates to have a median to trust)."""
+        if self._norm_ratio <= 0 or len(replies) < 3:
+            return []
+        norms = []
+        for rep in replies:
+            arrays = rep.content["arrays"]
+            sq = sum(float(np.sum((arrays[k].numpy().astype(np.float64) - g) ** 2))
+                     for k, g in self._global.items())
+            norms.append(math.sqrt(sq))
+        median = float(np.median(norms))
+        if median <= 0:
+            return []
+        return [(rep, f"update norm {n / median:.1f}x the round's median (limit "
+                      f"{self._norm_ratio:g}x)")
+                for rep, n in zip(replies, norms, strict=True) if n > self._norm_ratio * median]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
@@ -279,6 +312,10 @@ class RecordingFedAvg(FedAvg):
         self._on_round(record)
         metrics = {k: v for k, v in pooled.items() if _finite(v) is not None}
         return MetricRecord(metrics) if metrics else None
+
+
+class RecordingFedAvg(Recording, FedAvg):
+    """Flower's FedAvg with MedFL's per-round record and update validation."""
 
 
 def check_update(content: RecordDict, expected: dict[str, tuple[int, ...]]) -> str | None:
