@@ -63,3 +63,4 @@ bench: install
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.imaging_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.report_error $(BENCH_ARGS)
+	$(BIN)/python -m bench.utility $(BENCH_ARGS)
