@@ -25,7 +25,7 @@ and of the 95th-percentile Hausdorff distance over images where it is defined.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -79,7 +79,6 @@ class ReportStats:
     cells: tuple[CellStats, ...]
     explain: tuple[float, ...] = ()
     explain_n: int | None = None
-    extra: dict = field(default_factory=dict)
 
     # --- the wire --------------------------------------------------------------------
 

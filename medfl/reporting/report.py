@@ -203,8 +203,7 @@ def _explanations(cfg: RunConfig, stats: dict[str, ReportStats], order: list[str
                            "row (all zeros in model-input space: the consortium-mean patient, "
                            "binary and one-hot features 0) for each site's test rows; each "
                            "site shares the mean |SHAP| per feature; pooled weighted by "
-                           "test-set size."),
-                "per_site": {s: None for s in order}}
+                           "test-set size.")}
     g = int(round(math.sqrt(len(pooled))))
     grid = lambda v: np.asarray(v).reshape(g, g).round(5).tolist()  # noqa: E731
     return {**base, "kind": "grad-cam", "saliency_grid": grid(pooled),

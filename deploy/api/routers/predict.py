@@ -13,6 +13,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -63,14 +64,15 @@ async def _records(request: Request) -> list[dict[str, Any]]:
         raise HTTPException(status_code=415, detail="this model takes JSON records "
                             "(Content-Type: application/json), not file uploads")
     try:
-        body = PredictRequest.model_validate(json.loads(await request.body()))
-    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
-        if isinstance(exc, ValidationError):
-            raise HTTPException(status_code=422, detail=[
-                {"loc": ["body", *e.get("loc", ())], "msg": e.get("msg", "invalid")}
-                for e in exc.errors()]) from None
+        data = json.loads(await request.body())
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deep
         raise HTTPException(status_code=422, detail="the body is not valid UTF-8 JSON "
                             "(or is nested too deeply)") from None
+    try:
+        body = PredictRequest.model_validate(data)
+    except ValidationError as exc:  # the app's handler names the field, never the input
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e.get("loc", ()))} for e in exc.errors()]) from None
     limit = request.app.state.settings.max_batch
     if len(body.records) > limit:
         raise HTTPException(status_code=413, detail=f"at most {limit} records per request")
