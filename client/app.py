@@ -1,8 +1,6 @@
-"""MedFL ClientApp: a thin adapter from Flower messages to ``medfl.site``.
-
-It runs inside the hospital. It reads this site's data locally, trains with DP-SGD and
-evaluates, and replies with only what the egress contract in DESIGN.md / PRIVACY.md
-allows: model arrays, declared scalar metrics, and the site's public name.
+"""MedFL ClientApp: a thin adapter from Flower messages to ``medfl.site``, run inside the
+hospital. It trains on this site's data with DP-SGD and replies with only what the egress
+contract in DESIGN.md / PRIVACY.md allows: arrays, declared metrics, the site's name.
 """
 
 from __future__ import annotations
@@ -52,12 +50,13 @@ def query(msg: Message, context: Context) -> Message:
     if cfg.privacy.enabled and sigma > 0:
         # A Gaussian mechanism on the whole vector, once: accounted and recorded before
         # the moments leave the site.
-        plan, history = fed.load_dp_state(context.state)
+        node, key = dict(context.node_config), fed.run_key(msg.content["config"], context.run_id)
+        backup = site_lib.dp_state_path(cfg, site, node, key)
+        plan, history = fed.load_dp_state(context.state, backup)
         history = site_lib.release_noised_moments(
-            cfg, site_lib.open_ledger(cfg, site, dict(context.node_config)),
-            run_id=context.run_id, history=history,
-            limit=site_lib.lifetime_limit(cfg, dict(context.node_config)))
-        fed.save_dp_state(context.state, plan, history)
+            cfg, site_lib.open_ledger(cfg, site, node), run_id=key, history=history,
+            limit=site_lib.lifetime_limit(cfg, node))
+        fed.save_dp_state(context.state, plan, history, backup)
     return fed.reply(msg, site=site, metrics=fed.moments_to_metrics(moments))
 
 
@@ -91,19 +90,20 @@ def report(msg: Message, context: Context) -> Message:
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)
-    config = msg.content["config"]
-    server_round = int(config["server-round"])
+    config, node = msg.content["config"], dict(context.node_config)
+    server_round, key = int(config["server-round"]), fed.run_key(config, context.run_id)
     scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(config))
-    plan, history = fed.load_dp_state(context.state)
+    backup = site_lib.dp_state_path(cfg, site, node, key)  # survives a restart or resume
+    plan, history = fed.load_dp_state(context.state, backup)
     result = site_lib.fit_with_ledger(
-        cfg, data, site_lib.open_ledger(cfg, site, dict(context.node_config)),
-        run_id=context.run_id, server_round=server_round, plan=plan, history=history,
-        limit=site_lib.lifetime_limit(cfg, dict(context.node_config)),
+        cfg, data, site_lib.open_ledger(cfg, site, node), run_id=key,
+        server_round=server_round, plan=plan, history=history,
+        limit=site_lib.lifetime_limit(cfg, node),
         weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
         seed=site_lib.round_seed(cfg, site, server_round),
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx sends it
     )
-    fed.save_dp_state(context.state, result.plan, result.history)
+    fed.save_dp_state(context.state, result.plan, result.history, backup)
     logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,
                 result.metrics["epsilon"])
     return fed.reply(msg, site=site, metrics=result.metrics, weights=result.weights)

@@ -115,6 +115,8 @@ class StrategyConfig:
     trim_beta: float
     num_malicious: int
     norm_ratio: float
+    min_round_nodes: int
+    round_timeout: float
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class RunConfig:
     output_dir: str
     run_name: str
     state_dir: str
+    resume_from: str
     model: ModelConfig
     train: TrainConfig
     privacy: PrivacyConfig
@@ -242,6 +245,13 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "strategy.norm-ratio": (float, "a number >= 0: reject updates whose norm exceeds this "
                             "many times the round's median (0: off)",
                             lambda v: v >= 0 and math.isfinite(v)),
+    "strategy.min-round-nodes": (int, "an integer >= 1: a round goes ahead, and is "
+                                 "aggregated, with at least this many sites", lambda v: v >= 1),
+    "strategy.round-timeout": (float, "a number of seconds > 0: a site that has not replied "
+                               "by then is dropped for the round",
+                               lambda v: v > 0 and math.isfinite(v)),
+    "resume-from": (str, "a run folder to continue from its last checkpoint, or empty",
+                    lambda v: True),
     "attack.sites": (str, "comma-separated site names, or empty", lambda v: True),
     "attack.kind": _choice(ATTACKS),
     "attack.scale": (float, "a number (the factor of a 'scale' attack)", math.isfinite),
@@ -312,6 +322,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         output_dir=v["output-dir"],
         run_name=v["run-name"],
         state_dir=v["state-dir"],
+        resume_from=v["resume-from"],
         model=section("model", ModelConfig),
         train=section("train", TrainConfig),
         privacy=privacy,

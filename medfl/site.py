@@ -112,6 +112,12 @@ def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Pa
     return tasks.state_root(cfg) / site
 
 
+def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_key: int) -> Path:
+    """The site's copy of a run's DP plan and accountant history (DP parameters only):
+    a restarted SuperNode or a resumed run continues from it rather than from zero."""
+    return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}.json"
+
+
 def open_ledger(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Ledger:
     """This site's lifetime privacy ledger (see :func:`site_state_dir`)."""
     return Ledger.open(site_state_dir(cfg, site, node_config), site)

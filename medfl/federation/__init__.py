@@ -26,6 +26,7 @@ from medfl.federation.records import (
     moments_from_metrics,
     moments_to_metrics,
     reply,
+    run_key,
     save_dp_state,
     scaler_from_config,
     scaler_to_config,

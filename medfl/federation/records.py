@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from flwr.app import (
 )
 
 from medfl.data.scaling import FeatureMoments, Standardizer
+from medfl.io import atomic_write_json
 from medfl.privacy.dp import DPPlan, History
 
 logger = logging.getLogger(__name__)
@@ -57,13 +60,23 @@ def scaler_from_config(config: ConfigRecord) -> Standardizer | None:
 
 
 # --- DP state kept in the node's context.state across rounds -----------------------------
+# ``context.state`` lives as long as the SuperNode process. A copy in the site's own state
+# folder (``backup``) lets a restarted SuperNode, or a resumed run (same ``run-key``),
+# continue the same accountant history instead of starting a fresh one.
 
-def save_dp_state(state: RecordDict, plan: DPPlan | None, history: History) -> None:
-    record = ConfigRecord({
+def run_key(config: ConfigRecord, run_id: int) -> int:
+    """The run's identity at the site: the server's ``run-key`` (kept when a run is
+    resumed), else Flower's run id."""
+    return int(config.get("run-key", run_id))
+
+
+def save_dp_state(state: RecordDict, plan: DPPlan | None, history: History,
+                  backup: Path | None = None) -> None:
+    record = {
         "history-sigma": [float(s) for s, _, _ in history],
         "history-rate": [float(q) for _, q, _ in history],
         "history-steps": [int(n) for _, _, n in history],
-    })
+    }
     if plan is not None:
         record.update({
             "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
@@ -74,13 +87,19 @@ def save_dp_state(state: RecordDict, plan: DPPlan | None, history: History) -> N
             "prior-rate": [float(q) for _, q, _ in plan.prior],
             "prior-steps": [int(n) for _, _, n in plan.prior],
         })
-    state[DP_STATE_KEY] = record
+    state[DP_STATE_KEY] = ConfigRecord(record)
+    if backup is not None:
+        atomic_write_json(backup, record)
 
 
-def load_dp_state(state: RecordDict) -> tuple[DPPlan | None, History]:
-    if DP_STATE_KEY not in state:
+def load_dp_state(state: RecordDict, backup: Path | None = None
+                  ) -> tuple[DPPlan | None, History]:
+    if DP_STATE_KEY in state:
+        r: Any = state[DP_STATE_KEY]
+    elif backup is not None and backup.is_file():
+        r = json.loads(backup.read_text())
+    else:
         return None, []
-    r = state[DP_STATE_KEY]
     history = list(zip(map(float, r["history-sigma"]), map(float, r["history-rate"]),
                        map(int, r["history-steps"]), strict=True))
     if "noise-multiplier" not in r:

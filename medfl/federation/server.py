@@ -16,6 +16,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
 
@@ -53,14 +54,15 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float = 300.0) -> list[
         time.sleep(1.0)
 
 
-def query_feature_moments(grid: Grid, nodes: list[int], *,
-                          timeout: float) -> tuple[dict[str, FeatureMoments], dict[int, str]]:
+def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_key: int
+                          ) -> tuple[dict[str, FeatureMoments], dict[int, str]]:
     """Ask every node for its feature moments; a site that fails is left out and logged.
 
     Returns the moments by site and the node id -> site name map learnt from the replies.
     """
     messages = [
-        Message(RecordDict({"config": ConfigRecord({"query": QUERY_FEATURE_MOMENTS})}),
+        Message(RecordDict({"config": ConfigRecord({"query": QUERY_FEATURE_MOMENTS,
+                                                    "run-key": run_key})}),
                 dst_node_id=node, message_type="query")
         for node in nodes
     ]
@@ -93,13 +95,14 @@ class CentralDP(DifferentialPrivacyServerSideFixedClipping):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         rec: Recording = self.strategy
+        server_round += rec.round_offset  # Recording's own methods add it themselves
         accepted = rec.record_train(server_round, list(replies))
         valid = [r for r in accepted if not r.has_error()]
         if len(valid) != self.num_sampled_clients:
             rec.unrecord_round(server_round, "central DP needs every site's valid update; "
                                              f"{len(valid)} of {self.num_sampled_clients}")
             return None, None
-        return super().aggregate_train(server_round, valid)
+        return super().aggregate_train(server_round - rec.round_offset, valid)
 
 
 def with_central_dp(strategy: Recording, cfg: RunConfig, *, num_sites: int):
@@ -170,13 +173,21 @@ class Recording:
 
     def __init__(self, *, on_round: Callable[[dict[str, Any]], None],
                  node_sites: dict[int, str] | None = None, norm_ratio: float = 0.0,
+                 min_round_nodes: int = 1, round_timeout: float = 600.0,
+                 on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=_aggregate_train_metrics, **kwargs)
         self._norm_ratio = norm_ratio
+        self._min_round_nodes = min_round_nodes
+        self._round_timeout = round_timeout
+        self._on_checkpoint = on_checkpoint
+        #: rounds completed by the run this one resumes (Flower's loop counts from 1)
+        self.round_offset = 0
+        self._round_arrays: ArrayRecord | None = None
         self._global: dict[str, np.ndarray] = {}
         self._on_round = on_round
         self._current: dict[str, Any] = {}
-        self._sent: dict[str, list[int]] = {"train": [], "evaluate": []}
+        self._sent: dict[str, list[Message]] = {"train": [], "evaluate": []}
         self._expected: dict[str, tuple[int, ...]] = {}
         self._t0 = time.monotonic()
         #: node id -> site name, learnt from replies (error replies carry no site name)
@@ -188,37 +199,74 @@ class Recording:
     def _name(self, node: int) -> str:
         return self.node_sites.get(node, f"node-{node}")
 
+    def records(self) -> dict[str, Any]:
+        """The per-site records a resumed run continues (JSON-ready)."""
+        return {"rounds_trained": self.rounds_trained, "final_train": self.final_train,
+                "final_site_stats": {k: v.to_metrics() for k, v in
+                                     self.final_site_stats.items()}}
+
+    def restore(self, records: dict[str, Any], *, completed_rounds: int) -> None:
+        """Continue after ``completed_rounds`` rounds recorded as ``records``."""
+        self.round_offset = completed_rounds
+        self.rounds_trained = {k: list(v) for k, v in records.get("rounds_trained", {}).items()}
+        self.final_train = dict(records.get("final_train", {}))
+        self.final_site_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
+                                 records.get("final_site_stats", {}).items()}
+
     def _outcomes(self, kind: str, replies: list[Message]) -> tuple[list[Message], list[dict]]:
-        """Split replies into successes and a record of failures, refusals and drop-outs."""
+        """Split replies into successes and a record of failures, refusals and drop-outs.
+
+        The SuperLink answers for a node that stopped sending heartbeats, so a reply is
+        matched to the message it answers, not to its sender."""
         ok, problems = [], []
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent[kind]
+                if m.metadata.message_id}
+        answered = set()
         for rep in replies:
-            node = rep.metadata.src_node_id
+            node = sent.get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+            answered.add(node)
             if rep.has_error():
-                status = "refused" if rep.error.code == ERROR_CODES[PrivacyBudgetExceeded] \
-                    else "failed"
+                code = rep.error.code
+                status = ("refused" if code == ERROR_CODES[PrivacyBudgetExceeded] else
+                          "dropped" if code == ErrorCode.NODE_UNAVAILABLE else "failed")
                 problems.append({"site": self._name(node), "status": status,
-                                 "error_code": rep.error.code, "reason": rep.error.reason})
+                                 "error_code": code, "reason": rep.error.reason})
             else:
                 self.node_sites[node] = site_of(rep)
                 ok.append(rep)
-        answered = {r.metadata.src_node_id for r in replies}
-        problems += [{"site": self._name(n), "status": "dropped",
-                      "reason": "no reply before the round timeout"}
-                     for n in self._sent[kind] if n not in answered]
+        problems += [{"site": self._name(m.metadata.dst_node_id), "status": "dropped",
+                      "reason": f"no reply within the round timeout ({self._round_timeout:g} s)"}
+                     for m in self._sent[kind] if m.metadata.dst_node_id not in answered]
         return ok, problems
+
+    def _wait_for_round_nodes(self, grid: Grid, server_round: int) -> None:
+        """Flower's sampling waits for ``min_available_nodes`` with no deadline: wait at most
+        the round timeout, then fail clearly (the last checkpoint stays resumable)."""
+        try:
+            wait_for_nodes(grid, minimum=self._min_round_nodes, timeout=self._round_timeout)
+        except MedflError:
+            raise MedflError(
+                f"round {server_round}: fewer than strategy.min-round-nodes="
+                f"{self._min_round_nodes} sites connected within {self._round_timeout:g} s; "
+                "restart the missing SuperNodes, then resume with resume-from") from None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        self._wait_for_round_nodes(grid, server_round)
         self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
         self._global = {k: v.numpy() for k, v in arrays.items()}
         messages = list(super().configure_train(server_round, arrays, config, grid))
-        self._sent["train"] = [m.metadata.dst_node_id for m in messages]
+        self._sent["train"] = messages
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
+        self._round_arrays = arrays  # the round's global model, after any wrapper's noise
+        self._wait_for_round_nodes(grid, server_round)
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
-        self._sent["evaluate"] = [m.metadata.dst_node_id for m in messages]
+        self._sent["evaluate"] = messages
         return messages
 
     def record_train(self, server_round: int, replies: list[Message]) -> list[Message]:
@@ -278,9 +326,17 @@ class Recording:
                 for rep, n in zip(replies, norms, strict=True) if n > self._norm_ratio * median]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.round_offset
         replies = list(replies)
         if getattr(self, "_recorded_round", None) != server_round:  # not pre-recorded
             replies = self.record_train(server_round, replies)
+        valid = sum(not r.has_error() for r in replies)
+        if valid < self._min_round_nodes:
+            reason = (f"{valid} valid update(s), fewer than strategy.min-round-nodes="
+                      f"{self._min_round_nodes}; the global model is unchanged")
+            logger.warning("round %d: not aggregated: %s", server_round, reason)
+            self.unrecord_round(server_round, reason)
+            return None, None
         return super().aggregate_train(server_round, replies)
 
     def unrecord_round(self, server_round: int, reason: str) -> None:
@@ -291,6 +347,7 @@ class Recording:
         self._current["not_aggregated"] = reason
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.round_offset
         replies = list(replies)
         self._check_and_log_replies(replies, is_train=False, validate=False)
         ok, problems = self._outcomes("evaluate", replies)
@@ -308,8 +365,11 @@ class Recording:
             "global": pooled,
             "elapsed_s": round(time.monotonic() - self._t0, 3),
         }
-        self.final_site_stats = stats
+        if stats:  # a round every site dropped out of keeps the last known figures
+            self.final_site_stats = stats
         self._on_round(record)
+        if self._on_checkpoint is not None and self._round_arrays is not None:
+            self._on_checkpoint(server_round, self._round_arrays)
         metrics = {k: v for k, v in pooled.items() if _finite(v) is not None}
         return MetricRecord(metrics) if metrics else None
 

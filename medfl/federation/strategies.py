@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
@@ -58,13 +59,18 @@ def _parameters(cfg: RunConfig, num_sites: int) -> dict[str, Any]:
 
 def build_strategy(cfg: RunConfig, *, num_sites: int,
                    on_round: Callable[[dict[str, Any]], None],
-                   node_sites: dict[int, str] | None, weighted_by_key: str) -> Recording:
+                   node_sites: dict[int, str] | None, weighted_by_key: str,
+                   on_checkpoint: Callable[[int, ArrayRecord], None] | None = None) -> Recording:
     """The run's strategy: Flower's class for ``strategy.name`` with the recording mixin."""
     base = BASES[cfg.strategy.name]
     cls = type(f"Recording{base.__name__}", (Recording, base), {})
     s = cfg.strategy
+    # A round needs ``min_round_nodes`` sites, never more than the federation started with.
+    per_round = min(s.min_round_nodes, num_sites)
     return cls(on_round=on_round, node_sites=node_sites, norm_ratio=s.norm_ratio,
+               min_round_nodes=per_round, round_timeout=s.round_timeout,
+               on_checkpoint=on_checkpoint,
                fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
-               min_train_nodes=s.min_nodes, min_evaluate_nodes=s.min_nodes,
-               min_available_nodes=s.min_nodes, weighted_by_key=weighted_by_key,
+               min_train_nodes=per_round, min_evaluate_nodes=per_round,
+               min_available_nodes=per_round, weighted_by_key=weighted_by_key,
                **_parameters(cfg, num_sites))

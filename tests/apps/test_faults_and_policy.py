@@ -43,7 +43,8 @@ def test_a_dropped_site_is_recorded_and_the_round_completes(tmp_path):
     rounds = [json.loads(x) for x in (tmp_path / "drop" / "rounds.jsonl").read_text().splitlines()]
     assert rounds[0]["train_problems"] == []
     assert rounds[1]["train_problems"] == [
-        {"site": "switzerland", "status": "dropped", "reason": "no reply before the round timeout"}]
+        {"site": "switzerland", "status": "dropped",
+         "reason": "no reply within the round timeout (600 s)"}]
     assert sorted(rounds[1]["train"]) == ["cleveland", "hungarian", "va"]
     s = json.loads((tmp_path / "drop" / "summary.json").read_text())
     swiss = s["sites"][2]

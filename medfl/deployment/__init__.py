@@ -1,0 +1,1 @@
+"""Deployment tooling: keys and certificates, and a loopback federation of real processes."""
