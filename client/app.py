@@ -97,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     plan, history = fed.load_dp_state(context.state, backup)
     result = site_lib.fit_with_ledger(
         cfg, data, site_lib.open_ledger(cfg, site, node), run_id=key,
-        server_round=server_round, plan=plan, history=history,
+        server_round=server_round, plan=plan, history=history, replay=backup,
         limit=site_lib.lifetime_limit(cfg, node),
         weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
         seed=site_lib.round_seed(cfg, site, server_round),

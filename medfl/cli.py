@@ -388,3 +388,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _register_deployment() -> None:
+    from medfl.deployment.cli import certs_app, local_federation
+
+    app.add_typer(certs_app, name="certs")
+    app.command("local-federation")(local_federation)
+
+
+_register_deployment()

@@ -40,6 +40,7 @@ from medfl.privacy.dp import (
     extend_history,
     make_dp_compatible,
 )
+from medfl.privacy import replay as replay_lib
 from medfl.privacy.ledger import Ledger
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
@@ -387,6 +388,7 @@ def fit_with_ledger(
     plan: DPPlan | None,
     history: History,
     limit: float,
+    replay: Path | None = None,
     **fit_kwargs: Any,
 ) -> FitResult:
     """:func:`fit`, checked against ``limit`` (see :func:`lifetime_limit`) and recorded in
@@ -394,8 +396,22 @@ def fit_with_ledger(
 
     A refused round is recorded too (status ``refused``) before the refusal propagates.
     The reply gains ``epsilon-lifetime``: every run in the ledger composed with this one.
+    With ``replay`` (the run's DP state file), a request identical to the last released
+    round (a resumed server asking again) gets that round's update back at no privacy cost
+    (:mod:`medfl.privacy.replay`).
     """
     p = cfg.privacy
+    digest = ""
+    if replay is not None:
+        scaler = fit_kwargs.get("scaler")
+        digest = replay_lib.request_digest(server_round, fit_kwargs["weights"], {
+            "scaler": scaler.to_dict() if scaler is not None else None,
+            "seed": fit_kwargs.get("seed"), "proximal_mu": fit_kwargs.get("proximal_mu")})
+        kept = replay_lib.find(replay, digest)
+        if kept is not None:
+            logger.info("round %d: the same request as the last released round; its update "
+                        "is sent again (no new privacy spend)", server_round)
+            return FitResult(kept[0], kept[1], plan, history)
 
     def check(history_after: History) -> None:
         ledger.check(run_id=run_id, history_after=history_after, delta=p.target_delta,
@@ -422,6 +438,8 @@ def fit_with_ledger(
     others = any(e["run_id"] != run_id for e in ledger.entries if e["status"] != "refused")
     lifetime = (ledger.lifetime_epsilon(delta=p.target_delta, accountant=p.accountant)
                 if others else eps)  # one run only: its own ε, without recomputing it
-    return FitResult(result.weights, {**result.metrics, "epsilon-lifetime": lifetime},
-                     result.plan, result.history)
+    metrics = {**result.metrics, "epsilon-lifetime": lifetime}
+    if replay is not None:
+        replay_lib.keep(replay, digest, result.weights, metrics)
+    return FitResult(result.weights, metrics, result.plan, result.history)
 

@@ -73,6 +73,12 @@ def data_dir() -> Path:
     return Path(str(resources.files("medfl.data") / "uci_heart_disease"))
 
 
+def site_file_name(site: str) -> str:
+    """The raw file a hospital's data folder holds (deployment: node-config data-path)."""
+    _check_site(site)
+    return _FILES[site]
+
+
 def _check_site(site: str) -> None:
     if site not in HEART_SITES:
         raise DataError(

@@ -62,7 +62,7 @@ def _write_public(path: Path, data: bytes) -> None:
 def _refuse_overwrite(paths: list[Path], force: bool) -> None:
     existing = [p.name for p in paths if p.exists()]
     if existing and not force:
-        raise ConfigError(f"{', '.join(existing)} already exist(s) in this folder; pass "
+        raise ConfigError(f"{', '.join(existing)}: already in this folder; pass "
                           "--force to replace (every site and the SuperLink must then get "
                           "the new files)")
 

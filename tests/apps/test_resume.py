@@ -26,17 +26,20 @@ class Killed(RuntimeError):
 
 
 class KillingGrid(InProcessGrid):
-    """Dies when the server sends the train messages of ``kill_round``."""
+    """Dies when the server sends the train messages of ``kill_round``: before the sites
+    see them, or (``after_training``) once the sites have trained and replied."""
 
-    def __init__(self, *args, kill_round: int, **kwargs):
+    def __init__(self, *args, kill_round: int, after_training: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.kill_round = kill_round
+        self.kill_round, self.after_training = kill_round, after_training
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
         if any(m.metadata.message_type == "train"
                and int(m.content["config"]["server-round"]) == self.kill_round
                for m in messages):
+            if self.after_training:
+                super().send_and_receive(messages, timeout=timeout)
             raise Killed(f"server killed in round {self.kill_round}")
         return super().send_and_receive(messages, timeout=timeout)
 
@@ -86,10 +89,13 @@ def test_a_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, strategy):
     assert summary["mean_site_accuracy"] == pytest.approx(whole["mean_site_accuracy"])
 
 
-def test_resume_continues_each_sites_accountant(tmp_path):
+@pytest.mark.parametrize("after_training", [False, True])
+def test_resume_continues_each_sites_accountant(tmp_path, after_training):
     """With DP on, each site restores its plan and history from its own state folder (the
     resumed run is a new Flower run): ε equals an uninterrupted run's, and the site's ledger
-    holds one run, not two."""
+    holds one run, not two. When the server died after the sites had trained round 2, the
+    resumed server's identical request gets the kept update back instead of a second
+    spend for the same round."""
     set_task_identity()
     state = tmp_path / "state"
     base = run_config(num_server_rounds=3, output_dir=str(tmp_path), state_dir=str(state))
@@ -97,7 +103,8 @@ def test_resume_continues_each_sites_accountant(tmp_path):
     _run(InProcessGrid(client_app, whole, run_id=1), whole, run_id=1)
     cut = {**base, "run-name": "cut"}
     with pytest.raises(Killed):
-        _run(KillingGrid(client_app, cut, kill_round=2, run_id=7), cut, run_id=7)
+        _run(KillingGrid(client_app, cut, kill_round=2, run_id=7,
+                         after_training=after_training), cut, run_id=7)
     resumed = {**base, "resume-from": "cut"}  # a run name under the output folder
     _run(InProcessGrid(client_app, resumed, run_id=8), resumed, run_id=8)
 

@@ -1,0 +1,309 @@
+"""A real federation on loopback: a TLS SuperLink with SuperNode authentication and one
+SuperNode per hospital, each a separate process reading only its own data folder.
+
+This is the deployment path of DESIGN.md (Flower's ``flower-superlink`` /
+``flower-supernode`` / ``flwr run``), started on one machine: the demo of what each
+hospital runs, and the harness of the fault tests. Every process is stopped by PID, with
+everything it started, on exit, on error and on Ctrl-C.
+
+Layout of ``workdir``::
+
+    certs/                  CA, SuperLink certificate, sites/<site>.key|.pub (medfl certs)
+    superlink/              the SuperLink's database and log
+    flwr-home/config.toml   the CLI's connection: address + the CA to verify it
+    sites/<site>/data/      what that hospital holds (a copy of its own file only)
+    sites/<site>/state/     its privacy ledger and DP state (node-config site-dir)
+    sites/<site>/supernode.log
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medfl.deployment import certs
+from medfl.errors import MedflError
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONNECTION = "medfl"
+#: Flower's code (logged; the process exits 1) for a SuperNode the SuperLink refused
+EXIT_REFUSED = 305
+
+
+def flower_bin(name: str) -> str:
+    """A Flower executable of the running interpreter's environment."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, also those already orphaned. Flower's SuperExec
+    starts its own session and names its parent only as ``--parent-pid``, so neither a
+    process group nor the parent links alone hold everything a SuperNode started."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or (st := _proc_stat(int(entry.name))) is None:
+            continue
+        children.setdefault(st[1], []).append(int(entry.name))
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--parent-pid" in argv and argv.index(b"--parent-pid") + 1 < len(argv):
+            named = argv[argv.index(b"--parent-pid") + 1]
+            if named.isdigit() and st[1] != int(named):
+                children.setdefault(int(named), []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid not in tree:
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+    return tree
+
+
+def alive(pids: list[int]) -> list[int]:
+    """The processes of ``pids`` still running (zombies count as gone)."""
+    return [p for p in pids if (st := _proc_stat(p)) is not None and st[0] != "Z"]
+
+
+def stop_tree(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """SIGTERM a process and its descendants, then SIGKILL what is left after ``grace``."""
+    pids = process_tree(proc.pid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in alive(pids):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            if not alive(pids):
+                return
+            time.sleep(0.2)
+
+
+@dataclass
+class LocalFederation:
+    """Start, fault and stop a loopback deployment (use as a context manager)."""
+
+    workdir: Path
+    sites: Sequence[str] = ("cleveland", "hungarian", "switzerland", "va")
+    port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    node_ids: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        self.port = self.port or free_port()
+        self.certs = self.workdir / "certs"
+        self.flwr_home = self.workdir / "flwr-home"
+
+    # --- environment ----------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_LOCAL_")}
+        env.update({
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        })
+        env.pop("MEDFL_HOME", None)
+        return env
+
+    def prepare(self, *, force: bool = False) -> None:
+        """Certificates, keys, the CLI's connection and each site's own data folder."""
+        if force or not (self.certs / certs.CA_CERT).exists():
+            certs.init_ca(self.certs, force=True)
+        for site in self.sites:
+            if force or not certs.site_keys(self.certs, site).private_key.exists():
+                certs.add_site(self.certs, site, force=True)
+            self.site_dir(site).joinpath("state").mkdir(parents=True, exist_ok=True)
+            self._copy_site_data(site)
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\nroot-certificates = "{self.certs / certs.CA_CERT}"\n')
+
+    def site_dir(self, site: str) -> Path:
+        return self.workdir / "sites" / certs.check_site_name(site)
+
+    def _copy_site_data(self, site: str) -> None:
+        from medfl.data.heart import HEART_SITES, data_dir, site_file_name
+
+        if site not in HEART_SITES:
+            raise MedflError(f"site {site!r}: the loopback federation ships the heart-disease "
+                             f"hospitals only; valid: {list(HEART_SITES)}")
+        target = self.site_dir(site) / "data"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(data_dir() / site_file_name(site), target / site_file_name(site))
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _spawn(self, name: str, cmd: list[str], log: Path) -> subprocess.Popen:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env(),
+                                    cwd=self.workdir, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def start_superlink(self, *, timeout: float = 60.0) -> None:
+        c = self.certs
+        self._spawn("superlink", [
+            flower_bin("flower-superlink"), "--ssl-ca-certfile", str(c / certs.CA_CERT),
+            "--ssl-certfile", str(c / certs.SERVER_CERT),
+            "--ssl-keyfile", str(c / certs.SERVER_KEY), "--enable-supernode-auth",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--database", str(self.workdir / "superlink" / "state.db"),
+            "--disable-runtime-dependency-installation",
+        ], self.workdir / "superlink" / "superlink.log")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["superlink"].poll() is not None:
+                raise MedflError("the SuperLink exited at start; see "
+                                 f"{self.workdir / 'superlink' / 'superlink.log'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise MedflError(f"the SuperLink did not listen on port {self.port} within {timeout} s")
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return subprocess.run([flower_bin("flwr"), *args], env=self.env(), cwd=self.workdir,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def register(self, site: str, *, public_key: Path | None = None) -> int:
+        """Register a site's public key with the SuperLink; returns its node id."""
+        key = public_key or certs.site_keys(self.certs, site).public_key
+        proc = self.flwr("supernode", "register", str(key), CONNECTION, "--format", "json")
+        try:
+            node_id = int(json.loads(proc.stdout)["node-id"])
+        except (ValueError, KeyError):
+            raise MedflError(f"registering site {site!r} failed: "
+                             f"{(proc.stdout + proc.stderr).strip()[-500:]}") from None
+        self.node_ids[site] = node_id
+        return node_id
+
+    def unregister(self, site: str) -> None:
+        """Revoke a site: its key no longer opens a connection."""
+        proc = self.flwr("supernode", "unregister", str(self.node_ids[site]), CONNECTION)
+        if proc.returncode != 0:
+            raise MedflError(f"unregistering site {site!r} failed: "
+                             f"{(proc.stdout + proc.stderr).strip()[-500:]}")
+
+    def node_config(self, site: str) -> str:
+        d = self.site_dir(site)
+        return f"site='{site}' data-path='{d / 'data'}' site-dir='{d / 'state'}'"
+
+    def start_supernode(self, site: str, *, key: Path | None = None, ca: bool = True,
+                        name: str | None = None) -> subprocess.Popen:
+        """One hospital's SuperNode (own key, own data folder, own state folder)."""
+        name = name or site
+        cmd = [flower_bin("flower-supernode"), "--superlink", self.address,
+               "--auth-supernode-private-key",
+               str(key or certs.site_keys(self.certs, site).private_key),
+               "--port", str(free_port()), "--node-config", self.node_config(site)]
+        if ca:
+            cmd[3:3] = ["--root-certificates", str(self.certs / certs.CA_CERT)]
+        return self._spawn(name, cmd, self.site_dir(site) / f"{name}.log")
+
+    def rejoin(self, site: str, *, timeout: float = 180.0) -> subprocess.Popen:
+        """Restart a site's SuperNode until the SuperLink takes it back: it refuses (code
+        305) a node it still counts as online, until that node's heartbeat expires. A
+        supervisor (systemd, Docker's restart policy) does the same at a hospital."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.start_supernode(site)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                return proc  # connected and running
+            if time.monotonic() > deadline:
+                raise MedflError(f"site {site!r} could not rejoin within {timeout:g} s")
+            time.sleep(3)
+
+    def kill(self, name: str) -> None:
+        """Kill a process group at once (a site's machine losing power)."""
+        proc = self.procs.pop(name)
+        for pid in process_tree(proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+
+    def run_args(self, run_config: str) -> list[str]:
+        """``flwr run`` of this project against the federation; the server waits for every
+        started site unless the config says otherwise."""
+        if "min-nodes" not in run_config and "resume-from" not in run_config:
+            run_config = f"strategy.min-nodes={len(self.sites)} {run_config}"
+        return [flower_bin("flwr"), "run", str(ROOT), CONNECTION, "--stream",
+                "--run-config", run_config]
+
+    def run(self, run_config: str, *, timeout: float = 1800.0,
+            log: Path | None = None) -> subprocess.CompletedProcess:
+        """``flwr run`` (see :meth:`run_args`), streamed to completion."""
+        proc = subprocess.run(self.run_args(run_config), env=self.env(), cwd=self.workdir,
+                              capture_output=True, text=True, timeout=timeout)
+        if log is not None:
+            log.write_text(proc.stdout + proc.stderr)
+        return proc
+
+    def start(self) -> LocalFederation:
+        """Prepare, start the SuperLink, register every site and start its SuperNode."""
+        self.prepare()
+        self.start_superlink()
+        for site in self.sites:
+            self.register(site)
+            self.start_supernode(site)
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this federation started (SuperNodes first)."""
+        for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                stop_tree(proc)
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

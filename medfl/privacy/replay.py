@@ -1,0 +1,66 @@
+"""A site's last released update, kept so that a repeated round costs no privacy.
+
+When the server dies after a site has trained round *r* (its update may already have left
+the site), the resumed run asks for round *r* again with the same global model. Training
+again would spend ε a second time for the same round; instead the site sends the update it
+already released, which is post-processing of a released output and costs nothing. The
+request must match exactly: same run, same round, and the same incoming model and config
+(a digest of their bytes). The file is the site's own update, kept in its state folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from medfl.io import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def request_digest(server_round: int, weights: dict[str, torch.Tensor],
+                   extra: dict[str, Any]) -> str:
+    """sha256 of the round number, the incoming model's arrays and the round's settings."""
+    h = hashlib.sha256(f"round={server_round};".encode())
+    for name in sorted(weights):
+        t = weights[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _paths(base: Path) -> tuple[Path, Path]:
+    return (base.with_name(base.stem + "-last-update.safetensors"),
+            base.with_name(base.stem + "-last-update.json"))
+
+
+def find(base: Path, digest: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The kept update and its metrics if the last released round had this ``digest``."""
+    arrays, meta = _paths(base)
+    try:
+        info = json.loads(meta.read_text())
+        if info.get("digest") != digest:
+            return None
+        return load_file(str(arrays)), dict(info["metrics"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def keep(base: Path, digest: str, weights: dict[str, torch.Tensor],
+         metrics: dict[str, Any]) -> None:
+    """Keep this round's released update (arrays first, then the record that names them)."""
+    arrays, meta = _paths(base)
+    arrays.parent.mkdir(parents=True, exist_ok=True)
+    tmp = arrays.with_name(arrays.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
+    atomic_write_bytes(arrays, tmp.read_bytes())
+    tmp.unlink()
+    # Python's JSON: ε is infinite without DP, and only this module reads the file back
+    atomic_write_bytes(meta, json.dumps({"digest": digest, "metrics": metrics}).encode())

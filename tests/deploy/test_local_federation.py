@@ -1,0 +1,187 @@
+"""The real deployment on loopback: `flower-superlink` with TLS and SuperNode
+authentication, one authenticated `flower-supernode` per hospital, `flwr run`; and the
+faults a hospital network has (marked slow: real processes, one to three minutes each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from medfl.deployment import certs
+from medfl.deployment.local import EXIT_REFUSED, LocalFederation, alive, process_tree
+
+pytestmark = pytest.mark.slow
+
+
+def _rounds(run: Path) -> list[dict]:
+    path = run / "rounds.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(predicate, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _submit(fed: LocalFederation, config: str):
+    """``flwr run`` in the background (a Popen), so a test can act during the run."""
+    import subprocess
+
+    log = open(fed.workdir / "flwr-run.log", "w")  # noqa: SIM115 - closed by the caller
+    proc = subprocess.Popen(fed.run_args(config), env=fed.env(), cwd=fed.workdir,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, log
+
+
+def test_four_hospitals_over_tls_with_authenticated_sites(tmp_path):
+    """The default scenario (shortened to 3 rounds) on the deployment engine, and every
+    process gone afterwards."""
+    out = tmp_path / "out"
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start()
+        proc = fed.run(f"num-server-rounds=3 output-dir='{out}' run-name='tls'",
+                       log=tmp_path / "run.log", timeout=900)
+        pids = [pid for p in fed.procs.values() for pid in process_tree(p.pid)]
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+    assert len(pids) > 5 and alive(pids) == []  # SuperLink, SuperNodes, SuperExecs: gone
+    summary = json.loads((out / "tls" / "summary.json").read_text())
+    assert [s["name"] for s in summary["sites"]] == ["cleveland", "hungarian", "switzerland",
+                                                     "va"]
+    assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3, 3, 3]
+    assert all(0 < s["epsilon"] <= 3.0 for s in summary["sites"])
+    assert 0.6 < summary["mean_site_accuracy"] <= 1.0
+    assert (out / "tls" / "report.html").is_file()
+    # each hospital kept its own ledger and report in its own state folder
+    for site in ("cleveland", "va"):
+        state = tmp_path / "fed" / "sites" / site / "state"
+        assert (state / "privacy-ledger.json").is_file()
+        assert list((state / "reports").glob("*/report.html"))
+    # the TLS certificate and the keys were made as the SuperLink and SuperNodes need them
+    assert oct((tmp_path / "fed" / "certs" / "server.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refused(tmp_path):
+    with LocalFederation(tmp_path / "fed", sites=("cleveland", "va")) as fed:
+        fed.prepare()
+        certs.add_site(fed.certs, "intruder")
+        fed.start_superlink()
+        fed.register("cleveland")
+        fed.register("va")
+        fed.unregister("va")  # revoked
+        nodes = {
+            "unregistered": fed.start_supernode(
+                "cleveland", key=certs.site_keys(fed.certs, "intruder").private_key,
+                name="unregistered"),
+            "revoked": fed.start_supernode("va", name="revoked"),
+            "no-ca": fed.start_supernode("cleveland", ca=False, name="no-ca"),
+        }
+        for name, proc in nodes.items():  # Flower logs its code 305 and exits with 1
+            assert proc.wait(timeout=120) != 0, name
+            log = (fed.site_dir("va" if name == "revoked" else "cleveland") / f"{name}.log")
+            assert f"Exit Code: {EXIT_REFUSED}" in log.read_text(), name
+        assert "CERTIFICATE_VERIFY_FAILED" in (fed.site_dir("cleveland") / "no-ca.log").read_text()
+        # a registered site connects and stays up
+        ok = fed.start_supernode("cleveland")
+        time.sleep(8)
+        assert ok.poll() is None
+        listing = fed.flwr("supernode", "list", "medfl", "--format", "json")
+        status = {int(n["node-id"]): n["status"] for n in json.loads(listing.stdout)["nodes"]}
+        assert status[fed.node_ids["cleveland"]] == "online"
+        # the CLI without TLS cannot talk to the SuperLink
+        (fed.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "plain"\n\n[superlink.plain]\naddress = "{fed.address}"\n'
+            'insecure = true\n')
+        plain = fed.flwr("run", str(Path(__file__).resolve().parents[2]), "plain")
+        assert plain.returncode != 0
+        assert "unavailable" in (plain.stdout + plain.stderr).lower()
+
+
+def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path):
+    """In round 2 VA's SuperNode is killed and Hungarian's is frozen (SIGSTOP) past the
+    round timeout. The round completes with Cleveland (strategy.min-round-nodes=1),
+    rounds.jsonl says who dropped and why; Hungarian takes part again from round 3 and VA,
+    restarted, rejoins a later round."""
+    out = tmp_path / "out"
+    run = out / "faults"
+    with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian", "va")) as fed:
+        fed.start()
+        proc, log = _submit(fed, f"num-server-rounds=4 output-dir='{out}' run-name='faults' "
+                                 "strategy.round-timeout=25.0 strategy.min-round-nodes=1")
+        try:
+            _wait_for(lambda: len(_rounds(run)) >= 1, timeout=300, what="round 1")
+            fed.kill("va")  # round 2's training has just been sent
+            frozen = process_tree(fed.procs["hungarian"].pid)  # SuperNode, SuperExec, app
+            for pid in frozen:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(30)  # past round 2's training timeout
+            finally:
+                for pid in frozen:
+                    os.kill(pid, signal.SIGCONT)
+            _wait_for(lambda: len(_rounds(run)) >= 2, timeout=300, what="round 2")
+            fed.rejoin("va")  # same key, so the same node id
+            assert proc.wait(timeout=600) == 0, (fed.workdir / "flwr-run.log").read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            log.close()
+    rounds = _rounds(run)
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert sorted(rounds[0]["train"]) == ["cleveland", "hungarian", "va"]
+    assert sorted(rounds[1]["train"]) == ["cleveland"]
+    assert "not_aggregated" not in rounds[1]
+    dropped = {p["site"]: p for p in rounds[1]["train_problems"]}
+    assert {s: p["status"] for s, p in dropped.items()} == {"hungarian": "dropped",
+                                                             "va": "dropped"}
+    assert "round timeout (25 s)" in dropped["hungarian"]["reason"]
+    assert "hungarian" in rounds[2]["train"] and "hungarian" in rounds[3]["train"]
+    assert "va" in rounds[3]["train"]  # rejoined
+    summary = json.loads((run / "summary.json").read_text())
+    trained = {s["name"]: s["rounds_trained"] for s in summary["sites"]}
+    assert trained["cleveland"] == 4 and trained["hungarian"] == 3 and trained["va"] >= 2
+    # VA's restarted SuperNode continued its accountant from its state folder: its ε
+    # covers every round it trained in, within the run's target
+    assert all(s["epsilon"] <= 3.0 for s in summary["sites"])
+
+
+def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
+    """The SuperLink (and its ServerApp) is killed after round 1; it is restarted on the
+    same database, the SuperNodes reconnect on their own, and `resume-from` finishes the
+    run with the uninterrupted run's round count and one accountant per site."""
+    out = tmp_path / "out"
+    run = out / "crash"
+    with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian")) as fed:
+        fed.start()
+        proc, log = _submit(fed, f"num-server-rounds=3 output-dir='{out}' run-name='crash'")
+        try:
+            _wait_for(lambda: (run / "checkpoint" / "LATEST").exists(), timeout=300,
+                      what="the first checkpoint")
+            fed.kill("superlink")
+            proc.wait(timeout=120)
+        finally:
+            log.close()
+        assert not (run / "summary.json").exists()
+        fed.start_superlink()
+        resumed = fed.run(f"resume-from='{run}'", log=tmp_path / "resume.log", timeout=900)
+        assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 3
+    assert [r["round"] for r in _rounds(run)] == [1, 2, 3]
+    assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3]
+    from medfl.privacy.ledger import Ledger
+
+    for site in ("cleveland", "hungarian"):
+        ledger = Ledger.open(tmp_path / "fed" / "sites" / site / "state", site)
+        runs = [r for r in ledger.runs() if r["rounds_trained"]]
+        assert len(runs) == 1 and runs[0]["rounds_trained"] == 3
+        eps = next(s["epsilon"] for s in summary["sites"] if s["name"] == site)
+        assert runs[0]["epsilon"] == pytest.approx(eps) and eps <= 3.0
