@@ -28,6 +28,7 @@ from medfl.evaluation.cellstats import classification_report
 from medfl.evaluation.stats import SiteEvalStats, segmentation_stats, site_eval_stats
 from medfl.evaluation.subgroups import cells
 from medfl.models import state_arrays
+from medfl.privacy import replay as replay_lib
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.privacy.dp import (
     DPPlan,
@@ -40,7 +41,6 @@ from medfl.privacy.dp import (
     extend_history,
     make_dp_compatible,
 )
-from medfl.privacy import replay as replay_lib
 from medfl.privacy.ledger import Ledger
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 

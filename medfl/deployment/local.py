@@ -230,7 +230,10 @@ class LocalFederation:
 
     def node_config(self, site: str) -> str:
         d = self.site_dir(site)
-        return f"site='{site}' data-path='{d / 'data'}' site-dir='{d / 'state'}'"
+        # each hospital's own policy, as deploy/start-site.sh sets it: runs asking for more
+        # than ε = 3 or fewer than 10 patients per released count are refused
+        return (f"site='{site}' data-path='{d / 'data'}' site-dir='{d / 'state'}' "
+                "max-epsilon=3.0 min-k=10")
 
     def start_supernode(self, site: str, *, key: Path | None = None, ca: bool = True,
                         name: str | None = None) -> subprocess.Popen:

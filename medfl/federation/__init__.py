@@ -52,7 +52,7 @@ __all__ = [
     "check_update",
     "egress_guard", "from_array_record", "guarded", "load_dp_state", "moments_from_metrics",
     "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",
-    "save_dp_state",
+    "run_key", "save_dp_state",
     "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
     "weight_key", "with_central_dp",
 ]

@@ -1,0 +1,9 @@
+#!/bin/sh
+# Run in the `operator` container once the SuperLink is up: register each site's public
+# key. Only registered keys can connect; `flwr supernode unregister <node-id> medfl`
+# revokes one.
+set -eu
+for site in cleveland hungarian va; do
+    flwr supernode register "/certs/sites/$site.pub" medfl
+done
+flwr supernode list medfl

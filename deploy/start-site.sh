@@ -1,0 +1,21 @@
+#!/bin/sh
+# Start this hospital's SuperNode. Everything site-specific comes from the environment:
+#   SITE               the site's name as registered (e.g. cleveland)
+#   SUPERLINK          the SuperLink's address, host:port (TLS)
+#   CA_CERT            the federation's CA certificate       (default /keys/ca.crt)
+#   SITE_KEY           this site's private key (0600)         (default /keys/site.key)
+#   DATA_PATH          this site's data: a folder (heart disease) or a CSV (default /data)
+#   STATE_DIR          privacy ledger and DP state, writable (default /state)
+#   MAX_EPSILON, MIN_K, LIFETIME_EPSILON   this site's own privacy policy
+# Stop it with Ctrl-C or `docker stop`; it exits 1 (Flower code 305) if the SuperLink
+# refuses its key or it cannot verify the SuperLink's certificate.
+set -eu
+: "${SITE:?set SITE to this site's registered name}"
+: "${SUPERLINK:?set SUPERLINK to host:port of the SuperLink}"
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 \
+    FLWR_DISABLE_UPDATE_CHECK=1
+exec flower-supernode \
+    --superlink "$SUPERLINK" \
+    --root-certificates "${CA_CERT:-/keys/ca.crt}" \
+    --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \
+    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0}"
