@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_config
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -116,3 +117,63 @@ def test_unexpected_exception_text_never_leaves_the_site():
     assert reply.has_error()
     assert reply.error.reason == "FileNotFoundError at the site (details withheld)"
     assert secret not in reply.error.reason
+
+
+class LostNodeGrid(InProcessGrid):
+    """Flower's SuperLink answers for a node that stopped sending heartbeats: an error
+    reply (code NODE_UNAVAILABLE) whose sender is the SuperLink (node 1), not the node."""
+
+    def __init__(self, *args, lost: set[int], rounds: set[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lost, self.rounds = lost, rounds
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Error
+        from flwr.common.constant import ErrorCode
+
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        out = []
+        for m, r in zip(messages, replies, strict=True):
+            if (m.metadata.dst_node_id in self.lost and "server-round" in m.content["config"]
+                    and int(m.content["config"]["server-round"]) in self.rounds):
+                r = Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason="Node Unavailable"),
+                            reply_to=m)
+                r.metadata.__dict__["_src_node_id"] = 1  # the SuperLink
+            out.append(r)
+        return out
+
+
+def test_a_node_the_superlink_reports_unavailable_is_named_and_dropped(tmp_path):
+    cfg = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(tmp_path),
+                     run_name="lost")
+    grid = LostNodeGrid(client_app, cfg, lost={1003}, rounds={2})  # va
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    rounds = [json.loads(x) for x in (tmp_path / "lost" / "rounds.jsonl").read_text().splitlines()]
+    for kind in ("train_problems", "evaluate_problems"):
+        assert [(p["site"], p["status"], p["error_code"]) for p in rounds[1][kind]] == [
+            ("va", "dropped", 5)]
+    assert sorted(rounds[1]["train"]) == ["cleveland", "hungarian", "switzerland"]
+
+
+def test_a_round_with_fewer_valid_updates_than_the_minimum_is_not_aggregated(tmp_path):
+    """Round 2 loses three of four sites: with strategy.min-round-nodes=2 the global model
+    stays as it was after round 1 (equal to a one-round run's model; training without DP
+    is seeded per round)."""
+    from safetensors.numpy import load_file
+
+    cfg = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(tmp_path),
+                     run_name="few", strategy__min_round_nodes=2)
+    grid = LostNodeGrid(client_app, cfg, lost={1001, 1002, 1003}, rounds={2})
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    rounds = [json.loads(x) for x in (tmp_path / "few" / "rounds.jsonl").read_text().splitlines()]
+    assert "fewer than strategy.min-round-nodes=2" in rounds[1]["not_aggregated"]
+    s = json.loads((tmp_path / "few" / "summary.json").read_text())
+    assert [x["rounds_trained"] for x in s["sites"]] == [1, 1, 1, 1]  # round 2 unused
+    one = {**cfg, "num-server-rounds": 1, "run-name": "one"}
+    main(InProcessGrid(client_app, one), Context(1, 0, {}, RecordDict(), one))
+    saved = load_file(str(tmp_path / "few" / "model" / "weights.safetensors"))
+    ref = load_file(str(tmp_path / "one" / "model" / "weights.safetensors"))
+    assert saved.keys() == ref.keys()
+    for k in ref:  # float32 sums in another order: equal to rounding
+        np.testing.assert_allclose(saved[k], ref[k], rtol=0, atol=1e-6, err_msg=k)
