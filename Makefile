@@ -22,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 RUN_CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint bench clean stop-superlink
+.PHONY: demo test install lint bench clean stop-superlink federation
 
 install: $(STAMP) $(FLWR_HOME)/config.toml
 
@@ -64,3 +64,9 @@ bench: install
 	$(BIN)/python -m bench.imaging_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.report_error $(BENCH_ARGS)
 	$(BIN)/python -m bench.utility $(BENCH_ARGS)
+	$(BIN)/python -m bench.deployment
+
+# The four heart-disease hospitals as a real TLS deployment on this machine (see
+# deploy/README.md); every process is stopped afterwards.
+federation: install
+	deploy/local-federation.sh $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")

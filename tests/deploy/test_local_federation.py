@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from medfl.deployment import certs
-from medfl.deployment.local import EXIT_REFUSED, LocalFederation, alive, process_tree
+from medfl.deployment.local import EXIT_REFUSED, ROOT, LocalFederation, alive, process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -34,39 +36,63 @@ def _wait_for(predicate, *, timeout: float, what: str) -> None:
 
 def _submit(fed: LocalFederation, config: str):
     """``flwr run`` in the background (a Popen), so a test can act during the run."""
-    import subprocess
-
     log = open(fed.workdir / "flwr-run.log", "w")  # noqa: SIM115 - closed by the caller
     proc = subprocess.Popen(fed.run_args(config), env=fed.env(), cwd=fed.workdir,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
 
 
+def _ours(workdir: Path) -> list[int]:
+    """Live processes whose command line names ``workdir`` (all of a federation's do)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if str(workdir).encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return alive(pids)
+
+
 def test_four_hospitals_over_tls_with_authenticated_sites(tmp_path):
-    """The default scenario (shortened to 3 rounds) on the deployment engine, and every
-    process gone afterwards."""
-    out = tmp_path / "out"
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start()
-        proc = fed.run(f"num-server-rounds=3 output-dir='{out}' run-name='tls'",
-                       log=tmp_path / "run.log", timeout=900)
-        pids = [pid for p in fed.procs.values() for pid in process_tree(p.pid)]
-    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
-    assert len(pids) > 5 and alive(pids) == []  # SuperLink, SuperNodes, SuperExecs: gone
-    summary = json.loads((out / "tls" / "summary.json").read_text())
+    """The shipped script: the default scenario (shortened to 3 rounds) on the deployment
+    engine, and no process left behind."""
+    work = tmp_path / "fed"
+    proc = subprocess.run(["bash", str(ROOT / "deploy" / "local-federation.sh"), "--workdir",
+                           str(work), "--run-config", "num-server-rounds=3"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert _ours(work) == []
+    (run,) = [p for p in (work / "outputs").iterdir() if p.name != "latest"]
+    assert f"run folder: {run}" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
     assert [s["name"] for s in summary["sites"]] == ["cleveland", "hungarian", "switzerland",
                                                      "va"]
     assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3, 3, 3]
     assert all(0 < s["epsilon"] <= 3.0 for s in summary["sites"])
     assert 0.6 < summary["mean_site_accuracy"] <= 1.0
-    assert (out / "tls" / "report.html").is_file()
-    # each hospital kept its own ledger and report in its own state folder
-    for site in ("cleveland", "va"):
-        state = tmp_path / "fed" / "sites" / site / "state"
+    assert (run / "report.html").is_file() and (run / "model" / "manifest.json").is_file()
+    for site in ("cleveland", "hungarian", "switzerland", "va"):
+        # each hospital held only its own file, and kept its ledger and report at home
+        assert [f.name for f in (work / "sites" / site / "data").iterdir()] == [
+            f"processed.{site}.data"]
+        state = work / "sites" / site / "state"
         assert (state / "privacy-ledger.json").is_file()
         assert list((state / "reports").glob("*/report.html"))
-    # the TLS certificate and the keys were made as the SuperLink and SuperNodes need them
-    assert oct((tmp_path / "fed" / "certs" / "server.key").stat().st_mode & 0o777) == "0o600"
+    assert stat.S_IMODE((work / "certs" / "server.key").stat().st_mode) == 0o600
+
+
+def test_a_failed_run_still_stops_every_process(tmp_path):
+    work = tmp_path / "fed"
+    proc = subprocess.run(["bash", str(ROOT / "deploy" / "local-federation.sh"), "--workdir",
+                           str(work), "--site", "cleveland", "--site", "va", "--run-config",
+                           "strategy.name='fedbest'"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "the run failed" in proc.stderr
+    assert _ours(work) == []
 
 
 def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refused(tmp_path):
