@@ -365,6 +365,8 @@ class Recording:
             "global": pooled,
             "elapsed_s": round(time.monotonic() - self._t0, 3),
         }
+        if self.round_offset and server_round == self.round_offset + 1:
+            record["resumed_after_round"] = self.round_offset  # the server had died
         if stats:  # a round every site dropped out of keeps the last known figures
             self.final_site_stats = stats
         self._on_round(record)

@@ -81,6 +81,7 @@ def test_a_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, strategy):
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert summary["rounds"] == 3
     assert [r["round"] for r in _rounds(run)] == [1, 2, 3]
+    assert [r.get("resumed_after_round") for r in _rounds(run)] == [None, None, 2]
     assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3, 3, 3]
     a, b = _weights(run), _weights(tmp_path / "whole")
     assert a.keys() == b.keys()

@@ -171,6 +171,10 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
     assert "round timeout (25 s)" in dropped["hungarian"]["reason"]
     assert "hungarian" in rounds[2]["train"] and "hungarian" in rounds[3]["train"]
     assert "va" in rounds[3]["train"]  # rejoined
+    # the report says who dropped when
+    report = json.loads((run / "report.json").read_text())
+    assert {(p["site"], p["status"]) for p in report["rounds"][1]["problems"]} == {
+        ("hungarian", "dropped"), ("va", "dropped")}
     summary = json.loads((run / "summary.json").read_text())
     trained = {s["name"]: s["rounds_trained"] for s in summary["sites"]}
     assert trained["cleveland"] == 4 and trained["hungarian"] == 3 and trained["va"] >= 2
@@ -202,6 +206,7 @@ def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 3
     assert [r["round"] for r in _rounds(run)] == [1, 2, 3]
+    assert _rounds(run)[1]["resumed_after_round"] == 1
     assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3]
     from medfl.privacy.ledger import Ledger
 
