@@ -67,11 +67,17 @@ class InProcessGrid:
         return out
 
 
-def run(run_cfg: dict[str, Any], *, run_id: int = 1, **grid_kwargs: Any) -> InProcessGrid:
-    """One federated run with ``run_cfg`` (a full flattened run config)."""
+def run(run_cfg: dict[str, Any], *, run_id: int | None = None,
+        **grid_kwargs: Any) -> InProcessGrid:
+    """One federated run with ``run_cfg`` (a full flattened run config). Each run gets a
+    fresh random run id unless one is given, as Flower's SuperLink does: sites key their
+    ledger entries and DP state by it."""
+    import secrets
+
     from client.app import app as client_app
     from server.app import main
 
+    run_id = secrets.randbits(62) if run_id is None else run_id
     set_task_identity()
     grid = InProcessGrid(client_app, run_cfg, run_id=run_id, **grid_kwargs)
     main(grid, Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),

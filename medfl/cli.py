@@ -386,10 +386,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _register_deployment() -> None:
     from medfl.deployment.cli import certs_app, local_federation
 
@@ -398,3 +394,8 @@ def _register_deployment() -> None:
 
 
 _register_deployment()
+
+
+if __name__ == "__main__":
+    main()
+

@@ -7,6 +7,7 @@ and evaluate the global model, returning only what the egress contract allows.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import zlib
 from collections.abc import Callable
@@ -115,8 +116,17 @@ def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Pa
 
 def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_key: int) -> Path:
     """The site's copy of a run's DP plan and accountant history (DP parameters only):
-    a restarted SuperNode or a resumed run continues from it rather than from zero."""
-    return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}.json"
+    a restarted SuperNode or a resumed run continues from it rather than from zero.
+
+    The name carries the run key and a fingerprint of what the DP plan depends on, so a
+    run that reuses a key with other settings (a harness restarting Flower's run ids, a
+    server re-sending an old key) never continues another run's accountant."""
+    p, t = cfg.privacy, cfg.train
+    plan_inputs = (site, cfg.seed, cfg.num_server_rounds, t.local_epochs, t.batch_size,
+                   p.enabled, p.target_epsilon, p.target_delta, p.max_grad_norm, p.accountant,
+                   cfg.preprocessing.stats_noise_multiplier, cfg.task, cfg.model.name)
+    tag = hashlib.sha256(repr(plan_inputs).encode()).hexdigest()[:12]
+    return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}-{tag}.json"
 
 
 def open_ledger(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Ledger:
@@ -411,7 +421,7 @@ def fit_with_ledger(
         if kept is not None:
             logger.info("round %d: the same request as the last released round; its update "
                         "is sent again (no new privacy spend)", server_round)
-            return FitResult(kept[0], kept[1], plan, history)
+            return FitResult(*kept)
 
     def check(history_after: History) -> None:
         ledger.check(run_id=run_id, history_after=history_after, delta=p.target_delta,
@@ -440,6 +450,7 @@ def fit_with_ledger(
                 if others else eps)  # one run only: its own ε, without recomputing it
     metrics = {**result.metrics, "epsilon-lifetime": lifetime}
     if replay is not None:
-        replay_lib.keep(replay, digest, result.weights, metrics)
+        replay_lib.keep(replay, digest, result.weights, metrics, plan=result.plan,
+                        history=result.history)
     return FitResult(result.weights, metrics, result.plan, result.history)
 

@@ -24,13 +24,14 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     raw = dict(context.run_config)
     cfg = parse_run_config(raw)
-    resume = (ckpt.open_resume(cfg.resume_from, resolve_output_root(cfg))
+    resume = (ckpt.open_resume(cfg.resume_from, resolve_output_root(cfg), raw)
               if cfg.resume_from else None)
     if resume is not None:  # the same run, continued: its own config and folder
         cfg, run_dir = parse_run_config(resume.raw_config), RunDirectory(resume.path)
     else:
         run_dir = RunDirectory.create(resolve_output_root(cfg), cfg.run_name)
         run_dir.write_json("config.json", config_record(cfg, raw, run_dir.path.name))
+        ckpt.write_resume_file(run_dir.path, raw)
     logger.info("MedFL run directory: %s", run_dir.path)
 
     nodes = fed.wait_for_nodes(grid, minimum=cfg.strategy.min_nodes)
@@ -69,9 +70,9 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord(dict(shared)),
         evaluate_config=ConfigRecord(dict(shared)),
     )
-    if not isinstance(result.arrays, ArrayRecord) and resume is not None:
-        result.arrays = fed.to_array_record(initial)  # resumed after the last round
-    if not isinstance(result.arrays, ArrayRecord) or not strategy.rounds_trained:
+    if not result.arrays and resume is not None:  # no round aggregated since the resume
+        result.arrays = fed.to_array_record(initial)
+    if not result.arrays or not strategy.rounds_trained:
         raise MedflError("no round produced an aggregated model (every site failed, was "
                          f"refused or dropped); see {run_dir.path / 'rounds.jsonl'}")
     audits = {}

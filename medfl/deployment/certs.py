@@ -91,10 +91,13 @@ def init_ca(directory: Path, *, sans: list[str] | tuple[str, ...] = DEFAULT_SANS
     """Create the federation's CA and the SuperLink's server certificate.
 
     ``sans``: the names and IP addresses sites will use to reach the SuperLink (the
-    certificate is valid for those only). Returns ``(ca.crt, server.crt)``.
+    certificate is valid for those only). Loopback (``localhost``, ``127.0.0.1``, ``::1``)
+    is always added: the SuperLink's own SuperExec reaches the ServerApp's API over TLS on
+    127.0.0.1. Returns ``(ca.crt, server.crt)``.
     """
     if not sans:
         raise ConfigError("give at least one SAN (the SuperLink's host name or IP address)")
+    sans = list(dict.fromkeys([*sans, *DEFAULT_SANS]))
     names = [_san(s) for s in sans]
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / n for n in (CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY)]

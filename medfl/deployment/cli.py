@@ -97,11 +97,15 @@ def local_federation(
                    + ", ".join(f"{s} (node {fed.node_ids[s]})" for s in sites))
         proc = fed.run(config, log=workdir / "flwr-run.log")
     except (MedflError, KeyboardInterrupt) as exc:
-        fed.stop()
         raise _fail(exc) from None
     finally:
-        fed.stop()
-        signal.signal(signal.SIGTERM, previous)
+        # a second Ctrl-C or SIGTERM must not interrupt the clean-up half-way
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            fed.stop()
+        finally:
+            signal.signal(signal.SIGINT, ignored[signal.SIGINT])
+            signal.signal(signal.SIGTERM, previous)
     run = out / run_name
     if proc.returncode != 0 or not (run / "summary.json").is_file():
         typer.echo(f"error: the run failed (flwr exit {proc.returncode}); logs: "

@@ -274,8 +274,9 @@ class LocalFederation:
 
     def run_args(self, run_config: str) -> list[str]:
         """``flwr run`` of this project against the federation; the server waits for every
-        started site unless the config says otherwise."""
-        if "min-nodes" not in run_config and "resume-from" not in run_config:
+        started site unless the config says otherwise. A TOML file (e.g. a run's
+        ``resume.toml``) is passed as it is: Flower takes a file or ``key=value`` pairs."""
+        if "min-nodes" not in run_config and not run_config.endswith(".toml"):
             run_config = f"strategy.min-nodes={len(self.sites)} {run_config}"
         return [flower_bin("flwr"), "run", str(ROOT), CONNECTION, "--stream",
                 "--run-config", run_config]

@@ -145,16 +145,46 @@ def load(run_dir: Path) -> Checkpoint:
 
 
 def truncate_rounds(run_dir: Path, last_round: int) -> int:
-    """Drop ``rounds.jsonl`` lines past ``last_round`` (a round the server was killed in);
-    returns how many were dropped."""
+    """Drop ``rounds.jsonl`` lines past ``last_round`` (a round the server was killed in),
+    and a last line the kill cut short; returns how many were dropped."""
     path = run_dir / "rounds.jsonl"
     if not path.exists():
         return 0
     lines = path.read_text().splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("round", 0) <= last_round]
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line).get("round", 0) <= last_round:
+                keep.append(line)
+        except ValueError:
+            continue
     if len(keep) != len(lines):
         atomic_write_bytes(path, "".join(ln + "\n" for ln in keep).encode())
     return len(lines) - len(keep)
+
+
+RESUME_FILE = "resume.toml"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+
+def write_resume_file(run_dir: Path, raw: dict[str, Any]) -> Path:
+    """``<run>/resume.toml``: this run's own run config with ``resume-from`` set to it, so
+    that ``flwr run ... --run-config <run>/resume.toml`` continues it. Server and sites then
+    read the same config (the sites take theirs from the ``flwr run`` command)."""
+    values = {**raw, "resume-from": str(run_dir)}
+    lines = ["# Continue this run after a crash:",
+             f"#   flwr run <project> <federation> --stream --run-config {run_dir / RESUME_FILE}"]
+    lines += [f"{key} = {_toml_value(v)}" for key, v in sorted(values.items())]
+    path = run_dir / RESUME_FILE
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
 
 
 @dataclass
@@ -166,10 +196,14 @@ class Resume:
     checkpoint: Checkpoint
 
 
-def open_resume(resume_from: str, output_root: Path) -> Resume:
+def open_resume(resume_from: str, output_root: Path, run_config: dict[str, Any]) -> Resume:
     """Find the run named by ``resume-from`` (a folder, or a run name under the output
-    folder) and its checkpoint. The run continues with its *own* config (config.json):
-    a resumed run must be the same run, only finished."""
+    folder) and its checkpoint.
+
+    A resumed run must be the same run, only finished: the sites read their run config
+    from the ``flwr run`` command, so ``run_config`` (what this command gave) must equal
+    the run's own config apart from ``resume-from``; ``<run>/resume.toml`` is that config.
+    """
     path = Path(resume_from).expanduser()
     if not path.is_absolute():
         path = output_root / path
@@ -180,6 +214,13 @@ def open_resume(resume_from: str, output_root: Path) -> Resume:
         raise ConfigError(f"resume-from={resume_from!r} is not a MedFL run folder (no "
                           "readable config.json); give the folder of the interrupted run, "
                           "e.g. outputs/<run-name>") from None
+    differ = sorted(k for k in set(raw) | set(run_config) if k != "resume-from"
+                    and raw.get(k) != run_config.get(k))
+    if differ:
+        raise ConfigError(f"resume-from: this command's run config differs from run "
+                          f"{path.name!r}'s in {differ[:8]}; the sites would train with "
+                          f"other settings. Resume with its own config: --run-config "
+                          f"{path / RESUME_FILE}")
     ckpt = load(path)
     rounds = int(raw.get("num-server-rounds", 0))
     if ckpt.round >= rounds and (path / "summary.json").exists():

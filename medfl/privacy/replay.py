@@ -10,6 +10,7 @@ request must match exactly: same run, same round, and the same incoming model an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medfl.io import atomic_write_bytes
+from medfl.privacy.dp import DPPlan, History
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +43,30 @@ def _paths(base: Path) -> tuple[Path, Path]:
             base.with_name(base.stem + "-last-update.json"))
 
 
-def find(base: Path, digest: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """The kept update and its metrics if the last released round had this ``digest``."""
+def _plan_from(d: dict[str, Any] | None) -> DPPlan | None:
+    if d is None:
+        return None
+    return DPPlan(**{**d, "prior": tuple(tuple(x) for x in d["prior"])})
+
+
+def find(base: Path, digest: str) -> tuple[dict[str, torch.Tensor], dict[str, Any],
+                                            DPPlan | None, History] | None:
+    """The kept update, its metrics, and the DP plan and history *after* that round, if
+    the last released round had this ``digest`` (the history travels with the update, so
+    a crash between keeping it and saving the DP state cannot lose that round's spend)."""
     arrays, meta = _paths(base)
     try:
         info = json.loads(meta.read_text())
         if info.get("digest") != digest:
             return None
-        return load_file(str(arrays)), dict(info["metrics"])
-    except (OSError, ValueError, KeyError):
+        history = [(float(s), float(q), int(n)) for s, q, n in info["history"]]
+        return load_file(str(arrays)), dict(info["metrics"]), _plan_from(info["plan"]), history
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def keep(base: Path, digest: str, weights: dict[str, torch.Tensor],
-         metrics: dict[str, Any]) -> None:
+def keep(base: Path, digest: str, weights: dict[str, torch.Tensor], metrics: dict[str, Any],
+         *, plan: DPPlan | None, history: History) -> None:
     """Keep this round's released update (arrays first, then the record that names them)."""
     arrays, meta = _paths(base)
     arrays.parent.mkdir(parents=True, exist_ok=True)
@@ -62,5 +74,7 @@ def keep(base: Path, digest: str, weights: dict[str, torch.Tensor],
     save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
     atomic_write_bytes(arrays, tmp.read_bytes())
     tmp.unlink()
+    record = {"digest": digest, "metrics": metrics, "history": [list(h) for h in history],
+              "plan": dataclasses.asdict(plan) if plan is not None else None}
     # Python's JSON: ε is infinite without DP, and only this module reads the file back
-    atomic_write_bytes(meta, json.dumps({"digest": digest, "metrics": metrics}).encode())
+    atomic_write_bytes(meta, json.dumps(record).encode())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import run_config
 from flwr.app import Context, RecordDict
+from flwr.common.config import parse_config_args
 from safetensors.numpy import load_file
 
 from bench.inprocess import InProcessGrid, set_task_identity
@@ -41,6 +42,16 @@ class KillingGrid(InProcessGrid):
             if self.after_training:
                 super().send_and_receive(messages, timeout=timeout)
             raise Killed(f"server killed in round {self.kill_round}")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+class KilledAfterRounds(InProcessGrid):
+    """Dies at the first message after the last round (the audit or report query)."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if any(m.metadata.message_type.startswith("query.") for m in messages):
+            raise Killed("server killed after its last round")
         return super().send_and_receive(messages, timeout=timeout)
 
 
@@ -75,7 +86,13 @@ def test_a_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, strategy):
     if strategy == "fedadam":
         assert ckpt.load(run).strategy.keys() == {"m_t", "v_t"}
 
-    resumed = {**base, "resume-from": str(run), "num-server-rounds": 99}  # its own config wins
+    # the run's resume.toml, parsed by Flower as `flwr run --run-config` does, is its
+    # own config plus resume-from
+    resumed = {**base, **parse_config_args([str(run / "resume.toml")])}
+    assert resumed == {**cut, "resume-from": str(run)}
+    other = {**resumed, "train.lr": 0.01}  # the sites would train with another config
+    with pytest.raises(ConfigError, match=r"differs .*train\.lr.*resume\.toml"):
+        _run(InProcessGrid(client_app, other), other, run_id=3)
     _run(InProcessGrid(client_app, resumed), resumed, run_id=3)
     summary = json.loads((run / "summary.json").read_text())
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
@@ -106,7 +123,7 @@ def test_resume_continues_each_sites_accountant(tmp_path, after_training):
     with pytest.raises(Killed):
         _run(KillingGrid(client_app, cut, kill_round=2, run_id=7,
                          after_training=after_training), cut, run_id=7)
-    resumed = {**base, "resume-from": "cut"}  # a run name under the output folder
+    resumed = {**cut, "resume-from": "cut"}  # a run name under the output folder
     _run(InProcessGrid(client_app, resumed, run_id=8), resumed, run_id=8)
 
     s = json.loads((tmp_path / "cut" / "summary.json").read_text())
@@ -120,6 +137,25 @@ def test_resume_continues_each_sites_accountant(tmp_path, after_training):
     assert [(r["run_id"], r["rounds_trained"]) for r in runs] == [(7, 3)]
 
 
+def test_a_run_killed_after_its_last_round_finishes_with_the_checkpointed_model(tmp_path):
+    set_task_identity()
+    base = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(tmp_path),
+                      state_dir=str(tmp_path / "state"))
+    whole = {**base, "run-name": "whole"}
+    _run(InProcessGrid(client_app, whole), whole, run_id=1)
+    cut = {**base, "run-name": "cut"}
+    with pytest.raises(Killed):
+        _run(KilledAfterRounds(client_app, cut), cut, run_id=2)
+    resumed = {**cut, "resume-from": str(tmp_path / "cut")}
+    _run(InProcessGrid(client_app, resumed), resumed, run_id=3)  # no round left to train
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["rounds"] == 2 and len(_rounds(tmp_path / "cut")) == 2
+    a, b = _weights(tmp_path / "cut"), _weights(tmp_path / "whole")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+
+
 def test_resume_refuses_a_folder_without_a_checkpoint_or_a_finished_run(tmp_path):
     set_task_identity()
     cfg = run_config(num_server_rounds=1, privacy__enabled=False, output_dir=str(tmp_path),
@@ -127,6 +163,7 @@ def test_resume_refuses_a_folder_without_a_checkpoint_or_a_finished_run(tmp_path
     _run(InProcessGrid(client_app, cfg), cfg, run_id=1)
     with pytest.raises(ConfigError, match="already finished all 1 rounds"):
         _run(InProcessGrid(client_app, cfg), {**cfg, "resume-from": "done"}, run_id=2)
+    assert len(_rounds(tmp_path / "done")) == 1  # nothing was touched
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a MedFL run folder"):
         _run(InProcessGrid(client_app, cfg), {**cfg, "resume-from": "empty"}, run_id=3)

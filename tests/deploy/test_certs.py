@@ -30,8 +30,10 @@ def test_the_server_certificate_is_signed_by_the_ca_for_the_given_names_only(tmp
     server.verify_directly_issued_by(ca)  # raises if the signature or issuer is wrong
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org"]
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.5")]
+    # loopback is always there: the SuperLink's own ServerApp connects on 127.0.0.1
+    assert san.get_values_for_type(x509.DNSName) == ["fl.example.org", "localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [
+        ipaddress.ip_address(a) for a in ("10.0.0.5", "127.0.0.1", "::1")]
     eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert not server.extensions.get_extension_for_class(x509.BasicConstraints).value.ca

@@ -43,13 +43,15 @@ def _submit(fed: LocalFederation, config: str):
 
 
 def _ours(workdir: Path) -> list[int]:
-    """Live processes whose command line names ``workdir`` (all of a federation's do)."""
+    """Live processes started for the federation in ``workdir``: every one of them (the
+    SuperLink, SuperNodes, SuperExecs, ServerApp and ClientApps) inherits its FLWR_HOME."""
+    mark = f"FLWR_HOME={workdir.resolve() / 'flwr-home'}".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if str(workdir).encode() in (entry / "cmdline").read_bytes():
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
                 pids.append(int(entry.name))
         except OSError:
             continue
@@ -201,7 +203,7 @@ def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
             log.close()
         assert not (run / "summary.json").exists()
         fed.start_superlink()
-        resumed = fed.run(f"resume-from='{run}'", log=tmp_path / "resume.log", timeout=900)
+        resumed = fed.run(str(run / "resume.toml"), log=tmp_path / "resume.log", timeout=900)
         assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 3
