@@ -59,11 +59,11 @@ def _ours(workdir: Path) -> list[int]:
 
 
 def test_four_hospitals_over_tls_with_authenticated_sites(tmp_path):
-    """The shipped script: the default scenario (shortened to 3 rounds) on the deployment
+    """The shipped script: the default scenario (shortened to 2 rounds) on the deployment
     engine, and no process left behind."""
     work = tmp_path / "fed"
     proc = subprocess.run(["bash", str(ROOT / "deploy" / "local-federation.sh"), "--workdir",
-                           str(work), "--run-config", "num-server-rounds=3"],
+                           str(work), "--run-config", "num-server-rounds=2"],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert _ours(work) == []
@@ -72,7 +72,7 @@ def test_four_hospitals_over_tls_with_authenticated_sites(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert [s["name"] for s in summary["sites"]] == ["cleveland", "hungarian", "switzerland",
                                                      "va"]
-    assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3, 3, 3]
+    assert [s["rounds_trained"] for s in summary["sites"]] == [2, 2, 2, 2]
     assert all(0 < s["epsilon"] <= 3.0 for s in summary["sites"])
     assert 0.6 < summary["mean_site_accuracy"] <= 1.0
     assert (run / "report.html").is_file() and (run / "model" / "manifest.json").is_file()
@@ -193,7 +193,7 @@ def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     run = out / "crash"
     with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian")) as fed:
         fed.start()
-        proc, log = _submit(fed, f"num-server-rounds=3 output-dir='{out}' run-name='crash'")
+        proc, log = _submit(fed, f"num-server-rounds=2 output-dir='{out}' run-name='crash'")
         try:
             _wait_for(lambda: (run / "checkpoint" / "LATEST").exists(), timeout=300,
                       what="the first checkpoint")
@@ -206,15 +206,15 @@ def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
         resumed = fed.run(str(run / "resume.toml"), log=tmp_path / "resume.log", timeout=900)
         assert resumed.returncode == 0, (tmp_path / "resume.log").read_text()[-3000:]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rounds"] == 3
-    assert [r["round"] for r in _rounds(run)] == [1, 2, 3]
+    assert summary["rounds"] == 2
+    assert [r["round"] for r in _rounds(run)] == [1, 2]
     assert _rounds(run)[1]["resumed_after_round"] == 1
-    assert [s["rounds_trained"] for s in summary["sites"]] == [3, 3]
+    assert [s["rounds_trained"] for s in summary["sites"]] == [2, 2]
     from medfl.privacy.ledger import Ledger
 
     for site in ("cleveland", "hungarian"):
         ledger = Ledger.open(tmp_path / "fed" / "sites" / site / "state", site)
         runs = [r for r in ledger.runs() if r["rounds_trained"]]
-        assert len(runs) == 1 and runs[0]["rounds_trained"] == 3
+        assert len(runs) == 1 and runs[0]["rounds_trained"] == 2
         eps = next(s["epsilon"] for s in summary["sites"] if s["name"] == site)
         assert runs[0]["epsilon"] == pytest.approx(eps) and eps <= 3.0
