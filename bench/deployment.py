@@ -33,7 +33,10 @@ def deployed(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         raise SystemExit(f"deployed run {i} failed; see {work / 'run.log'}")
-    return json.loads((work / "out" / "run" / "summary.json").read_text()), wall
+    summary = json.loads((work / "out" / "run" / "summary.json").read_text())
+    print(f"deployed run {i}: mean per-site accuracy {summary['mean_site_accuracy']:.3f}, "
+          f"{wall:.0f} s", flush=True)
+    return summary, wall
 
 
 def simulated(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
@@ -48,8 +51,8 @@ def simulated(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
 
 def _row(label: str, runs: list[tuple[dict, float]]) -> tuple[str, ...]:
     acc = [s["mean_site_accuracy"] for s, _ in runs]
-    auroc = [s["global"]["metrics"]["auroc"]["value"] for s, _ in runs]
-    worst = [min(x["accuracy"] for x in s["sites"]) for s, _ in runs]
+    auroc = [s["global"]["metrics"]["auroc"] for s, _ in runs]
+    worst = [min(x["metrics"]["accuracy"] for x in s["sites"]) for s, _ in runs]
     return (label, str(len(runs)), mean_sd(acc), mean_sd(auroc), mean_sd(worst),
             f"{statistics.median(w for _, w in runs):.0f}")
 
