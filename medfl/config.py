@@ -38,6 +38,11 @@ OPTIMIZERS = ("sgd", "adam")
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")  # Opacus per-sample gradients
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    """``"a, b,"`` -> ``("a", "b")``: a config value listing names."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
@@ -95,7 +100,7 @@ class DataConfig:
 
     @property
     def label_names(self) -> tuple[str, ...]:
-        return tuple(x.strip() for x in self.labels.split(",") if x.strip())
+        return _comma_list(self.labels)
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class AttackConfig:
 
     @property
     def site_names(self) -> tuple[str, ...]:
-        return tuple(x.strip() for x in self.sites.split(",") if x.strip())
+        return _comma_list(self.sites)
 
 
 @dataclass(frozen=True)

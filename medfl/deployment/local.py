@@ -239,12 +239,11 @@ class LocalFederation:
                         name: str | None = None) -> subprocess.Popen:
         """One hospital's SuperNode (own key, own data folder, own state folder)."""
         name = name or site
-        cmd = [flower_bin("flower-supernode"), "--superlink", self.address,
+        verify = ["--root-certificates", str(self.certs / certs.CA_CERT)] if ca else []
+        cmd = [flower_bin("flower-supernode"), "--superlink", self.address, *verify,
                "--auth-supernode-private-key",
                str(key or certs.site_keys(self.certs, site).private_key),
                "--port", str(free_port()), "--node-config", self.node_config(site)]
-        if ca:
-            cmd[3:3] = ["--root-certificates", str(self.certs / certs.CA_CERT)]
         return self._spawn(name, cmd, self.site_dir(site) / f"{name}.log")
 
     def rejoin(self, site: str, *, timeout: float = 180.0) -> subprocess.Popen:
@@ -263,7 +262,7 @@ class LocalFederation:
             time.sleep(3)
 
     def kill(self, name: str) -> None:
-        """Kill a process group at once (a site's machine losing power)."""
+        """Kill a process and everything it started, at once (a machine losing power)."""
         proc = self.procs.pop(name)
         for pid in process_tree(proc.pid):
             try:
@@ -284,8 +283,7 @@ class LocalFederation:
     def run(self, run_config: str, *, timeout: float = 1800.0,
             log: Path | None = None) -> subprocess.CompletedProcess:
         """``flwr run`` (see :meth:`run_args`), streamed to completion."""
-        proc = subprocess.run(self.run_args(run_config), env=self.env(), cwd=self.workdir,
-                              capture_output=True, text=True, timeout=timeout)
+        proc = self.flwr(*self.run_args(run_config)[1:], timeout=timeout)
         if log is not None:
             log.write_text(proc.stdout + proc.stderr)
         return proc

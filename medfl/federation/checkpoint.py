@@ -21,6 +21,7 @@ site continues the same accountant history and ledger entry after a resume (see
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -89,8 +90,6 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
