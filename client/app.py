@@ -30,11 +30,11 @@ def _setup(msg: Message, context: Context):
     cfg = site_lib.site_config(parse_run_config(dict(context.run_config)), node)
     site = site_lib.resolve_site(cfg, node)
     site_lib.enforce_site_policy(cfg, node)
-    data_path = str(node["data-path"]) if "data-path" in node else None
-    verify = bool(node.get("verify-checksum", True))
-    num = int(node["num-partitions"]) if "num-partitions" in node else None
-    return cfg, site, site_lib.load_site(cfg, site, data_path=data_path, verify=verify,
-                                         num_partitions=num)
+    return cfg, site, site_lib.load_node_site(cfg, site, node)
+
+
+def _weights(cfg, msg: Message, context: Context):  # FedBN: with the site's own norm layers
+    return fed.with_local_norm(cfg, fed.from_array_record(msg.content["arrays"]), context.state)
 
 
 @app.query(mods=[fed.egress_guard])
@@ -48,8 +48,7 @@ def query(msg: Message, context: Context) -> Message:
     moments = site_lib.feature_stats(cfg, data, rng=site_lib.moments_rng(cfg, site))
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:
-        # A Gaussian mechanism on the whole vector, once: accounted and recorded before
-        # the moments leave the site.
+        # A Gaussian mechanism on the whole vector, once, accounted before anything leaves.
         node, key = dict(context.node_config), fed.run_key(msg.content["config"], context.run_id)
         backup = site_lib.dp_state_path(cfg, site, node, key)
         plan, history = fed.load_dp_state(context.state, backup)
@@ -66,8 +65,7 @@ def audit(msg: Message, context: Context) -> Message:
     """Membership-inference audit of the final global model on this site's own data."""
     cfg, site, data = _setup(msg, context)
     scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(msg.content["config"]))
-    result = site_lib.audit(cfg, data, weights=fed.from_array_record(msg.content["arrays"]),
-                            scaler=scaler)
+    result = site_lib.audit(cfg, data, weights=_weights(cfg, msg, context), scaler=scaler)
     return fed.reply(msg, site=site, metrics=result.to_metrics())
 
 
@@ -81,7 +79,7 @@ def report(msg: Message, context: Context) -> Message:
     local = site_report.local_dir(site_lib.site_state_dir(cfg, site, dict(context.node_config)),
                                   str(config.get("run-name", "")), run_id=context.run_id)
     stats = site_report.report(
-        cfg, data, weights=fed.from_array_record(msg.content["arrays"]), local_dir=local,
+        cfg, data, weights=_weights(cfg, msg, context), local_dir=local,
         scaler=site_lib.site_scaler(cfg, data, fed.scaler_from_config(config)))
     return fed.reply(msg, site=site, metrics=stats.to_metrics())
 
@@ -99,11 +97,12 @@ def train(msg: Message, context: Context) -> Message:
         cfg, data, site_lib.open_ledger(cfg, site, node), run_id=key,
         server_round=server_round, plan=plan, history=history, replay=backup,
         limit=site_lib.lifetime_limit(cfg, node),
-        weights=fed.from_array_record(msg.content["arrays"]), scaler=scaler,
+        weights=_weights(cfg, msg, context), scaler=scaler,
         seed=site_lib.round_seed(cfg, site, server_round),
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx sends it
     )
     fed.save_dp_state(context.state, result.plan, result.history, backup)
+    fed.keep_local_norm(cfg, result.weights, context.state)
     logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,
                 result.metrics["epsilon"])
     return fed.reply(msg, site=site, metrics=result.metrics, weights=result.weights)
@@ -113,7 +112,8 @@ def train(msg: Message, context: Context) -> Message:
 @fed.guarded
 def evaluate(msg: Message, context: Context) -> Message:
     cfg, site, data = _setup(msg, context)
-    scaler = site_lib.site_scaler(cfg, data, fed.scaler_from_config(msg.content["config"]))
-    stats = site_lib.evaluate(cfg, data, weights=fed.from_array_record(msg.content["arrays"]),
-                              scaler=scaler)
-    return fed.reply(msg, site=site, metrics=stats.to_metrics())
+    config = msg.content["config"]
+    return fed.reply(msg, site=site, metrics=site_lib.evaluation_metrics(
+        cfg, data, weights=_weights(cfg, msg, context),
+        scaler=site_lib.site_scaler(cfg, data, fed.scaler_from_config(config)),
+        seed=site_lib.round_seed(cfg, site, int(config.get("server-round", 0)))))

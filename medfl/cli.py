@@ -89,24 +89,32 @@ def show(
                         f"{s['rounds']} rounds")
     seg = "mean_site_dice" in s or s["task"] == "segmentation"
     keys = ("dice", "iou") if seg else ("accuracy", "auroc")
+    personal = "personal" in s
     for col in ("site", "n_train", "n_test", "ε spent", "δ",
-                *(("Dice", "IoU") if seg else ("accuracy", "AUROC"))):
+                *(("Dice", "IoU") if seg else ("accuracy", "AUROC")),
+                *((f"personalised {'Dice' if seg else 'accuracy'}",) if personal else ())):
         table.add_column(col, justify="left" if col == "site" else "right")
     for site in s["sites"]:
         m = site["metrics"]
         table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
                       _eps(site["epsilon"]), _fmt(site["delta"] or "-", 4) if site["delta"]
-                      else "-", *(_fmt(m.get(k)) for k in keys))
+                      else "-", *(_fmt(m.get(k)) for k in keys),
+                      *((_fmt(site["personal_metrics"].get(keys[0])),) if personal else ()))
     g = s["global"]["metrics"]
     table.add_section()
     table.add_row("all sites", str(sum(x["n_train"] or 0 for x in s["sites"])),
-                  str(s["global"]["n_test"]), "", "", *(_fmt(g.get(k)) for k in keys))
+                  str(s["global"]["n_test"]), "", "", *(_fmt(g.get(k)) for k in keys),
+                  *((_fmt(s["personal"]["metrics"].get(keys[0])),) if personal else ()))
     console.print(table)
     if seg:
         console.print(f"mean per-site Dice: [bold]{_fmt(s.get('mean_site_dice'))}[/bold]")
     else:
         console.print(f"mean per-site accuracy (FLamby's headline): "
                       f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
+    if "personal" in s:  # personalised evaluation (evaluation.personal-epochs)
+        name, value = (("Dice", "mean_site_dice") if seg else ("accuracy", "mean_site_accuracy"))
+        console.print(f"personalised, {s['personal']['method']}: mean per-site {name} "
+                      f"[bold]{_fmt(s['personal'].get(value))}[/bold]")
     if any(x["metrics"].get(keys[1]) is None for x in s["sites"]):
         what = "images" if seg else "patients in a class"
         console.print(f"'suppressed': fewer than k={s['privacy']['k_threshold']} {what} "

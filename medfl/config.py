@@ -106,6 +106,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class EvaluationConfig:
     threshold: float
+    #: personalised evaluation: local fine-tuning epochs before a second evaluation (0: off)
+    personal_epochs: int
+    #: the fine-tuning's learning rate (0: ``train.lr``)
+    personal_lr: float
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ class StrategyConfig:
     norm_ratio: float
     min_round_nodes: int
     round_timeout: float
+    #: FedBN: normalisation-layer parameters stay at each site (imaging models)
+    fedbn: bool
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,11 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "data.partition": _choice(PARTITIONS),
     "data.dirichlet-alpha": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "evaluation.threshold": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
+    "evaluation.personal-epochs": (int, "an integer in [0, 100]: local fine-tuning epochs "
+                                   "before the personalised evaluation (0: off)",
+                                   lambda v: 0 <= v <= 100),
+    "evaluation.personal-lr": (float, "a number >= 0 (0: train.lr)",
+                               lambda v: v >= 0 and math.isfinite(v)),
     "strategy.name": _choice(STRATEGIES),
     "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "strategy.fraction-evaluate": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
@@ -255,6 +266,8 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
     "strategy.round-timeout": (float, "a number of seconds > 0: a site that has not replied "
                                "by then is dropped for the round",
                                lambda v: v > 0 and math.isfinite(v)),
+    "strategy.fedbn": (bool, "true or false (FedBN: normalisation layers stay at each site)",
+                       lambda v: True),
     "resume-from": (str, "a run folder to continue from its last checkpoint, or empty",
                     lambda v: True),
     "attack.sites": (str, "comma-separated site names, or empty", lambda v: True),

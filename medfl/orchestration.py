@@ -99,15 +99,17 @@ def finish_run(
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
     report_stats: dict[str, dict[str, Any]] | None = None,
+    personal: dict[str, SiteEvalStats] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle, ``summary.json`` and the reports, then point ``latest`` at the run.
 
-    ``report_stats``: each site's report statistics as received (``query.report``).
+    ``report_stats``: each site's report statistics as received (``query.report``);
+    ``personal``: each site's personalised evaluation (``evaluation.personal-epochs``).
     """
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
-                            audits=audits or {}, central=central)
+                            audits=audits or {}, central=central, personal=personal)
     manifest = {
         "task": cfg.task,
         **_model_io(cfg, scaler),

@@ -26,7 +26,12 @@ from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer,
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
 from medfl.evaluation.cellstats import classification_report
-from medfl.evaluation.stats import SiteEvalStats, segmentation_stats, site_eval_stats
+from medfl.evaluation.stats import (
+    PERSONAL,
+    SiteEvalStats,
+    segmentation_stats,
+    site_eval_stats,
+)
 from medfl.evaluation.subgroups import cells
 from medfl.models import state_arrays
 from medfl.privacy import replay as replay_lib
@@ -174,6 +179,16 @@ def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
     """This site's data (see :func:`medfl.tasks.load_site`)."""
     return tasks.load_site(cfg, site, data_path=data_path, verify=verify,
                            num_partitions=num_partitions)
+
+
+def load_node_site(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> SiteData:
+    """This site's data as its node config places it (``data-path``, ``verify-checksum``,
+    and in simulation ``num-partitions``)."""
+    node = node_config
+    return load_site(cfg, site, data_path=str(node["data-path"]) if "data-path" in node else None,
+                     verify=bool(node.get("verify-checksum", True)),
+                     num_partitions=(int(node["num-partitions"]) if "num-partitions" in node
+                                     else None))
 
 
 def release_noised_moments(cfg: RunConfig, ledger: Ledger, *, run_id: int, history: History,
@@ -369,6 +384,38 @@ def evaluate(
     groups = None if whole.groups is None else tuple(
         [(g.n, g.mean, g.var) for g in whole.groups if g.cls == c] for c in (0, 1))
     return site_eval_stats(data.y_test, scores, threshold=t, k=k, groups=groups)
+
+
+def personalise(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+                scaler: Standardizer, seed: int) -> dict[str, torch.Tensor]:
+    """Fine-tune the global model on this site's training rows (personalised evaluation).
+
+    ``evaluation.personal-epochs`` epochs of the run's optimiser at ``evaluation.personal-lr``
+    (0: ``train.lr``), without DP: the fine-tuned model is used for this site's evaluation
+    and never leaves it; only its k-suppressed test statistics do (PRIVACY.md).
+    """
+    e = cfg.evaluation
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    model = _model(cfg, weights).to(device)
+    train_cfg = replace(cfg.train, lr=e.personal_lr or cfg.train.lr)
+    loader = make_loader(scaler.transform(data.x_train), data.y_train,
+                         batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
+    train_epochs(model, loader, make_optimizer(model, train_cfg), epochs=e.personal_epochs,
+                 device=device, criterion=tasks.make_loss(cfg))
+    return state_arrays(model)
+
+
+def evaluation_metrics(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+                       scaler: Standardizer, seed: int) -> dict[str, Any]:
+    """An evaluate reply's metrics: the global model's test statistics and, with
+    ``evaluation.personal-epochs`` > 0, the locally fine-tuned model's under ``personal-``."""
+    metrics = evaluate(cfg, data, weights=weights, scaler=scaler).to_metrics()
+    if cfg.evaluation.personal_epochs > 0:
+        tuned = personalise(cfg, data, weights=weights, scaler=scaler, seed=seed)
+        personal = evaluate(cfg, data, weights=tuned, scaler=scaler).to_metrics()
+        metrics.update({PERSONAL + k: v for k, v in personal.items()})
+    return metrics
 
 
 def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],

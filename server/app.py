@@ -34,6 +34,7 @@ def main(grid: Grid, context: Context) -> None:
         ckpt.write_resume_file(run_dir.path, raw)
     logger.info("MedFL run directory: %s", run_dir.path)
 
+    fed.check_fedbn(cfg)  # a model without normalisation layers fails here, not at a site
     nodes = fed.wait_for_nodes(grid, minimum=cfg.strategy.min_nodes)
     # the sites' ledgers know a run by the Flower run id that started it, also after a resume
     run_key = resume.checkpoint.run_key if resume is not None else context.run_id
@@ -87,6 +88,7 @@ def main(grid: Grid, context: Context) -> None:
         train=strategy.final_train, evaluation=strategy.final_site_stats,
         rounds_trained=strategy.rounds_trained, audits=audits,
         central=fed.central_dp_report(cfg, strategy), report_stats=report_stats,
+        personal=strategy.final_personal_stats,
     )
     logger.info("MedFL run finished: mean site accuracy %s; files in %s",
                 summary["mean_site_accuracy"], run_dir.path)

@@ -86,6 +86,7 @@ def _served_image_run(tmp_path_factory, task: str, model: str, formats: tuple[st
                      data__image_size=IMAGE_SIZE, num_server_rounds=2, strategy__min_nodes=2,
                      train__batch_size=16, train__optimizer="adam", train__lr=0.002,
                      privacy__enabled=False, privacy__audit=False, privacy__k_threshold=5,
+                     evaluation__personal_epochs=0,  # as the imaging scenarios ship
                      output_dir=str(root / "out"), run_name="served")
     inprocess.run(cfg, num_nodes=2)
     return root / "out" / "served", manifest

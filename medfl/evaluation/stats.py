@@ -66,6 +66,11 @@ def _flat(groups: list[Group] | None) -> dict[str, list[float]]:
             "var": [g[2] for g in groups]}
 
 
+#: Prefix of the personalised evaluation's statistics (a site's fine-tuned copy of the
+#: global model, ``evaluation.personal-epochs``) in an evaluate reply.
+PERSONAL = "personal-"
+
+
 @dataclass(frozen=True)
 class SiteEvalStats:
     """What one site shares after evaluating the global model (already suppressed)."""
@@ -112,7 +117,10 @@ class SiteEvalStats:
         }
 
     @classmethod
-    def from_metrics(cls, m: dict) -> SiteEvalStats:
+    def from_metrics(cls, metrics: dict, prefix: str = "") -> SiteEvalStats:
+        """Parse :meth:`to_metrics`' form; ``prefix`` selects e.g. the ``personal-`` keys."""
+        m = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
         def opt(v):
             return None if float(v) == SUPPRESSED else v
 

@@ -15,6 +15,7 @@ from medfl.federation.client import (
     egress_guard,
     guarded,
 )
+from medfl.federation.fedbn import check_fedbn, keep_local_norm, with_local_norm
 from medfl.federation.records import (
     DP_STATE_KEY,
     QUERY_AUDIT,
@@ -48,11 +49,12 @@ from medfl.federation.server import (
 __all__ = [
     "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
     "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "answer_once",
-    "central_dp_report",
+    "central_dp_report", "check_fedbn",
     "check_update",
-    "egress_guard", "from_array_record", "guarded", "load_dp_state", "moments_from_metrics",
+    "egress_guard", "from_array_record", "guarded", "keep_local_norm", "load_dp_state",
+    "moments_from_metrics",
     "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",
     "run_key", "save_dp_state",
     "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
-    "weight_key", "with_central_dp",
+    "weight_key", "with_central_dp", "with_local_norm",
 ]

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, 
 from medfl.config import RunConfig
 from medfl.data.scaling import FeatureMoments
 from medfl.errors import MedflError, PrivacyBudgetExceeded
-from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
+from medfl.evaluation.stats import PERSONAL, SiteEvalStats, pool_site_stats
 from medfl.federation.client import ERROR_CODES
 from medfl.federation.records import (
     QUERY_AUDIT,
@@ -193,6 +193,7 @@ class Recording:
         #: node id -> site name, learnt from replies (error replies carry no site name)
         self.node_sites: dict[int, str] = dict(node_sites or {})
         self.final_site_stats: dict[str, SiteEvalStats] = {}
+        self.final_personal_stats: dict[str, SiteEvalStats] = {}
         self.final_train: dict[str, dict[str, Any]] = {}
         self.rounds_trained: dict[str, list[int]] = {}
 
@@ -203,7 +204,9 @@ class Recording:
         """The per-site records a resumed run continues (JSON-ready)."""
         return {"rounds_trained": self.rounds_trained, "final_train": self.final_train,
                 "final_site_stats": {k: v.to_metrics() for k, v in
-                                     self.final_site_stats.items()}}
+                                     self.final_site_stats.items()},
+                "final_personal_stats": {k: v.to_metrics() for k, v in
+                                         self.final_personal_stats.items()}}
 
     def restore(self, records: dict[str, Any], *, completed_rounds: int) -> None:
         """Continue after ``completed_rounds`` rounds recorded as ``records``."""
@@ -212,6 +215,8 @@ class Recording:
         self.final_train = dict(records.get("final_train", {}))
         self.final_site_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
                                  records.get("final_site_stats", {}).items()}
+        self.final_personal_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
+                                     records.get("final_personal_stats", {}).items()}
 
     def _outcomes(self, kind: str, replies: list[Message]) -> tuple[list[Message], list[dict]]:
         """Split replies into successes and a record of failures, refusals and drop-outs.
@@ -352,28 +357,35 @@ class Recording:
         self._check_and_log_replies(replies, is_train=False, validate=False)
         ok, problems = self._outcomes("evaluate", replies)
         stats = {site_of(rep): SiteEvalStats.from_metrics(rep.content["metrics"]) for rep in ok}
+        # Personalised evaluation (evaluation.personal-epochs > 0): each site's fine-tuned copy
+        personal = {site_of(rep): SiteEvalStats.from_metrics(rep.content["metrics"], PERSONAL)
+                    for rep in ok if PERSONAL + "num-examples" in rep.content["metrics"]}
         pooled = pool_site_stats(list(stats.values()))
         record = {
             **self._current,
             "round": server_round,
-            "evaluate": {
-                site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss,
-                       **({"dice": s.dice, "iou": s.iou} if s.dice_sum is not None else {})}
-                for site, s in sorted(stats.items())
-            },
+            "evaluate": _site_figures(stats),
             "evaluate_problems": problems,
             "global": pooled,
+            **({"evaluate_personal": _site_figures(personal),
+                "global_personal": pool_site_stats(list(personal.values()))} if personal else {}),
             "elapsed_s": round(time.monotonic() - self._t0, 3),
         }
         if self.round_offset and server_round == self.round_offset + 1:
             record["resumed_after_round"] = self.round_offset  # the server had died
         if stats:  # a round every site dropped out of keeps the last known figures
-            self.final_site_stats = stats
+            self.final_site_stats, self.final_personal_stats = stats, personal
         self._on_round(record)
         if self._on_checkpoint is not None and self._round_arrays is not None:
             self._on_checkpoint(server_round, self._round_arrays)
         metrics = {k: v for k, v in pooled.items() if _finite(v) is not None}
         return MetricRecord(metrics) if metrics else None
+
+
+def _site_figures(stats: dict[str, SiteEvalStats]) -> dict[str, dict[str, Any]]:
+    return {site: {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss,
+                   **({"dice": s.dice, "iou": s.iou} if s.dice_sum is not None else {})}
+            for site, s in sorted(stats.items())}
 
 
 class RecordingFedAvg(Recording, FedAvg):

@@ -1,8 +1,8 @@
 """One model registry: ``build_model`` is used by the server, the clients and serving alike.
 
 Tabular models take ``n_features``; imaging models take ``image_shape`` (C, H, W). The
-imaging networks are MONAI's, built DP-SGD-compatible from the start (instance or group
-normalisation, no in-place activations), so the server, a DP site, a non-DP site and the
+imaging networks are MONAI's, built DP-SGD-compatible from the start (affine instance or
+group normalisation, no in-place activations), so the server, a DP site, a non-DP site and the
 serving process all hold exactly the same parameter names and shapes.
 """
 
@@ -17,6 +17,9 @@ from medfl.errors import ConfigError
 __all__ = ["IMAGE_MODELS", "MODELS", "build_model", "state_arrays"]
 
 IMAGE_MODELS = ("resnet", "densenet121", "unet")
+#: Instance normalisation with a learnt per-channel scale and shift: per-sample, so DP-SGD
+#: compatible, and the parameters a site keeps local under FedBN (``strategy.fedbn``).
+AFFINE_INSTANCE_NORM = ("instance", {"affine": True})
 
 
 def _channels(width: int, levels: int = 4) -> tuple[int, ...]:
@@ -36,7 +39,7 @@ def _image_model(cfg: ModelConfig, shape: tuple[int, int, int], n_outputs: int) 
         # activation, with an identity/projection shortcut), then one linear layer.
         model: nn.Module = Classifier(
             in_shape=(c, h, w), classes=n_outputs, channels=_channels(cfg.width),
-            strides=(2, 2, 2, 2), num_res_units=1, norm="instance",
+            strides=(2, 2, 2, 2), num_res_units=1, norm=AFFINE_INSTANCE_NORM,
         )
     elif cfg.name == "densenet121":
         model = DenseNet121(spatial_dims=2, in_channels=c, out_channels=n_outputs)
@@ -46,7 +49,7 @@ def _image_model(cfg: ModelConfig, shape: tuple[int, int, int], n_outputs: int) 
                               f"stride 2), got {h}x{w}")
         model = UNet(spatial_dims=2, in_channels=c, out_channels=n_outputs,
                      channels=_channels(cfg.width), strides=(2, 2, 2), num_res_units=1,
-                     norm="instance")
+                     norm=AFFINE_INSTANCE_NORM)
     # BatchNorm (DenseNet) becomes GroupNorm here, not only at DP sites, so every copy of
     # the model has the same state dict.
     return make_dp_compatible(model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from medfl.evaluation.stats import SUPPRESSED  # the one sentinel for a suppressed value
+from medfl.evaluation.stats import PERSONAL, SUPPRESSED  # SUPPRESSED: the one sentinel
 
 SCALAR, LIST = "scalar", "list"
 
@@ -30,6 +30,8 @@ DECLARED: dict[str, dict[str, str]] = {
         "pos-n": LIST, "pos-mean": LIST, "pos-var": LIST,
         "dice-sum": SCALAR, "dice-sqsum": SCALAR, "iou-sum": SCALAR,
     },
+    # (evaluate also carries these keys prefixed PERSONAL: the statistics of the site's
+    # locally fine-tuned model, evaluation.personal-epochs > 0; added below.)
     # The final report (medfl.evaluation.cellstats): per-cell lists (cell 0 = whole test
     # set, then each declared subgroup), the score groups, and an explanation vector.
     "query.report": {
@@ -41,9 +43,11 @@ DECLARED: dict[str, dict[str, str]] = {
         "explain": LIST, "explain-n": SCALAR,
     },
 }
+DECLARED["evaluate"].update({PERSONAL + k: v for k, v in DECLARED["evaluate"].items()})
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
 COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members",
-              "cell-n", "g-n", "cell-hd-n", "explain-n"}
+              "cell-n", "g-n", "cell-hd-n", "explain-n",
+              *(PERSONAL + k for k in ("num-examples", "neg-n", "pos-n"))}
 
 #: Lists whose length is fixed by the model/schema, not by the data.
 FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",

@@ -287,7 +287,20 @@ class _Card:
                                     for p in self.pops)] for n in names]
         return ["## Evaluation", "",
                 "Final global model on each site's held-out test set; estimate (95% CI). "
-                "↓: lower is better.", "", *_table(["Metric", *map(self.name, self.pops)], rows)]
+                "↓: lower is better.", "", *_table(["Metric", *map(self.name, self.pops)], rows),
+                *self.personalised()]
+
+    def personalised(self) -> list[str]:
+        p = self.r.get("personalised")
+        if not p:
+            return []
+        key = "dice" if p.get("mean_site_dice") is not None else "accuracy"
+        mean = p.get(f"mean_site_{key}")
+        per_site = "; ".join(f"{_md(name)} {format_number((m or {}).get(key))}"
+                             for name, m in p["sites"].items())
+        return ["", f"Personalised evaluation: {_sentence(p['method'])} Mean per-site "
+                f"{key}: {format_number(mean)} ({per_site}). The fine-tuned copies stay at "
+                "the sites; this model card describes the global model."]
 
     def fairness(self) -> list[str]:
         prim = PRIMARY.get(self.kind, "auroc")

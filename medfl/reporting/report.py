@@ -261,6 +261,16 @@ def _limitations(cfg: RunConfig, report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _personalised(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The personalised evaluation's headline (evaluation.personal-epochs), or None."""
+    p = summary.get("personal")
+    if p is None:
+        return None
+    return {"method": p["method"], "mean_site_accuracy": p.get("mean_site_accuracy"),
+            "mean_site_dice": p.get("mean_site_dice"), "pooled": p["metrics"],
+            "sites": {s["name"]: s.get("personal_metrics") for s in summary["sites"]}}
+
+
 def build_report(cfg: RunConfig, *, summary: dict[str, Any], rounds: list[dict[str, Any]],
                  site_stats: dict[str, ReportStats], created_utc: str) -> dict[str, Any]:
     """The run's ``report.json`` (see the module docstring and the renderers)."""
@@ -294,6 +304,7 @@ def build_report(cfg: RunConfig, *, summary: dict[str, Any], rounds: list[dict[s
         + [pops.population(s, [s]) for s in pops.order],
         "explanations": _explanations(cfg, site_stats, order),
         "cross_site": None,
+        "personalised": _personalised(summary),
     }
     n_train = {s["name"]: s["n_train"] for s in summary["sites"]}
     for p in report["populations"]:

@@ -42,6 +42,10 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
     if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
             and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
+    if cfg.evaluation.personal_epochs > 0:
+        out.append(f"personalised evaluation statistics, suppressed below k={k}: test-set "
+                   "figures of a copy of the global model fine-tuned at the site on its "
+                   "training rows without DP (the copy never leaves the site)")
     if cfg.privacy.audit:
         out.append("membership-inference audit figures (attack AUC, TPR; groups >= k)")
     if not cfg.privacy.enabled:
@@ -84,12 +88,14 @@ def build_summary(
     run_name: str,
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
+    personal: dict[str, SiteEvalStats] | None = None,
 ) -> dict[str, Any]:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
     each site's statistics for the final global model; ``rounds_trained`` the rounds in
-    which each site's update was aggregated.
+    which each site's update was aggregated; ``personal`` each site's statistics for its
+    locally fine-tuned copy (personalised evaluation), reported beside the global ones.
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = []
@@ -108,6 +114,7 @@ def build_summary(
             "rounds_trained": len(trained),
             "last_round_trained": max(trained) if trained else None,
             "metrics": _metrics(e),
+            **({"personal_metrics": _metrics(personal.get(name))} if personal else {}),
         })
     pooled = pool_site_stats(list(evaluation.values()))
     accs = [s["metrics"]["accuracy"] for s in sites]
@@ -160,6 +167,28 @@ def build_summary(
         },
         "mean_site_accuracy": mean_acc,
         **({"mean_site_dice": mean_dice} if mean_dice is not None else {}),
+        **({"personal": _personal(cfg, sites, personal)} if personal else {}),
+    }
+
+
+def _personal(cfg: RunConfig, sites: list[dict[str, Any]],
+              personal: dict[str, SiteEvalStats]) -> dict[str, Any]:
+    """The personalised evaluation's headline, in the global block's terms."""
+    pooled = pool_site_stats(list(personal.values()))
+    accs = [s["personal_metrics"]["accuracy"] for s in sites]
+    dices = [s["personal_metrics"].get("dice") for s in sites]
+    return {
+        "method": (f"each site fine-tunes the final global model for "
+                   f"{cfg.evaluation.personal_epochs} epoch(s) on its own training rows "
+                   "(no DP; the copy stays at the site) and evaluates it on its test split"),
+        "mean_site_accuracy": (sum(accs) / len(accs)) if accs and None not in accs else None,
+        **({"mean_site_dice": sum(dices) / len(dices)}
+           if dices and None not in dices else {}),
+        "metrics": {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"],
+                    "loss": pooled["loss"],
+                    **({"dice": pooled["dice"], "iou": pooled["iou"]}
+                       if pooled["dice"] is not None else {})},
+        "auroc_sites_excluded": pooled["auroc_sites_excluded"],
     }
 
 

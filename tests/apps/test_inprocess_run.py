@@ -178,8 +178,10 @@ def test_only_declared_values_leave_a_site(dp_run):
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",
                   "epsilon-lifetime", "site-weight"},
-        "evaluate": {"num-examples", "n-correct", "loss-sum", "auroc", "neg-n", "neg-mean",
-                     "neg-var", "pos-n", "pos-mean", "pos-var"},
+        # the global model's statistics, and the personalised copy's (on by default)
+        "evaluate": {f"{p}{x}" for p in ("", "personal-") for x in (
+            "num-examples", "n-correct", "loss-sum", "auroc", "neg-n", "neg-mean", "neg-var",
+            "pos-n", "pos-mean", "pos-var")},
         "query.report": {"cell-n", "cell-loss-sum", "cell-brier-sum", "cell-auroc", "g-cell",
                          "g-class", "g-n", "g-mean", "g-var", "g-side", "explain",
                          "explain-n"},
@@ -189,6 +191,7 @@ def test_only_declared_values_leave_a_site(dp_run):
     swiss_eval = [r for r in grid.replies if r.metadata.message_type == "evaluate"
                   and r.content["site"]["name"] == "switzerland"]
     assert all(list(r.content["metrics"]["neg-n"]) == [] for r in swiss_eval)
+    assert all(list(r.content["metrics"]["personal-neg-n"]) == [] for r in swiss_eval)
     for r in grid.replies:
         assert not r.has_error()
         kind = r.metadata.message_type
