@@ -22,7 +22,7 @@ export PATH := $(BIN):$(PATH)
 RUN_CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint bench clean stop-superlink federation
+.PHONY: demo test install lint bench bench-quick clean stop-superlink federation
 
 install: $(STAMP) $(FLWR_HOME)/config.toml
 
@@ -54,7 +54,12 @@ stop-superlink:
 clean: stop-superlink
 	rm -rf $(VENV) $(FLWR_HOME)
 
-# Benchmarks (never timed tests); each rewrites its own section of BENCHMARKS.md.
+# Benchmarks (never timed tests). `make bench`: the published numbers, each benchmark
+# rewriting its own section of BENCHMARKS.md (a few hours on 2 cores). `make bench-quick`:
+# every benchmark once at a small size (about 25 minutes), into $(QUICK_OUT), so that
+# BENCHMARKS.md keeps the full figures.
+QUICK_OUT ?= outputs/BENCHMARKS-quick.md
+
 bench: install
 	$(BIN)/python -m bench.accountants
 	$(BIN)/python -m bench.dp_speed
@@ -64,7 +69,22 @@ bench: install
 	$(BIN)/python -m bench.imaging_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.report_error $(BENCH_ARGS)
 	$(BIN)/python -m bench.utility $(BENCH_ARGS)
+	$(BIN)/python -m bench.fedbn
+	$(BIN)/python -m bench.communication
 	$(BIN)/python -m bench.deployment
+
+bench-quick: install
+	mkdir -p $(dir $(QUICK_OUT))
+	$(BIN)/python -m bench.accountants --out $(QUICK_OUT)
+	$(BIN)/python -m bench.dp_speed --rows 2000 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.heart_utility --seeds 1 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.privacy_audit --seeds 1 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.serve --requests 50 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.imaging_utility --seeds 1 --scenario imaging-classification --out $(QUICK_OUT)
+	$(BIN)/python -m bench.report_error --seeds 1 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.utility --seeds 1 --part robustness --out $(QUICK_OUT)
+	$(BIN)/python -m bench.communication --quick --out $(QUICK_OUT)
+	$(BIN)/python -m bench.deployment --runs 1 --rounds 2 --out $(QUICK_OUT)
 
 # The four heart-disease hospitals as a real TLS deployment on this machine (see
 # deploy/README.md); every process is stopped afterwards.

@@ -35,10 +35,14 @@ class InProcessGrid:
     """A Ray-free stand-in for Flower's Grid (see the module docstring)."""
 
     def __init__(self, client_app, run_cfg: dict[str, Any], num_nodes: int = 4,
-                 node_configs: list[dict[str, Any]] | None = None, run_id: int = 1) -> None:
+                 node_configs: list[dict[str, Any]] | None = None, run_id: int = 1,
+                 measure_bytes: bool = False) -> None:
         self.client_app = client_app
         self.sent: list[Message] = []
         self.replies: list[Message] = []
+        #: with ``measure_bytes``: (message type, serialized size of the reply as the site
+        #: sent it, in bytes: Flower's protobuf Message, what travels inside gRPC)
+        self.reply_bytes: list[tuple[str, int]] | None = [] if measure_bytes else None
         configs = node_configs or [
             {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
         ]
@@ -62,6 +66,11 @@ class InProcessGrid:
             except Exception as exc:  # the runtime turns ClientApp exceptions into errors
                 reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"),
                                 reply_to=msg)
+            if self.reply_bytes is not None:
+                from flwr.common.serde import message_to_proto
+
+                self.reply_bytes.append((msg.metadata.message_type,
+                                         message_to_proto(reply).ByteSize()))
             self.replies.append(reply)
             out.append(reply)
         return out

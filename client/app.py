@@ -105,7 +105,7 @@ def train(msg: Message, context: Context) -> Message:
     fed.keep_local_norm(cfg, result.weights, context.state)
     logger.info("site %s round %d: trained, epsilon %.3f", site, server_round,
                 result.metrics["epsilon"])
-    return fed.reply(msg, site=site, metrics=result.metrics, weights=result.weights)
+    return fed.reply(msg, site=site, **fed.train_payload(cfg, msg, result.metrics, result.weights))
 
 
 @app.evaluate(mods=[fed.egress_guard])

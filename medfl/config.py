@@ -29,6 +29,8 @@ AUGMENTATIONS = ("none", "light", "standard")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "fedtrimmedavg", "krum", "multikrum")
 ATTACKS = ("none", "scale", "sign-flip", "nan", "label-flip")
+#: How a site encodes its update for the wire (decoded by the server before aggregation).
+COMPRESSIONS = ("none", "float16", "int8")
 # Opacus' "gdp" accountant is left out on purpose: it reads only the last history entry
 # (so it would drop an earlier release from the total) and is an approximation, not a bound.
 ACCOUNTANTS = ("rdp", "prv")
@@ -131,6 +133,13 @@ class StrategyConfig:
 
 
 @dataclass(frozen=True)
+class TransportConfig:
+    #: ``none``: float32 weights; ``float16``: half-precision weights; ``int8``: the update
+    #: (weights minus the global model) quantised to 8 bits per value, one scale per array
+    compression: str
+
+
+@dataclass(frozen=True)
 class AttackConfig:
     """Simulation only: sites that send a corrupted update every round."""
 
@@ -163,6 +172,7 @@ class RunConfig:
     evaluation: EvaluationConfig
     strategy: StrategyConfig
     attack: AttackConfig
+    transport: TransportConfig
 
     @property
     def is_tabular(self) -> bool:
@@ -272,6 +282,7 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
                     lambda v: True),
     "attack.sites": (str, "comma-separated site names, or empty", lambda v: True),
     "attack.kind": _choice(ATTACKS),
+    "transport.compression": _choice(COMPRESSIONS),
     "attack.scale": (float, "a number (the factor of a 'scale' attack)", math.isfinite),
 }
 
@@ -349,4 +360,5 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         evaluation=section("evaluation", EvaluationConfig),
         strategy=section("strategy", StrategyConfig),
         attack=section("attack", AttackConfig),
+        transport=section("transport", TransportConfig),
     )

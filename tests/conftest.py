@@ -47,11 +47,11 @@ def run_inprocess(tmp_path):
     """Run the real ServerApp over the real ClientApp in-process; return (run_path, grid)."""
     from bench import inprocess
 
-    def run(num_nodes: int = 4, **overrides: Any):
+    def run(num_nodes: int = 4, measure_bytes: bool = False, **overrides: Any):
         overrides.setdefault("output_dir", str(tmp_path / "outputs"))
         overrides.setdefault("run_name", "t")
         cfg = run_config(**overrides)
-        grid = inprocess.run(cfg, num_nodes=num_nodes)
+        grid = inprocess.run(cfg, num_nodes=num_nodes, measure_bytes=measure_bytes)
         return Path(cfg["output-dir"]) / cfg["run-name"], grid
 
     return run

@@ -15,6 +15,7 @@ from medfl.federation.client import (
     egress_guard,
     guarded,
 )
+from medfl.federation.compression import train_payload
 from medfl.federation.fedbn import check_fedbn, keep_local_norm, with_local_norm
 from medfl.federation.records import (
     DP_STATE_KEY,
@@ -56,5 +57,5 @@ __all__ = [
     "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",
     "run_key", "save_dp_state",
     "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
-    "weight_key", "with_central_dp", "with_local_norm",
+    "train_payload", "weight_key", "with_central_dp", "with_local_norm",
 ]

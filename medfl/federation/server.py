@@ -24,6 +24,7 @@ from medfl.config import RunConfig
 from medfl.data.scaling import FeatureMoments
 from medfl.errors import MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import PERSONAL, SiteEvalStats, pool_site_stats
+from medfl.federation import compression
 from medfl.federation.client import ERROR_CODES
 from medfl.federation.records import (
     QUERY_AUDIT,
@@ -175,8 +176,9 @@ class Recording:
                  node_sites: dict[int, str] | None = None, norm_ratio: float = 0.0,
                  min_round_nodes: int = 1, round_timeout: float = 600.0,
                  on_checkpoint: Callable[[int, ArrayRecord], None] | None = None,
-                 **kwargs: Any) -> None:
+                 compression: str = "none", **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=_aggregate_train_metrics, **kwargs)
+        self._compression = compression  # transport.compression: decoded before validation
         self._norm_ratio = norm_ratio
         self._min_round_nodes = min_round_nodes
         self._round_timeout = round_timeout
@@ -291,6 +293,7 @@ class Recording:
         accepted = [r for r in replies if r.has_error()]  # FedAvg counts and logs these
         valid: list[Message] = []
         for rep in ok:
+            compression.decode(self._compression, rep.content, self._global)
             reason = check_update(rep.content, self._expected)
             if reason is not None:
                 logger.warning("round %d: rejected the update of %s: %s", server_round,

@@ -69,7 +69,7 @@ def build_strategy(cfg: RunConfig, *, num_sites: int,
     per_round = min(s.min_round_nodes, num_sites)
     return cls(on_round=on_round, node_sites=node_sites, norm_ratio=s.norm_ratio,
                min_round_nodes=per_round, round_timeout=s.round_timeout,
-               on_checkpoint=on_checkpoint,
+               on_checkpoint=on_checkpoint, compression=cfg.transport.compression,
                fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
                min_train_nodes=per_round, min_evaluate_nodes=per_round,
                min_available_nodes=per_round, weighted_by_key=weighted_by_key,

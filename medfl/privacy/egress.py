@@ -23,6 +23,7 @@ DECLARED: dict[str, dict[str, str]] = {
         "num-examples": SCALAR, "steps": SCALAR, "epsilon": SCALAR, "delta": SCALAR,
         "noise-multiplier": SCALAR, "sample-rate": SCALAR, "max-grad-norm": SCALAR,
         "prior-noise-multipliers": LIST, "epsilon-lifetime": SCALAR, "site-weight": SCALAR,
+        "int8-scales": LIST,  # transport.compression = "int8": one scale per array
     },
     "evaluate": {
         "num-examples": SCALAR, "n-correct": SCALAR, "loss-sum": SCALAR, "auroc": SCALAR,
@@ -53,7 +54,8 @@ COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members
 FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
                 **{f"cell-{x}": "n_cells" for x in (
                     "n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
-                    "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")}}
+                    "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")},
+                "int8-scales": "n_arrays"}
 #: Lists with a small fixed bound (a site makes at most a few accounted releases a run).
 MAX_LENGTH = {"prior-noise-multipliers": 8}
 
@@ -118,7 +120,8 @@ def check_reply(
         if key in COUNT_KEYS and any(v != SUPPRESSED and (v < k or not math.isfinite(v))
                                      for v in values):
             out.append(f"metric {key!r} holds a count below k={k}")
-        sizes = {"n_numeric": n_numeric, "n_cells": n_cells, "n_explain": n_explain}
+        sizes = {"n_numeric": n_numeric, "n_cells": n_cells, "n_explain": n_explain,
+                 "n_arrays": len(expected_arrays or {})}
         if key in FIXED_LENGTH and len(values) != sizes[FIXED_LENGTH[key]] \
                 and not (key == "explain" and not values):
             out.append(f"metric {key!r} must have {sizes[FIXED_LENGTH[key]]} entries")

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,30 @@ def _flwr_run(cmd: list[str], *, cwd: Path, env: dict, run_dir: Path, timeout: i
     return proc
 
 
-def test_flwr_run_writes_a_complete_run_directory(tmp_path):
+@pytest.fixture
+def ray_head():
+    """A Ray cluster started separately (``ray start --head``), as a user who outgrew one
+    machine would start it; stopped afterwards. Yields (address, its session folder)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    # a short folder: Ray's socket paths under it must stay within the 107-byte limit
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    port = _free_port_pair()
+    started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
+                              f"--temp-dir={temp}", "--include-dashboard=false",
+                              "--disable-usage-stats"], capture_output=True, text=True,
+                             timeout=180)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}", temp
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_flwr_run_writes_a_complete_run_directory(tmp_path, ray_head):
+    """The default scenario through `flwr run`, its simulation attached (RAY_ADDRESS) to a
+    Ray cluster started beforehand with `ray start --head`."""
+    address, ray_temp = ray_head
     flwr_home = tmp_path / "flwr-home"
     flwr_home.mkdir()
     shutil.copy(ROOT / "simulations" / "flwr-config.toml", flwr_home / "config.toml")
@@ -61,6 +85,7 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
     env["FLWR_HOME"] = str(flwr_home)
     env.pop("MEDFL_HOME", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_ADDRESS"] = address  # ray.init() in the SuperLink attaches to this cluster
     workdir = tmp_path / "elsewhere"  # the user's shell is not in the project
     workdir.mkdir()
     cmd = [str(Path(sys.executable).parent / "flwr"), "run", str(ROOT), "--stream",
@@ -77,6 +102,10 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path):
         stopped = stop_superlink(flwr_home)
     assert stopped >= 1  # the run started its own SuperLink under our FLWR_HOME
     assert superlink_pids(flwr_home) == []
+    # the ClientApps ran as actors of the cluster started beforehand, not of a private Ray
+    worker_logs = list((ray_temp / "session_latest" / "logs").glob("worker-*"))
+    assert any("ClientAppActor" in p.read_text(errors="replace") for p in worker_logs), \
+        [p.name for p in worker_logs]
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 2
