@@ -194,9 +194,11 @@ def main() -> None:
             runs = [federated({"privacy.enabled": False, **attack}, s, tmp) for s in seeds]
             robust += _rows(label, "off", runs)
             print(robust[-2:], flush=True)
+    t = parse_run_config(inprocess.default_run_config()).train
     intro = (f"Command: `.venv/bin/python -m bench.utility --seeds {args.seeds}` (seeds "
              f"0..{args.seeds - 1}; {platform.machine()}, 2 cores; in-process apps, 10 rounds "
-             "x 1 local epoch, logistic regression, lr 0.5, consortium-wide scaling; DP "
+             f"x 1 local epoch, logistic regression, batch {t.batch_size}, lr {t.lr:g} (the "
+             "defaults; baselines too), consortium-wide scaling; DP "
              "noise seeded from the run seed, δ = 1e-3). Mean per-client accuracy is FLamby's "
              "metric (the unweighted mean of the four sites' test accuracies). "
              "\"+ personalised\" rows come from the same runs: each site fine-tunes the final "

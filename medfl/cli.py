@@ -113,7 +113,8 @@ def show(
                       f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
     if "personal" in s:  # personalised evaluation (evaluation.personal-epochs)
         name, value = (("Dice", "mean_site_dice") if seg else ("accuracy", "mean_site_accuracy"))
-        console.print(f"personalised, {s['personal']['method']}: mean per-site {name} "
+        console.print(f"mean per-site {name}, personalised ({s['personal']['epochs']} local "
+                      "epoch(s) of fine-tuning at each site; the copies stay there): "
                       f"[bold]{_fmt(s['personal'].get(value))}[/bold]")
     if any(x["metrics"].get(keys[1]) is None for x in s["sites"]):
         what = "images" if seg else "patients in a class"

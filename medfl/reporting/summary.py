@@ -181,6 +181,7 @@ def _personal(cfg: RunConfig, sites: list[dict[str, Any]],
         "method": (f"each site fine-tunes the final global model for "
                    f"{cfg.evaluation.personal_epochs} epoch(s) on its own training rows "
                    "(no DP; the copy stays at the site) and evaluates it on its test split"),
+        "epochs": cfg.evaluation.personal_epochs,
         "mean_site_accuracy": (sum(accs) / len(accs)) if accs and None not in accs else None,
         **({"mean_site_dice": sum(dices) / len(dices)}
            if dices and None not in dices else {}),
