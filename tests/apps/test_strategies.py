@@ -83,3 +83,22 @@ def test_a_deployed_site_refuses_an_attack_config():
     cfg = parse_run_config(run_config(attack__sites="va", attack__kind="scale"))
     with pytest.raises(ConfigError, match="simulation option"):
         site_config(cfg, {"site": "va"})
+
+
+def test_a_rejected_update_still_counts_in_the_sites_reported_privacy_spend(run_inprocess):
+    # VA's updates are rejected every round, but each one left VA: the summary must show
+    # the ε VA reported with its last update, not nothing (or an earlier, smaller figure).
+    path, grid = run_inprocess(num_server_rounds=2, privacy__audit=False,
+                               privacy__secure_noise=False, attack__sites="va",
+                               attack__kind="scale", attack__scale=50.0, run_name="a-dp")
+    summary = json.loads((path / "summary.json").read_text())
+    va = next(s for s in summary["sites"] if s["name"] == "va")
+    last = [r for r in grid.replies if r.metadata.message_type == "train"
+            and r.content["site"]["name"] == "va"][-1]
+    assert va["rounds_trained"] == 0
+    assert va["epsilon"] == pytest.approx(last.content["metrics"]["epsilon"]) and va["epsilon"] > 0
+    assert va["steps"] == last.content["metrics"]["steps"]
+    rounds = _rounds(path)
+    assert [p["epsilon"] for r in rounds for p in r["train_problems"]] == pytest.approx(
+        [m.content["metrics"]["epsilon"] for m in grid.replies
+         if m.metadata.message_type == "train" and m.content["site"]["name"] == "va"])

@@ -54,5 +54,7 @@ def test_strategy_aggregates_only_the_valid_updates():
     np.testing.assert_allclose(arrays["0.weight"].numpy(), np.full((1, 3), 2.5))
     assert strategy._current["train_problems"] == [
         {"site": "site2", "status": "rejected",
-         "reason": "array '0.weight' holds non-finite values (NaN or infinity)"}]
+         "reason": "array '0.weight' holds non-finite values (NaN or infinity)",
+         "epsilon": 1.0}]  # the rejected update still cost site2 its ε
     assert sorted(strategy._current["train"]) == ["site0", "site1"]
+    assert strategy.final_train["site2"]["epsilon"] == 1.0
