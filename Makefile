@@ -76,7 +76,7 @@ bench: install
 bench-quick: install
 	mkdir -p $(dir $(QUICK_OUT))
 	$(BIN)/python -m bench.accountants --out $(QUICK_OUT)
-	$(BIN)/python -m bench.dp_speed --rows 2000 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.dp_speed --rows 2000 --images 64 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.heart_utility --seeds 1 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.privacy_audit --seeds 1 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.serve --requests 50 --out $(QUICK_OUT)
