@@ -13,17 +13,16 @@ aggregated copy of those layers only serves ``/predict``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from bench import inprocess
-from bench.imaging_utility import SCENARIOS, scenario_config
+from bench.imaging_utility import SCENARIOS, scenario_args, scenario_config
 from bench.report import mean_sd, write_section
 from medfl import tasks
 from medfl.config import parse_run_config
@@ -49,12 +48,7 @@ def run_one(name: str, seed: int, fedbn: bool, tmp: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
-    parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")
-    args = parser.parse_args()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    args = scenario_args(__doc__, seeds=2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.scenario or list(SCENARIOS):
@@ -67,7 +61,7 @@ def main() -> None:
                              f"{mean_sd([r['worst'] for r in runs])}",
                              f"{mean_sd([r['pooled'] for r in runs])} ({pooled})",
                              f"{max(r['eps'] for r in runs):.2f}",
-                             f"{sorted(r['s'] for r in runs)[len(runs) // 2]:.0f}"))
+                             f"{statistics.median(r['s'] for r in runs):.0f}"))
     write_section(
         args.out, "fedbn", heading="FedBN on the imaging scenarios",
         intro=(f"Command: `.venv/bin/python -m bench.fedbn --seeds {args.seeds}` (seeds "

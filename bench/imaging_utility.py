@@ -111,13 +111,19 @@ def run_one(name: str, metric: str, seed: int, tmp: str) -> tuple[float, float, 
     return fed, central, fed / central, eps, fed_s, time.perf_counter() - t0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seeds", type=int, default=3)
+def scenario_args(description: str, *, seeds: int) -> argparse.Namespace:
+    """The imaging benchmarks' command line: ``--seeds``, ``--scenario`` (repeatable; all
+    by default), ``--out``. Quiets Flower's per-round log."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--seeds", type=int, default=seeds)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")
-    args = parser.parse_args()
     logging.getLogger("flwr").setLevel(logging.WARNING)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = scenario_args(__doc__, seeds=3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.scenario or list(SCENARIOS):

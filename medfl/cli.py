@@ -111,7 +111,7 @@ def show(
     else:
         console.print(f"mean per-site accuracy (FLamby's headline): "
                       f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
-    if "personal" in s:  # personalised evaluation (evaluation.personal-epochs)
+    if personal:  # personalised evaluation (evaluation.personal-epochs)
         name, value = (("Dice", "mean_site_dice") if seg else ("accuracy", "mean_site_accuracy"))
         console.print(f"mean per-site {name}, personalised ({s['personal']['epochs']} local "
                       "epoch(s) of fine-tuning at each site; the copies stay there): "
@@ -407,4 +407,3 @@ _register_deployment()
 
 if __name__ == "__main__":
     main()
-

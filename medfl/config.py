@@ -282,8 +282,8 @@ _SCHEMA: dict[str, tuple[type, str, Any]] = {
                     lambda v: True),
     "attack.sites": (str, "comma-separated site names, or empty", lambda v: True),
     "attack.kind": _choice(ATTACKS),
-    "transport.compression": _choice(COMPRESSIONS),
     "attack.scale": (float, "a number (the factor of a 'scale' attack)", math.isfinite),
+    "transport.compression": _choice(COMPRESSIONS),
 }
 
 KNOWN_KEYS = frozenset(_SCHEMA)

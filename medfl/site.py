@@ -181,10 +181,9 @@ def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
                            num_partitions=num_partitions)
 
 
-def load_node_site(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> SiteData:
+def load_node_site(cfg: RunConfig, site: str, node: dict[str, Any]) -> SiteData:
     """This site's data as its node config places it (``data-path``, ``verify-checksum``,
     and in simulation ``num-partitions``)."""
-    node = node_config
     return load_site(cfg, site, data_path=str(node["data-path"]) if "data-path" in node else None,
                      verify=bool(node.get("verify-checksum", True)),
                      num_partitions=(int(node["num-partitions"]) if "num-partitions" in node

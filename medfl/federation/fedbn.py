@@ -59,13 +59,10 @@ def _task_norm_keys(cfg: RunConfig) -> frozenset[str]:
 def with_local_norm(cfg: RunConfig, weights: dict[str, torch.Tensor],
                     state: RecordDict) -> dict[str, torch.Tensor]:
     """The global ``weights`` with this site's own normalisation entries, once it has them."""
-    if not cfg.strategy.fedbn:
-        return weights
-    keys = _task_norm_keys(cfg)
-    if STATE_KEY not in state.array_records:
-        return weights  # first round at this site: start from the aggregate
-    local = dict(state.array_records[STATE_KEY].to_torch_state_dict())
-    return {k: (local[k] if k in keys and k in local else v) for k, v in weights.items()}
+    if not cfg.strategy.fedbn or STATE_KEY not in state.array_records:
+        return weights  # off, or this site's first round: start from the aggregate
+    local = dict(state.array_records[STATE_KEY].to_torch_state_dict())  # norm entries only
+    return {k: local.get(k, v) for k, v in weights.items()}
 
 
 def keep_local_norm(cfg: RunConfig, weights: dict[str, torch.Tensor], state: RecordDict) -> None:

@@ -26,7 +26,6 @@ from medfl.errors import MedflError, PrivacyBudgetExceeded
 from medfl.evaluation.stats import PERSONAL, SiteEvalStats, pool_site_stats
 from medfl.federation import compression
 from medfl.federation.client import ERROR_CODES
-from medfl.federation.compression import SCALES_KEY
 from medfl.federation.records import (
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
@@ -293,10 +292,12 @@ class Recording:
         train: dict[str, dict[str, Any]] = {}
         accepted = [r for r in replies if r.has_error()]  # FedAvg counts and logs these
         valid: list[Message] = []
+        for rep in ok:  # transport.compression: back to float32 weights before anything else
+            compression.decode(self._compression, rep.content, self._global)
         # A rejected update has still left its site: the privacy it cost counts in the
         # summary (a site's ε is cumulative, so its latest report is its spend).
-        spent = {site_of(rep): {k: v for k, v in rep.content["metrics"].items()}
-                 for rep in ok if "metrics" in rep.content}
+        spent = {site_of(rep): dict(rep.content["metrics"]) for rep in ok
+                 if "metrics" in rep.content}
 
         def reject(rep: Message, reason: str) -> None:
             logger.warning("round %d: rejected the update of %s: %s", server_round,
@@ -305,7 +306,6 @@ class Recording:
                              "epsilon": _finite(spent.get(site_of(rep), {}).get("epsilon"))})
 
         for rep in ok:
-            compression.decode(self._compression, rep.content, self._global)
             reason = check_update(rep.content, self._expected)
             if reason is not None:
                 reject(rep, reason)
@@ -319,8 +319,7 @@ class Recording:
             train[site_of(rep)] = {k: m[k] for k in m}
             self.rounds_trained.setdefault(site_of(rep), []).append(server_round)
             accepted.append(rep)
-        self.final_train.update({k: {kk: vv for kk, vv in v.items() if kk != SCALES_KEY}
-                                 for k, v in spent.items()})
+        self.final_train.update(spent)
         self._current = {"round": server_round, "train": train, "train_problems": problems}
         return accepted
 

@@ -117,11 +117,8 @@ def build_summary(
             **({"personal_metrics": _metrics(personal.get(name))} if personal else {}),
         })
     pooled = pool_site_stats(list(evaluation.values()))
-    accs = [s["metrics"]["accuracy"] for s in sites]
-    mean_acc = (sum(accs) / len(accs)) if accs and all(a is not None for a in accs) else None
-    dices = [s["metrics"].get("dice") for s in sites]
-    mean_dice = (sum(dices) / len(dices)) if dices and all(d is not None for d in dices) \
-        else None
+    mean_acc = _site_mean(sites, "metrics", "accuracy")
+    mean_dice = _site_mean(sites, "metrics", "dice")
     eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
     return {
         "run_name": run_name,
@@ -153,10 +150,7 @@ def build_summary(
         },
         "sites": sites,
         "global": {
-            "metrics": {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"],
-                        "loss": pooled["loss"],
-                        **({"dice": pooled["dice"], "iou": pooled["iou"]}
-                           if pooled["dice"] is not None else {})},
+            "metrics": _pooled_metrics(pooled),
             "n_test": pooled["n"],
             "auroc_method": (
                 "estimated from pooled per-class score groups (size, mean, variance of >= "
@@ -175,22 +169,29 @@ def _personal(cfg: RunConfig, sites: list[dict[str, Any]],
               personal: dict[str, SiteEvalStats]) -> dict[str, Any]:
     """The personalised evaluation's headline, in the global block's terms."""
     pooled = pool_site_stats(list(personal.values()))
-    accs = [s["personal_metrics"]["accuracy"] for s in sites]
-    dices = [s["personal_metrics"].get("dice") for s in sites]
+    dice = _site_mean(sites, "personal_metrics", "dice")
     return {
         "method": (f"each site fine-tunes the final global model for "
                    f"{cfg.evaluation.personal_epochs} epoch(s) on its own training rows "
                    "(no DP; the copy stays at the site) and evaluates it on its test split"),
         "epochs": cfg.evaluation.personal_epochs,
-        "mean_site_accuracy": (sum(accs) / len(accs)) if accs and None not in accs else None,
-        **({"mean_site_dice": sum(dices) / len(dices)}
-           if dices and None not in dices else {}),
-        "metrics": {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"],
-                    "loss": pooled["loss"],
-                    **({"dice": pooled["dice"], "iou": pooled["iou"]}
-                       if pooled["dice"] is not None else {})},
+        "mean_site_accuracy": _site_mean(sites, "personal_metrics", "accuracy"),
+        **({"mean_site_dice": dice} if dice is not None else {}),
+        "metrics": _pooled_metrics(pooled),
         "auroc_sites_excluded": pooled["auroc_sites_excluded"],
     }
+
+
+def _site_mean(sites: list[dict[str, Any]], block: str, name: str) -> float | None:
+    """FLamby's unweighted mean over sites of one metric; None if any site lacks it."""
+    values = [s[block].get(name) for s in sites]
+    return sum(values) / len(values) if values and None not in values else None
+
+
+def _pooled_metrics(pooled: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"], "loss": pooled["loss"],
+            **({"dice": pooled["dice"], "iou": pooled["iou"]}
+               if pooled["dice"] is not None else {})}
 
 
 def _dataset(cfg: RunConfig) -> str:
