@@ -24,7 +24,7 @@ TASK_MODELS = {
     "segmentation": ("unet",),
 }
 INTENSITIES = ("minmax", "window", "zscore")
-PARTITIONS = ("natural", "iid", "dirichlet", "quantity")
+PARTITIONS = ("natural", "iid", "dirichlet", "dirichlet-mix", "quantity")
 AUGMENTATIONS = ("none", "light", "standard")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "fedtrimmedavg", "krum", "multikrum")
@@ -337,12 +337,14 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"model.name={model!r} does not fit task={task!r}; valid for this "
                           f"task: {', '.join(TASK_MODELS[task])}")
     data = section("data", DataConfig)
-    if task == "tabular" and not data.schema:
-        raise ConfigError("task='tabular' needs data.schema: the consortium's JSON schema "
-                          "file (label, features with types, sensitive columns)")
-    if task == "tabular" and data.partition != "natural":
+    if task == "tabular" and bool(data.schema) != bool(data.manifest):
+        raise ConfigError("task='tabular' needs both data.manifest (the CSV) and data.schema "
+                          "(the consortium's JSON schema: label, features with types, "
+                          "sensitive columns), or neither (the built-in synthetic cohort)")
+    if task == "heart-disease" and data.partition != "natural":
         raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
-                          "'tabular'; its sites are the CSV's site column (use 'natural')")
+                          "'heart-disease': its sites are the four hospitals (use 'natural', "
+                          "or task='tabular' to re-partition a table)")
     return RunConfig(
         num_server_rounds=v["num-server-rounds"],
         seed=v["seed"],

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from medfl.errors import ConfigError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,3 +47,29 @@ def append_jsonl(path: Path, obj: Any) -> None:
         fh.write(line)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def publish_dataset(out_dir: Path, key: str, render: Callable[[Path], None], *,
+                    holds: Callable[[Path, str], bool]) -> None:
+    """Render a generated dataset into a temporary sibling of ``out_dir``, then rename it
+    into place, so a reader never sees a half-written folder.
+
+    ``render(tmp)`` writes the files; ``holds(folder, key)`` tells whether a folder already
+    holds this dataset (a concurrent generator with the same parameters may win the race,
+    and its copy is then used).
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        render(tmp)
+        try:
+            # A directory replaces only a missing or empty one: a non-empty target fails.
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not holds(out_dir, key):
+                raise ConfigError(
+                    f"the synthetic data folder exists and is not empty or a dataset with key "
+                    f"{key}; remove it or choose another folder") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 #: The synthetic hospitals are generated once per (task, size) with this seed, so runs
 #: with different training seeds are compared on the same data.
 SYNTHETIC_SEED = 2026
+#: Patients at each of the synthetic cohort's four hospitals (task = "tabular" without
+#: data): 100,000 in all, enough for 1,000 simulated sites of 100.
+COHORT_SIZE = 25_000
 #: Per-site train/test split seed for manifests without a split column.
 SPLIT_SEED = 43
 
@@ -67,11 +70,24 @@ def _schema(path: str, mtime_ns: int) -> TabularSchema:
 
 
 def tabular_schema(cfg: RunConfig) -> TabularSchema:
-    """The consortium's schema of a ``task = "tabular"`` run (``data.schema``)."""
-    path = Path(cfg.data.schema).expanduser()
+    """The consortium's schema of a ``task = "tabular"`` run (``data.schema``, or the
+    built-in synthetic cohort's)."""
+    path = Path(cfg.data.schema).expanduser() if cfg.data.schema else tabular_files(cfg)[1]
     if not path.is_file():
         raise ConfigError("data.schema does not name a readable JSON file")
     return _schema(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+def tabular_files(cfg: RunConfig) -> tuple[Path, Path]:
+    """(CSV, schema) of a simulated ``task = "tabular"`` run: ``data.manifest`` and
+    ``data.schema``, or, when both are empty, the synthetic cohort (generated on first use
+    under ``<state root>/_synthetic/``, then reused)."""
+    if cfg.data.manifest:
+        return Path(cfg.data.manifest).expanduser(), Path(cfg.data.schema).expanduser()
+    from medfl.data.synthetic_tabular import cohort_key, generate_cohort
+
+    out = state_root(cfg) / "_synthetic" / f"tabular-{cohort_key(SYNTHETIC_SEED, COHORT_SIZE)}"
+    return generate_cohort(out, seed=SYNTHETIC_SEED, patients_per_site=COHORT_SIZE)
 
 
 def feature_spec(cfg: RunConfig) -> FeatureSpec:
@@ -148,15 +164,62 @@ def dataset_manifest(cfg: RunConfig) -> Path:
 
 
 def _table(cfg: RunConfig, data_path: str | None) -> Path:
-    """The CSV of a tabular run: the site's own (``data_path``) or ``data.manifest``."""
-    if data_path is None and not cfg.data.manifest:
-        raise ConfigError("task='tabular' needs data.manifest (the CSV with a 'site' column) "
-                          "or, at a deployed site, node-config data-path")
-    path = Path(data_path if data_path is not None else cfg.data.manifest).expanduser()
+    """The CSV of a tabular run: the site's own (``data_path``), or the run's dataset."""
+    path = Path(data_path).expanduser() if data_path is not None else tabular_files(cfg)[0]
     if not path.is_file():
         raise DataError("the tabular CSV (data.manifest or node-config data-path) is not a "
                         "readable file")
     return path
+
+
+@functools.lru_cache(maxsize=1)
+def _frame(path: str, mtime_ns: int):
+    # A simulation actor serves many sites of one table: read it once per process (keyed
+    # on mtime, so an edited file is re-read). One table at a time, whatever the sites.
+    from medfl.data.tabular import read_table
+
+    return read_table(path)
+
+
+def _table_frame(path: Path):
+    return _frame(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _table_partition(cfg: RunConfig, path: str, mtime_ns: int,
+                     num_partitions: int) -> tuple[np.ndarray, ...]:
+    from medfl.data.partition import partition_indices
+    from medfl.data.tabular import table_labels
+
+    frame = _frame(path, mtime_ns)
+    return tuple(partition_indices(table_labels(frame, tabular_schema(cfg)),
+                                   num_partitions=num_partitions, scheme=cfg.data.partition,
+                                   alpha=cfg.data.dirichlet_alpha, seed=cfg.seed))
+
+
+def _partition_number(site: str, num_partitions: int) -> int:
+    i = int(site.removeprefix("part-")) - 1 if site.startswith("part-") else -1
+    if not 0 <= i < num_partitions:
+        raise ConfigError(f"site {site!r} is not one of this simulation's partitions "
+                          f"part-1 .. part-{num_partitions}")
+    return i
+
+
+def _load_tabular(cfg: RunConfig, site: str, data_path: str | None,
+                  num_partitions: int | None) -> SiteData:
+    path = _table(cfg, data_path)
+    frame = _table_frame(path) if data_path is None else None
+    if cfg.data.partition == "natural":
+        return load_tabular_site(frame if frame is not None else path, tabular_schema(cfg), site,
+                            test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+    if frame is None:
+        raise ConfigError("data.partition re-partitions a simulated dataset; a deployed "
+                          "site reads its own CSV (use data.partition='natural')")
+    parts = _table_partition(cfg, str(path.resolve()), path.stat().st_mtime_ns,
+                             num_partitions or 0)
+    rows = frame.iloc[parts[_partition_number(site, len(parts))]].assign(site=site)
+    return load_tabular_site(rows, tabular_schema(cfg), site, test_fraction=cfg.data.test_fraction,
+                        seed=SPLIT_SEED)
 
 
 def _read(cfg: RunConfig, path: Path, default_site: str | None = None):
@@ -176,7 +239,7 @@ def sites(cfg: RunConfig, *, num_partitions: int | None = None) -> tuple[str, ..
     if cfg.task == "heart-disease":
         return heart.HEART_SITES
     if cfg.task == "tabular":
-        return table_sites(_table(cfg, None))
+        return table_sites(_table_frame(_table(cfg, None)))
     return _read(cfg, dataset_manifest(cfg)).sites
 
 
@@ -188,8 +251,7 @@ def _partitioned(cfg: RunConfig, manifest, site: str, num_partitions: int):
               if cfg.task == "image-classification" else np.zeros(len(frame), np.int64))
     parts = partition_indices(labels, num_partitions=num_partitions, scheme=cfg.data.partition,
                               alpha=cfg.data.dirichlet_alpha, seed=cfg.seed)
-    i = int(site.removeprefix("part-")) - 1
-    rows = frame.iloc[parts[i]].copy()
+    rows = frame.iloc[parts[_partition_number(site, num_partitions)]].copy()
     rows["site"] = site
     return replace(manifest, frame=rows)
 
@@ -225,8 +287,7 @@ def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None, verify
     dataset (simulation).
     """
     if cfg.task == "tabular":
-        return load_tabular_site(_table(cfg, data_path), tabular_schema(cfg), site,
-                                 test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+        return _load_tabular(cfg, site, data_path, num_partitions)
     if cfg.task == "heart-disease":
         if data_path is not None and not Path(data_path).is_dir():
             raise DataError("node-config data-path is not a folder; it must be the folder "

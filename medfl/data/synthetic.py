@@ -26,10 +26,7 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +41,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from medfl.errors import ConfigError
+from medfl.io import publish_dataset
 
 __all__ = ["FILE_FORMATS", "GENERATOR_VERSION", "LABEL_NAMES", "TASKS", "SiteProfile",
            "dataset_key", "default_sites", "generate_hospitals"]
@@ -180,9 +178,7 @@ def generate_hospitals(out_dir: Path, *, task: str, seed: int = 0, size: int = 6
     if _holds_dataset(out_dir, key):
         return out_dir / "manifest.csv"
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    def render(tmp: Path) -> None:
         start = time.perf_counter()
         rows = [row for index, site in enumerate(sites) for row in _render_site(
             tmp, site, task=task, size=size, key=key, rng=np.random.default_rng([seed, index]))]
@@ -193,18 +189,8 @@ def generate_hospitals(out_dir: Path, *, task: str, seed: int = 0, size: int = 6
         (tmp / "README.md").write_text(_readme(task, seed, size, sites, key))
         logger.info("rendered %d synthetic images (%s, %d sites) in %.1f s",
                     len(rows), task, len(sites), time.perf_counter() - start)
-        try:
-            # A directory replaces only a missing or empty one: a non-empty target fails.
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not _holds_dataset(out_dir, key):
-                raise ConfigError(
-                    f"the synthetic data folder exists and is not empty or a dataset with key "
-                    f"{key}; remove it or choose another folder") from None
-            # Lost a race to a concurrent generator with the same parameters: use its copy.
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    publish_dataset(out_dir, key, render, holds=_holds_dataset)
     return out_dir / "manifest.csv"
 
 

@@ -41,7 +41,7 @@ from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError
 
 __all__ = ["FEATURE_TYPES", "FeatureSpec", "TabularSchema", "encode_columns",
-           "load_schema", "load_tabular_site", "read_table", "table_sites"]
+           "load_schema", "load_tabular_site", "read_table", "table_labels", "table_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -369,16 +369,17 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def table_sites(path: str | Path) -> tuple[str, ...]:
-    """The sorted distinct values of the CSV's ``site`` column (a simulated federation)."""
-    frame = read_table(path)
+def table_sites(table: str | Path | pd.DataFrame) -> tuple[str, ...]:
+    """The sorted distinct values of the CSV's ``site`` column (a simulated federation);
+    ``table`` is the CSV's path or its :func:`read_table` frame."""
+    frame = table if isinstance(table, pd.DataFrame) else read_table(table)
     if "site" not in frame.columns:
         raise DataError("data.manifest has no 'site' column; a simulated federation needs "
                         "one (a deployed site reads its own CSV, which may omit it)")
     return tuple(sorted(set(_cells(frame, "site", numbers=False))))
 
 
-def _labels(rows: pd.DataFrame, schema: TabularSchema) -> np.ndarray:
+def table_labels(rows: pd.DataFrame, schema: TabularSchema) -> np.ndarray:
     """1 for ``schema.positive``, 0 for ``schema.negative``; any other value is refused
     (a typo or an unknown outcome must not silently become a negative)."""
     text = _cells(rows, schema.label_column, numbers=False)
@@ -418,15 +419,16 @@ def _split(rows: pd.DataFrame, y: np.ndarray, site: str, *, test_fraction: float
     return np.sort(idx_train), np.sort(idx_test)
 
 
-def load_tabular_site(csv_path: str | Path, schema: TabularSchema, site: str, *,
+def load_tabular_site(table: str | Path | pd.DataFrame, schema: TabularSchema, site: str, *,
                       test_fraction: float, seed: int) -> SiteData:
     """Load one site's rows of a tabular CSV, encoded by ``schema`` and split train/test.
 
     Parameters
     ----------
-    csv_path : the CSV: the schema's label, feature and sensitive columns, optionally
-        ``site`` (this site's rows are those with ``site == site``; without the column every
-        row is this site's, as in deployment) and ``split`` (train/test).
+    table : the CSV (its path, or its :func:`read_table` frame): the schema's label,
+        feature and sensitive columns, optionally ``site`` (this site's rows are those
+        with ``site == site``; without the column every row is this site's, as in
+        deployment) and ``split`` (train/test).
     schema : the consortium's :class:`TabularSchema`.
     site : this site's name.
     test_fraction, seed : without a ``split`` column, ``train_test_split(test_size=
@@ -442,7 +444,7 @@ def load_tabular_site(csv_path: str | Path, schema: TabularSchema, site: str, *,
     column or cell, a value outside its bounds or levels, a site with no rows, one class,
     or an empty split part.
     """
-    frame = read_table(csv_path)
+    frame = table if isinstance(table, pd.DataFrame) else read_table(table)
     needed = [schema.label_column, *(f.name for f in schema.features), *schema.sensitive]
     missing = [c for c in dict.fromkeys(needed) if c not in frame.columns]
     if missing:
@@ -453,7 +455,7 @@ def load_tabular_site(csv_path: str | Path, schema: TabularSchema, site: str, *,
         rows = frame[frame["site"].str.strip() == site]
     if rows.empty:
         raise DataError(f"site {site!r} has no rows in data.manifest")
-    y = _labels(rows, schema)
+    y = table_labels(rows, schema)
     if len(np.unique(y)) < 2:
         raise DataError(f"site {site!r} has only class {schema.label_names[y[0]]!r}; a binary "
                         "model needs both")

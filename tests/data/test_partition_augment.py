@@ -13,7 +13,7 @@ from medfl.errors import ConfigError, DataError
 LABELS = np.random.default_rng(0).integers(0, 2, 400)
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "quantity"])
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "dirichlet-mix", "quantity"])
 def test_every_row_lands_in_exactly_one_partition_reproducibly(scheme):
     parts = partition_indices(LABELS, num_partitions=4, scheme=scheme, alpha=0.5, seed=1)
     rows = np.concatenate(parts)
@@ -30,14 +30,35 @@ def test_iid_sizes_are_equal_and_quantity_sizes_grow_linearly():
     assert [len(p) for p in lin] == [40, 80, 120, 160]
 
 
-def test_smaller_alpha_skews_labels_more():
+@pytest.mark.parametrize("scheme", ["dirichlet", "dirichlet-mix"])
+def test_smaller_alpha_skews_labels_more(scheme):
     def spread(alpha: float) -> float:
         prev = [LABELS[p].mean() for seed in range(5) for p in partition_indices(
-            LABELS, num_partitions=4, scheme="dirichlet", alpha=alpha, seed=seed)]
+            LABELS, num_partitions=4, scheme=scheme, alpha=alpha, seed=seed)]
         return float(np.std(prev))
 
     assert spread(0.1) > spread(100.0) + 0.1
     assert spread(100.0) < 0.1  # near IID: every partition's prevalence near 0.5
+
+
+def test_dirichlet_mix_splits_a_thousand_ways_where_flowers_partitioner_gives_up():
+    labels = (np.random.default_rng(1).random(100_000) < 0.4).astype(np.int64)
+    with pytest.raises(DataError, match="1000 parts"):
+        partition_indices(labels, num_partitions=1000, scheme="dirichlet", alpha=0.5)
+    parts = partition_indices(labels, num_partitions=1000, scheme="dirichlet-mix", alpha=0.5)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
+    assert {len(p) for p in parts} == {100}  # 100,000 rows, equal sizes
+    positives = np.array([labels[p].sum() for p in parts])
+    # the floor: 3 rows of each class everywhere, so every site can train a classifier
+    assert positives.min() >= 3 and (100 - positives).min() >= 3
+    # label skew: Beta(0.5, 0.5) mixes put many sites far from the 40% prevalence
+    assert np.mean(np.abs(positives / 100 - 0.4) > 0.3) > 0.2
+
+
+def test_dirichlet_mix_refuses_more_partitions_than_its_floor_allows():
+    labels = np.array([0] * 50 + [1] * 10)
+    with pytest.raises(DataError, match="4 partitions 3 rows of each class"):
+        partition_indices(labels, num_partitions=4, scheme="dirichlet-mix")
 
 
 def test_partition_errors_name_what_is_valid():

@@ -199,13 +199,19 @@ def test_a_site_without_rows_is_refused(files):
 
 # --- the federated path ----------------------------------------------------------------------
 
-def test_config_requires_a_schema_for_tabular():
+def test_config_requires_a_schema_with_a_table_and_a_table_with_a_schema():
     from conftest import run_config
 
     from medfl.config import parse_run_config
 
-    with pytest.raises(ConfigError, match="data.schema"):
-        parse_run_config(run_config(task="tabular"))
+    with pytest.raises(ConfigError, match="needs both data.manifest .* and data.schema"):
+        parse_run_config(run_config(task="tabular", data__manifest="t.csv"))
+    with pytest.raises(ConfigError, match="needs both data.manifest .* and data.schema"):
+        parse_run_config(run_config(task="tabular", data__schema="s.json"))
+    # neither: the built-in synthetic cohort
+    assert parse_run_config(run_config(task="tabular")).data.manifest == ""
+    with pytest.raises(ConfigError, match="does not apply to task='heart-disease'"):
+        parse_run_config(run_config(data__partition="dirichlet-mix"))
 
 
 def test_federated_run_on_a_consortium_table_serves_the_same_model(files, run_inprocess):

@@ -53,7 +53,7 @@ def test_tabular_schema_declares_levels_and_cuts_and_bare_names_are_not_reported
     schema = tmp_path / "schema.json"
     schema.write_text(json.dumps(SCHEMA))
     cfg = parse_run_config(run_config(task="tabular", model__name="logreg",
-                                      data__schema=str(schema)))
+                                      data__schema=str(schema), data__manifest="t.csv"))
     cs = cells(cfg)
     assert [(c.attribute, c.level) for c in cs] == [
         ("all", "all"), ("sex", "M"), ("sex", "F"), ("age band", "under 50"),
