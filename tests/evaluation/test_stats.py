@@ -140,3 +140,12 @@ def test_segmentation_below_k_images_shares_nothing():
                                threshold=0.5, k=10)
     m = stats.to_metrics()
     assert m["num-examples"] == SUPPRESSED and "dice-sum" not in m
+
+
+def test_mixture_auroc_over_thousands_of_groups_is_the_exact_auroc_with_ties():
+    # k = 1 with rounded scores: over 256 groups per class (several blocks) and many ties
+    rng = np.random.default_rng(5)
+    neg, pos = rng.normal(0, 1, 3000).round(1), rng.normal(0.8, 1, 2000).round(1)
+    exact = roc_auc_score(np.r_[np.zeros(3000), np.ones(2000)], np.r_[neg, pos])
+    assert mixture_auroc(score_groups(neg, k=1), score_groups(pos, k=1)) == pytest.approx(
+        exact, abs=1e-12)
