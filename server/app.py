@@ -42,9 +42,11 @@ def main(grid: Grid, context: Context) -> None:
     if resume is not None and resume.checkpoint.scaler:
         scaler = Standardizer.from_dict(resume.checkpoint.scaler)
     elif cfg.is_tabular and cfg.preprocessing.scaling == "federated":
+        asked = fed.sample_nodes(nodes, cfg.strategy.fraction_train,
+                                 minimum=cfg.strategy.min_nodes, seed=cfg.seed)
         moments, node_sites = fed.query_feature_moments(
-            grid, nodes, timeout=cfg.strategy.round_timeout, run_key=run_key)
-        scaler = orch.consortium_scaler(cfg, moments, expected=len(nodes))
+            grid, asked, timeout=cfg.strategy.round_timeout, run_key=run_key)
+        scaler = orch.consortium_scaler(cfg, moments, expected=len(asked))
     shared = ConfigRecord({**fed.scaler_to_config(scaler), "run-key": run_key})
 
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
@@ -76,12 +78,12 @@ def main(grid: Grid, context: Context) -> None:
     if not result.arrays or not strategy.rounds_trained:
         raise MedflError("no round produced an aggregated model (every site failed, was "
                          f"refused or dropped); see {run_dir.path / 'rounds.jsonl'}")
-    audits = {}
+    audits, final_nodes = {}, fed.final_query_nodes(cfg, strategy, grid.get_node_ids())
     if cfg.privacy.audit:
-        audits = fed.query_audit(grid, list(grid.get_node_ids()), arrays=result.arrays,
+        audits = fed.query_audit(grid, final_nodes, arrays=result.arrays,
                                  config=shared, timeout=cfg.strategy.round_timeout)
     report_config = ConfigRecord({**dict(shared), "run-name": run_dir.path.name})
-    report_stats = fed.query_report(grid, list(grid.get_node_ids()), arrays=result.arrays,
+    report_stats = fed.query_report(grid, final_nodes, arrays=result.arrays,
                                     config=report_config, timeout=cfg.strategy.round_timeout)
     summary = orch.finish_run(
         run_dir, cfg, weights=fed.from_array_record(result.arrays), scaler=scaler,

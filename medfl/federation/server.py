@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -53,6 +54,36 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float = 300.0) -> list[
                 f"{timeout:.0f}s; lower strategy.min-nodes or start more SuperNodes"
             )
         time.sleep(1.0)
+
+
+def sample_nodes(nodes: Iterable[int], fraction: float, *, minimum: int, seed: int
+                 ) -> list[int]:
+    """The nodes a one-off query goes to: all of them at ``fraction`` 1, else a sample of
+    ``ceil(fraction * n)`` (at least ``minimum``), seeded so a run is reproducible.
+
+    A consortium of 1,000 simulated sites with 100 sampled per round asks 100 of them for
+    feature statistics, the audit and the final report, not all 1,000.
+    """
+    nodes = sorted(nodes)
+    if fraction >= 1.0:
+        return nodes
+    k = min(len(nodes), max(minimum, math.ceil(fraction * len(nodes))))
+    return sorted(random.Random(seed).sample(nodes, k))
+
+
+def final_query_nodes(cfg: RunConfig, strategy: Recording, nodes: Iterable[int]) -> list[int]:
+    """The nodes asked for the audit and the final report: all of them; with sampled
+    evaluation (``strategy.fraction-evaluate`` < 1), the sites that evaluated the final
+    model, so the report, the audit and the final figures describe the same sites (a
+    seeded sample when those are not known, as after a resume that trained no round)."""
+    nodes = sorted(nodes)
+    if cfg.strategy.fraction_evaluate >= 1.0:
+        return nodes
+    present = set(nodes)
+    evaluated = sorted(n for n, name in strategy.node_sites.items()
+                       if name in strategy.final_site_stats and n in present)
+    return evaluated or sample_nodes(nodes, cfg.strategy.fraction_evaluate,
+                                     minimum=cfg.strategy.min_nodes, seed=cfg.seed)
 
 
 def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_key: int

@@ -117,8 +117,12 @@ def build_summary(
             **({"personal_metrics": _metrics(personal.get(name))} if personal else {}),
         })
     pooled = pool_site_stats(list(evaluation.values()))
-    mean_acc = _site_mean(sites, "metrics", "accuracy")
-    mean_dice = _site_mean(sites, "metrics", "dice")
+    # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
+    # the final model; every site otherwise.
+    sampled = cfg.strategy.fraction_evaluate < 1.0
+    evaluated = [s for s in sites if s["n_test"] is not None] if sampled else sites
+    mean_acc = _site_mean(evaluated, "metrics", "accuracy")
+    mean_dice = _site_mean(evaluated, "metrics", "dice")
     eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
     return {
         "run_name": run_name,
@@ -161,7 +165,8 @@ def build_summary(
         },
         "mean_site_accuracy": mean_acc,
         **({"mean_site_dice": mean_dice} if mean_dice is not None else {}),
-        **({"personal": _personal(cfg, sites, personal)} if personal else {}),
+        **({"sites_evaluated": len(evaluated)} if sampled else {}),
+        **({"personal": _personal(cfg, evaluated, personal)} if personal else {}),
     }
 
 

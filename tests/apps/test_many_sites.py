@@ -1,0 +1,56 @@
+"""Many simulated sites with a fraction sampled per round (the many-sites scenario, small):
+only the sampled sites are asked anything, and the final figures describe the same sites."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    from conftest import run_config
+
+    from bench import inprocess
+
+    out = tmp_path_factory.mktemp("outputs")
+    cfg = run_config(task="tabular", data__partition="dirichlet-mix", num_server_rounds=2,
+                     strategy__fraction_train=0.1, strategy__fraction_evaluate=0.1,
+                     output_dir=str(out), run_name="many")
+    grid = inprocess.run(cfg, num_nodes=40)
+    return out / "many", grid
+
+
+def test_only_a_tenth_of_forty_sites_is_asked_anything_each_time(many):
+    _, grid = many
+    kinds = Counter(m.metadata.message_type for m in grid.sent)
+    # ceil(0.1 * 40) = 4 sites per round and per one-off query
+    assert kinds == {"query": 4, "train": 8, "evaluate": 8, "query.audit": 4,
+                     "query.report": 4}
+    evaluate = [m.metadata.dst_node_id for m in grid.sent
+                if m.metadata.message_type == "evaluate"]
+    last_eval = set(evaluate[-4:])  # round 2's sample
+    for kind in ("query.audit", "query.report"):
+        asked = {m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == kind}
+        assert asked == last_eval, kind
+    assert all(not r.has_error() for r in grid.replies)
+
+
+def test_the_summary_means_the_sites_that_evaluated_the_final_model(many):
+    path, _ = many
+    summary = json.loads((path / "summary.json").read_text())
+    rounds = [json.loads(line) for line in (path / "rounds.jsonl").read_text().splitlines()]
+    final = rounds[-1]["evaluate"]
+    assert len(final) == 4 and all(name.startswith("part-") for name in final)
+    assert summary["sites_evaluated"] == 4
+    evaluated = [s for s in summary["sites"] if s["name"] in final]
+    assert summary["mean_site_accuracy"] == pytest.approx(
+        sum(final[s["name"]]["accuracy"] for s in evaluated) / 4)
+    # each partition holds 100,000 / 40 synthetic patients, split 70/30
+    assert all(s["n_test"] == 750 for s in evaluated)
+    assert {s["n_train"] for s in summary["sites"] if s["n_train"] is not None} == {1750}
+    report = json.loads((path / "report.json").read_text())
+    assert sorted(p["name"] for p in report["populations"]) == sorted(["pooled", *final])
+    assert sorted(summary["privacy"]["audit"]["sites"]) == sorted(final)
