@@ -10,6 +10,7 @@ same history as a Gaussian mechanism with ``sample_rate = 1`` and one step.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 from dataclasses import dataclass
@@ -66,8 +67,18 @@ def epsilon_from_history(history: History, *, delta: float, accountant: str) -> 
     """ε spent by ``history`` at ``delta``; ``inf`` is never returned for an empty history (0)."""
     if not history:
         return 0.0
+    return _epsilon(tuple((float(s), float(q), int(n)) for s, q, n in history), float(delta),
+                    accountant)
+
+
+# The accountants are deterministic functions of these numbers, and a PRV evaluation takes
+# a fraction of a second. A simulation actor serving many sites of the same size (or a site
+# asked again) would otherwise repeat the same computations every round: remember them.
+@functools.lru_cache(maxsize=4096)
+def _epsilon(history: tuple[tuple[float, float, int], ...], delta: float,
+             accountant: str) -> float:
     with np.errstate(divide="ignore"):  # PRV takes log(1 - q), -inf at q = 1, harmlessly
-        return float(make_accountant(accountant, history).get_epsilon(delta=delta))
+        return float(make_accountant(accountant, list(history)).get_epsilon(delta=delta))
 
 
 def calibrate_noise(
@@ -90,11 +101,8 @@ def calibrate_noise(
     if steps < 1:
         raise ConfigError(f"DP-SGD needs at least one step, got steps={steps}")
     if not prior:
-        with np.errstate(divide="ignore"):
-            return float(get_noise_multiplier(
-                target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                steps=steps, accountant=accountant, epsilon_tolerance=tolerance,
-            ))
+        return _opacus_noise(float(target_epsilon), float(delta), float(sample_rate),
+                             int(steps), accountant, float(tolerance))
     spent = epsilon_from_history(prior, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise PrivacyBudgetExceeded(
@@ -121,6 +129,16 @@ def calibrate_noise(
         else:
             high = mid
     return float(high)
+
+
+@functools.lru_cache(maxsize=1024)
+def _opacus_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                  accountant: str, tolerance: float) -> float:
+    with np.errstate(divide="ignore"):
+        return float(get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+            steps=steps, accountant=accountant, epsilon_tolerance=tolerance,
+        ))
 
 
 def make_dp_compatible(model: nn.Module) -> nn.Module:
@@ -155,6 +173,31 @@ def choose_grad_sample_mode(model: nn.Module, requested: str) -> str:
                    if any(True for _ in m.parameters(recurse=False))]
     return "ew" if with_params and all(isinstance(m, nn.Linear) for m in with_params) \
         else "hooks"
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity on the way forward; makes the gradient contiguous on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ARG004 - autograd's signature
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ARG004
+        return grad.contiguous()
+
+
+def _contiguous_conv_grads(model: nn.Module) -> None:
+    """Let PyTorch's expanded weights (``ew``) run on networks that concatenate features.
+
+    Its convolution backward reshapes the output gradient with ``view``, which fails when
+    that gradient is a strided slice, as it is behind DenseNet's concatenations ("view
+    size is not compatible with input tensor's size and stride"). An identity after each
+    convolution hands it a contiguous copy instead; nothing else changes.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            module.register_forward_hook(lambda _m, _i, out: _ContiguousGrad.apply(out))
 
 
 @dataclass(frozen=True)
@@ -234,6 +277,8 @@ def attach_dp(
     if secure_mode:
         noise_generator = None  # Opacus then draws noise and batches from its CSPRNG
     engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    if grad_sample_mode == "ew":
+        _contiguous_conv_grads(model)
     model, optimizer, loader = engine.make_private(
         module=model,
         optimizer=optimizer,

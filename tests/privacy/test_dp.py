@@ -185,6 +185,33 @@ def test_every_grad_sample_mode_clips_the_same(mode):
     torch.testing.assert_close(step(mode), step("hooks"), rtol=1e-4, atol=1e-5)
 
 
+def test_ew_on_densenet_clips_exactly_as_hooks_do():
+    """DenseNet's concatenations hand its convolutions strided output gradients, which
+    PyTorch's expanded weights alone refuse ("view size is not compatible"); attach_dp
+    makes them contiguous, and the noiseless clipped step then equals Opacus' hooks'."""
+    from medfl.privacy.dp import make_dp_compatible
+
+    x = np.random.default_rng(1).normal(0, 1, (6, 1, 32, 32)).astype(np.float32)
+    y = np.array([0, 1, 1, 0, 1, 0], dtype=np.float32)
+
+    def bce(logits: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.reshape(t.shape), t)
+
+    def step(mode: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = make_dp_compatible(build_model(ModelConfig("densenet121", 0, 8),
+                                               image_shape=(1, 32, 32)))
+        loader = make_loader(x, y, batch_size=6, shuffle=False, seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        plan = DPPlan(1e-9, 1.0, 1, 1, 0.5, 1e-3, "rdp", 100.0)  # q = 1: every image
+        model, opt, loader, _ = attach_dp(model, opt, loader, plan=plan, history=[],
+                                          grad_sample_mode=mode)
+        train_epochs(model, loader, opt, epochs=1, device=torch.device("cpu"), criterion=bce)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(step("ew"), step("hooks"), rtol=1e-4, atol=1e-6)
+
+
 def test_secure_mode_without_torchcsprng_is_a_clear_config_error():
     try:
         import torchcsprng  # noqa: F401
