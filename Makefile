@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python -m bench.utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.fedbn
 	$(BIN)/python -m bench.communication
+	$(BIN)/python -m bench.scale
 	$(BIN)/python -m bench.deployment
 
 bench-quick: install
@@ -84,6 +85,7 @@ bench-quick: install
 	$(BIN)/python -m bench.report_error --seeds 1 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.utility --seeds 1 --part robustness --out $(QUICK_OUT)
 	$(BIN)/python -m bench.communication --quick --out $(QUICK_OUT)
+	$(BIN)/python -m bench.scale --sites 10 --rounds 1 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.deployment --runs 1 --rounds 2 --out $(QUICK_OUT)
 
 # The four heart-disease hospitals as a real TLS deployment on this machine (see
