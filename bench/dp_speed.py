@@ -33,7 +33,8 @@ CPU = torch.device("cpu")
 
 MODELS = {"logreg": ModelConfig("logreg", 0, 8), "mlp (64 hidden)": ModelConfig("mlp", 64, 8)}
 #: The shipped imaging models at the scenarios' size (64 x 64, one channel).
-IMAGE_MODELS = {"densenet121 64x64": ModelConfig("densenet121", 0, 8),
+IMAGE_MODELS = {"resnet 64x64 (width 8)": ModelConfig("resnet", 0, 8),
+                "densenet121 64x64": ModelConfig("densenet121", 0, 8),
                 "unet 64x64 (width 8)": ModelConfig("unet", 0, 8)}
 MODES = ["hooks", "ew", "functorch"]
 
@@ -46,7 +47,7 @@ def throughput(model_cfg: ModelConfig, mode: str | None, n: int, *, batch: int =
                device: torch.device = CPU) -> float:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
-    if model_cfg.name in ("densenet121", "unet"):
+    if model_cfg.name in ("resnet", "densenet121", "unet"):
         x = rng.normal(size=(n, 1, 64, 64)).astype(np.float32)
         y = ((x > 1.0).astype(np.float32) if model_cfg.name == "unet"
              else (x[:, 0, 0, 0] > 0).astype(np.float32))

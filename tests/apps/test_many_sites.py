@@ -17,16 +17,16 @@ def many(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("outputs")
     cfg = run_config(task="tabular", data__partition="dirichlet-mix", num_server_rounds=2,
-                     strategy__fraction_train=0.1, strategy__fraction_evaluate=0.1,
+                     strategy__fraction_train=0.02, strategy__fraction_evaluate=0.02,
                      output_dir=str(out), run_name="many")
-    grid = inprocess.run(cfg, num_nodes=40)
+    grid = inprocess.run(cfg, num_nodes=200)
     return out / "many", grid
 
 
-def test_only_a_tenth_of_forty_sites_is_asked_anything_each_time(many):
+def test_only_the_sampled_fiftieth_of_200_sites_is_asked_anything(many):
     _, grid = many
     kinds = Counter(m.metadata.message_type for m in grid.sent)
-    # ceil(0.1 * 40) = 4 sites per round and per one-off query
+    # ceil(0.02 * 200) = 4 sites per round and per one-off query
     assert kinds == {"query": 4, "train": 8, "evaluate": 8, "query.audit": 4,
                      "query.report": 4}
     evaluate = [m.metadata.dst_node_id for m in grid.sent
@@ -48,9 +48,9 @@ def test_the_summary_means_the_sites_that_evaluated_the_final_model(many):
     evaluated = [s for s in summary["sites"] if s["name"] in final]
     assert summary["mean_site_accuracy"] == pytest.approx(
         sum(final[s["name"]]["accuracy"] for s in evaluated) / 4)
-    # each partition holds 100,000 / 40 synthetic patients, split 70/30
-    assert all(s["n_test"] == 750 for s in evaluated)
-    assert {s["n_train"] for s in summary["sites"] if s["n_train"] is not None} == {1750}
+    # each partition holds 100,000 / 200 synthetic patients, split 70/30
+    assert all(s["n_test"] == 150 for s in evaluated)
+    assert {s["n_train"] for s in summary["sites"] if s["n_train"] is not None} == {350}
     report = json.loads((path / "report.json").read_text())
     assert sorted(p["name"] for p in report["populations"]) == sorted(["pooled", *final])
     assert sorted(summary["privacy"]["audit"]["sites"]) == sorted(final)
