@@ -337,10 +337,14 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"model.name={model!r} does not fit task={task!r}; valid for this "
                           f"task: {', '.join(TASK_MODELS[task])}")
     data = section("data", DataConfig)
-    if task == "tabular" and bool(data.schema) != bool(data.manifest):
-        raise ConfigError("task='tabular' needs both data.manifest (the CSV) and data.schema "
-                          "(the consortium's JSON schema: label, features with types, "
-                          "sensitive columns), or neither (the built-in synthetic cohort)")
+    if task == "tabular" and data.manifest and not data.schema:
+        raise ConfigError("task='tabular' with data.manifest needs data.schema: the "
+                          "consortium's JSON schema file (label, features with types, "
+                          "sensitive columns); with neither, the built-in synthetic cohort")
+    strategy = section("strategy", StrategyConfig)
+    if privacy.central_noise_multiplier > 0 and strategy.fraction_train < 1:
+        raise ConfigError("privacy.central-noise-multiplier > 0 needs strategy.fraction-train "
+                          "= 1: central DP's noise is calibrated to every site taking part")
     if task == "heart-disease" and data.partition != "natural":
         raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
                           "'heart-disease': its sites are the four hospitals (use 'natural', "
@@ -360,7 +364,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         preprocessing=section("preprocessing", PreprocessingConfig),
         data=data,
         evaluation=section("evaluation", EvaluationConfig),
-        strategy=section("strategy", StrategyConfig),
+        strategy=strategy,
         attack=section("attack", AttackConfig),
         transport=section("transport", TransportConfig),
     )

@@ -84,6 +84,11 @@ def tabular_files(cfg: RunConfig) -> tuple[Path, Path]:
     under ``<state root>/_synthetic/``, then reused)."""
     if cfg.data.manifest:
         return Path(cfg.data.manifest).expanduser(), Path(cfg.data.schema).expanduser()
+    if cfg.data.schema:  # a deployment's config: each site reads its own CSV
+        raise ConfigError("task='tabular' needs data.manifest (the CSV with a 'site' column) "
+                          "beside data.schema to simulate sites, or neither (the built-in "
+                          "synthetic cohort); a deployed site names its CSV in node-config "
+                          "data-path")
     from medfl.data.synthetic_tabular import cohort_key, generate_cohort
 
     out = state_root(cfg) / "_synthetic" / f"tabular-{cohort_key(SYNTHETIC_SEED, COHORT_SIZE)}"
@@ -186,19 +191,20 @@ def _table_frame(path: Path):
 
 
 @functools.lru_cache(maxsize=2)
-def _table_partition(cfg: RunConfig, path: str, mtime_ns: int,
+def _table_partition(cfg: RunConfig, path: str, mtime_ns: int, schema: TabularSchema,
                      num_partitions: int) -> tuple[np.ndarray, ...]:
+    # Keyed on the table's mtime and the schema itself (its labels decide the split).
     from medfl.data.partition import partition_indices
     from medfl.data.tabular import table_labels
 
-    frame = _frame(path, mtime_ns)
-    return tuple(partition_indices(table_labels(frame, tabular_schema(cfg)),
+    return tuple(partition_indices(table_labels(_frame(path, mtime_ns), schema),
                                    num_partitions=num_partitions, scheme=cfg.data.partition,
                                    alpha=cfg.data.dirichlet_alpha, seed=cfg.seed))
 
 
 def _partition_number(site: str, num_partitions: int) -> int:
-    i = int(site.removeprefix("part-")) - 1 if site.startswith("part-") else -1
+    number = site.removeprefix("part-")
+    i = int(number) - 1 if site.startswith("part-") and number.isdigit() else -1
     if not 0 <= i < num_partitions:
         raise ConfigError(f"site {site!r} is not one of this simulation's partitions "
                           f"part-1 .. part-{num_partitions}")
@@ -208,18 +214,24 @@ def _partition_number(site: str, num_partitions: int) -> int:
 def _load_tabular(cfg: RunConfig, site: str, data_path: str | None,
                   num_partitions: int | None) -> SiteData:
     path = _table(cfg, data_path)
-    frame = _table_frame(path) if data_path is None else None
+    if data_path is not None:  # a deployed site: its own CSV, as it is
+        if cfg.data.partition != "natural":
+            raise ConfigError("data.partition re-partitions a simulated dataset; a deployed "
+                              "site reads its own CSV (use data.partition='natural')")
+        return load_tabular_site(path, tabular_schema(cfg), site,
+                                 test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+    key = (str(path.resolve()), path.stat().st_mtime_ns)  # one stat: frame and split agree
+    frame = _frame(*key)
     if cfg.data.partition == "natural":
-        return load_tabular_site(frame if frame is not None else path, tabular_schema(cfg), site,
-                            test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
-    if frame is None:
-        raise ConfigError("data.partition re-partitions a simulated dataset; a deployed "
-                          "site reads its own CSV (use data.partition='natural')")
-    parts = _table_partition(cfg, str(path.resolve()), path.stat().st_mtime_ns,
-                             num_partitions or 0)
+        return load_tabular_site(frame, tabular_schema(cfg), site,
+                                 test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+    if not num_partitions:
+        raise ConfigError(f"data.partition={cfg.data.partition!r} needs the number of "
+                          "partitions (the federation's num-supernodes)")
+    parts = _table_partition(cfg, *key, tabular_schema(cfg), num_partitions)
     rows = frame.iloc[parts[_partition_number(site, len(parts))]].assign(site=site)
-    return load_tabular_site(rows, tabular_schema(cfg), site, test_fraction=cfg.data.test_fraction,
-                        seed=SPLIT_SEED)
+    return load_tabular_site(rows, tabular_schema(cfg), site,
+                             test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
 
 
 def _read(cfg: RunConfig, path: Path, default_site: str | None = None):

@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
         scaler = Standardizer.from_dict(resume.checkpoint.scaler)
     elif cfg.is_tabular and cfg.preprocessing.scaling == "federated":
         asked = fed.sample_nodes(nodes, cfg.strategy.fraction_train,
-                                 minimum=cfg.strategy.min_nodes, seed=cfg.seed)
+                                 minimum=cfg.strategy.min_round_nodes, seed=cfg.seed)
         moments, node_sites = fed.query_feature_moments(
             grid, asked, timeout=cfg.strategy.round_timeout, run_key=run_key)
         scaler = orch.consortium_scaler(cfg, moments, expected=len(asked))

@@ -59,15 +59,16 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float = 300.0) -> list[
 def sample_nodes(nodes: Iterable[int], fraction: float, *, minimum: int, seed: int
                  ) -> list[int]:
     """The nodes a one-off query goes to: all of them at ``fraction`` 1, else a sample of
-    ``ceil(fraction * n)`` (at least ``minimum``), seeded so a run is reproducible.
+    as many as Flower's strategies sample per round (``int(fraction * n)``, at least
+    ``minimum``), seeded so a run is reproducible.
 
     A consortium of 1,000 simulated sites with 100 sampled per round asks 100 of them for
-    feature statistics, the audit and the final report, not all 1,000.
+    feature statistics, not all 1,000.
     """
     nodes = sorted(nodes)
     if fraction >= 1.0:
         return nodes
-    k = min(len(nodes), max(minimum, math.ceil(fraction * len(nodes))))
+    k = min(len(nodes), max(minimum, int(fraction * len(nodes))))
     return sorted(random.Random(seed).sample(nodes, k))
 
 
@@ -83,7 +84,7 @@ def final_query_nodes(cfg: RunConfig, strategy: Recording, nodes: Iterable[int])
     evaluated = sorted(n for n, name in strategy.node_sites.items()
                        if name in strategy.final_site_stats and n in present)
     return evaluated or sample_nodes(nodes, cfg.strategy.fraction_evaluate,
-                                     minimum=cfg.strategy.min_nodes, seed=cfg.seed)
+                                     minimum=cfg.strategy.min_round_nodes, seed=cfg.seed)
 
 
 def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_key: int

@@ -120,7 +120,7 @@ def build_summary(
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
     sampled = cfg.strategy.fraction_evaluate < 1.0
-    evaluated = [s for s in sites if s["n_test"] is not None] if sampled else sites
+    evaluated = [s for s in sites if s["name"] in evaluation] if sampled else sites
     mean_acc = _site_mean(evaluated, "metrics", "accuracy")
     mean_dice = _site_mean(evaluated, "metrics", "dice")
     eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
@@ -203,7 +203,7 @@ def _dataset(cfg: RunConfig) -> str:
     if cfg.task == "heart-disease":
         return "uci-heart-disease"
     if cfg.task == "tabular":
-        return "tabular-csv"
+        return "tabular-csv" if cfg.data.manifest else "synthetic-cohort"
     return "manifest" if cfg.data.manifest else "synthetic-hospitals"
 
 

@@ -26,7 +26,7 @@ def many(tmp_path_factory):
 def test_only_the_sampled_fiftieth_of_200_sites_is_asked_anything(many):
     _, grid = many
     kinds = Counter(m.metadata.message_type for m in grid.sent)
-    # ceil(0.02 * 200) = 4 sites per round and per one-off query
+    # int(0.02 * 200) = 4 sites per round and per one-off query
     assert kinds == {"query": 4, "train": 8, "evaluate": 8, "query.audit": 4,
                      "query.report": 4}
     evaluate = [m.metadata.dst_node_id for m in grid.sent
@@ -51,6 +51,8 @@ def test_the_summary_means_the_sites_that_evaluated_the_final_model(many):
     # each partition holds 100,000 / 200 synthetic patients, split 70/30
     assert all(s["n_test"] == 150 for s in evaluated)
     assert {s["n_train"] for s in summary["sites"] if s["n_train"] is not None} == {350}
+    assert summary["dataset"] == "synthetic-cohort"
     report = json.loads((path / "report.json").read_text())
+    assert "no real patients" in report["dataset"]["provenance"]
     assert sorted(p["name"] for p in report["populations"]) == sorted(["pooled", *final])
     assert sorted(summary["privacy"]["audit"]["sites"]) == sorted(final)

@@ -199,19 +199,27 @@ def test_a_site_without_rows_is_refused(files):
 
 # --- the federated path ----------------------------------------------------------------------
 
-def test_config_requires_a_schema_with_a_table_and_a_table_with_a_schema():
+def test_a_table_needs_a_schema_and_simulated_sites_need_a_table(files):
     from conftest import run_config
 
+    from medfl import tasks
     from medfl.config import parse_run_config
 
-    with pytest.raises(ConfigError, match="needs both data.manifest .* and data.schema"):
+    with pytest.raises(ConfigError, match="with data.manifest needs data.schema"):
         parse_run_config(run_config(task="tabular", data__manifest="t.csv"))
-    with pytest.raises(ConfigError, match="needs both data.manifest .* and data.schema"):
-        parse_run_config(run_config(task="tabular", data__schema="s.json"))
+    # a schema alone is a deployment's config (each site names its CSV in data-path) ...
+    deployed = parse_run_config(run_config(task="tabular", data__schema=str(files[2])))
+    assert tasks.tabular_schema(deployed).label_column == "outcome"
+    # ... and simulated sites cannot be made from it
+    with pytest.raises(ConfigError, match="needs data.manifest .* beside data.schema"):
+        tasks.sites(deployed)
     # neither: the built-in synthetic cohort
     assert parse_run_config(run_config(task="tabular")).data.manifest == ""
     with pytest.raises(ConfigError, match="does not apply to task='heart-disease'"):
         parse_run_config(run_config(data__partition="dirichlet-mix"))
+    with pytest.raises(ConfigError, match="central-noise-multiplier > 0 needs strategy"):
+        parse_run_config(run_config(privacy__central_noise_multiplier=1.0,
+                                    strategy__fraction_train=0.5))
 
 
 def test_federated_run_on_a_consortium_table_serves_the_same_model(files, run_inprocess):

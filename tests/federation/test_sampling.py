@@ -19,6 +19,7 @@ def test_a_tenth_of_a_thousand_is_a_hundred_distinct_nodes_fixed_by_the_seed():
 
 
 def test_the_minimum_and_the_number_of_nodes_bound_the_sample():
-    assert len(sample_nodes(NODES, 0.001, minimum=4, seed=0)) == 4  # ceil(1.0) = 1 < 4
+    # as many as Flower's strategies sample per round: int(fraction * n), at least minimum
+    assert len(sample_nodes(NODES, 0.001, minimum=4, seed=0)) == 4  # int(1.0) = 1 < 4
     assert len(sample_nodes(NODES[:3], 0.5, minimum=4, seed=0)) == 3
-    assert len(sample_nodes(NODES[:7], 0.5, minimum=2, seed=0)) == 4  # ceil(3.5)
+    assert len(sample_nodes(NODES[:7], 0.5, minimum=2, seed=0)) == 3  # int(3.5)
