@@ -7,7 +7,7 @@ FedAvg, the run directory) is shared by all tasks.
 | task | data | model input | loss | evaluation |
 | --- | --- | --- | --- | --- |
 | heart-disease | embedded UCI files (or a site's export) | 13 features | BCE | classification |
-| tabular | a CSV + the consortium's JSON schema | schema features | BCE | classification |
+| tabular | a CSV + JSON schema (or the synthetic cohort) | schema features | BCE | classification |
 | image-classification | a manifest (or synthetic hospitals) | (1, S, S) | BCE | classification |
 | segmentation | a manifest with masks (or synthetic) | (1, S, S) | Dice + BCE | Dice, IoU |
 """
