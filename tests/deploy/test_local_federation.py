@@ -133,6 +133,16 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
         assert "unavailable" in (plain.stdout + plain.stderr).lower()
 
 
+def _signal_all(pids: list[int], sig: int) -> None:
+    """Signal each process; one that has exited meanwhile (an app process that had
+    already finished, reaped by now) needs no signal."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path):
     """In round 2 VA's SuperNode is killed and Hungarian's is frozen (SIGSTOP) past the
     round timeout. The round completes with Cleveland (strategy.min-round-nodes=1),
@@ -148,13 +158,11 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
             _wait_for(lambda: len(_rounds(run)) >= 1, timeout=300, what="round 1")
             fed.kill("va")  # round 2's training has just been sent
             frozen = process_tree(fed.procs["hungarian"].pid)  # SuperNode, SuperExec, app
-            for pid in frozen:
-                os.kill(pid, signal.SIGSTOP)
+            _signal_all(frozen, signal.SIGSTOP)
             try:
                 time.sleep(30)  # past round 2's training timeout
             finally:
-                for pid in frozen:
-                    os.kill(pid, signal.SIGCONT)
+                _signal_all(frozen, signal.SIGCONT)
             _wait_for(lambda: len(_rounds(run)) >= 2, timeout=300, what="round 2")
             fed.rejoin("va")  # same key, so the same node id
             assert proc.wait(timeout=600) == 0, (fed.workdir / "flwr-run.log").read_text()[-3000:]
