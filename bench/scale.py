@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,16 +28,12 @@ import time
 from pathlib import Path
 
 from bench.report import write_section
-from medfl.localsim import flower_env, stop_superlink, superlink_pids
+from medfl.deployment.local import process_tree
+from medfl.localsim import flower_env, free_port_pair, stop_superlink, superlink_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLED = 100  # sites per round
 SECTION = "scale"
-
-
-def _ppid_and_start(pid: int) -> tuple[int, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1]), int(fields[19])  # ppid, start time (clock ticks since boot)
 
 
 def _pss_kib(pid: int) -> int:
@@ -50,26 +45,14 @@ def _pss_kib(pid: int) -> int:
 
 def tree_pss_bytes(roots: list[int]) -> tuple[int, int]:
     """Sum of PSS over ``roots`` and all their descendants; (bytes, number of processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(_ppid_and_start(int(entry.name))[0], []).append(
-                    int(entry.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    seen, stack, total = set(), list(roots), 0
-    while stack:
-        pid = stack.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
+    pids = {pid for root in roots for pid in process_tree(root)}
+    total = 0
+    for pid in pids:
         try:
             total += _pss_kib(pid) * 1024
         except OSError:  # exited meanwhile
             pass
-        stack.extend(children.get(pid, []))
-    return total, len(seen)
+    return total, len(pids)
 
 
 class PeakSampler(threading.Thread):
@@ -150,21 +133,6 @@ def run_once(sites: int, rounds: int, tmp: Path, port: int, name: str) -> dict:
             "max_epsilon": summary["privacy"]["max_epsilon"]}
 
 
-def _free_port_pair() -> int:
-    """A port p on loopback with p + 1 also free (the SuperLink's two APIs)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        try:
-            with socket.socket() as b:
-                b.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on loopback")
-
-
 def _gib(b: float) -> str:
     return f"{b / 2**30:.2f}"
 
@@ -180,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="medfl-scale-") as tmp:
         for rep in range(args.repeats):
             for n in args.sites:
-                r = run_once(n, args.rounds, Path(tmp), _free_port_pair(), f"s{n}-r{rep}")
+                r = run_once(n, args.rounds, Path(tmp), free_port_pair(), f"s{n}-r{rep}")
                 print(json.dumps(r), flush=True)
                 results.setdefault(n, []).append(r)
     rows = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 import zlib
@@ -33,6 +34,23 @@ def base_port(root: Path = ROOT) -> int:
     holds it; 4000 slots make a clash between two checkouts unlikely, not impossible.
     """
     return 21000 + 2 * (zlib.crc32(str(root).encode()) % 4000)
+
+
+def free_port_pair() -> int:
+    """A free loopback port p with p + 1 free too (a local SuperLink's two APIs)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+        if port >= 65000:
+            continue
+        try:
+            with socket.socket() as b:
+                b.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair on loopback")
 
 
 def flower_env(root: Path = ROOT, *, port: int | None = None) -> dict[str, str]:

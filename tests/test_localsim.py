@@ -31,3 +31,14 @@ def test_activate_hook_is_written_once(tmp_path):
     text = activate.read_text()
     assert text.count('export FLWR_HOME="/srv/medfl/.flwr"') == 1
     assert text.startswith("# venv activate\n")
+
+
+def test_free_port_pair_gives_two_bindable_loopback_ports():
+    import socket
+
+    from medfl.localsim import free_port_pair
+
+    port = free_port_pair()
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", port))
+        b.bind(("127.0.0.1", port + 1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,24 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from medfl.localsim import flower_env, stop_superlink, superlink_pids
+from medfl.localsim import flower_env, free_port_pair, stop_superlink, superlink_pids
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port < 65000:
-            try:
-                with socket.socket() as s2:
-                    s2.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair on loopback")
 
 
 #: Ray's own start-up failure on a loaded 2-core machine (seen once in CI, right after
@@ -59,7 +43,7 @@ def ray_head():
     ray = str(Path(sys.executable).parent / "ray")
     # a short folder: Ray's socket paths under it must stay within the 107-byte limit
     temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
-    port = _free_port_pair()
+    port = free_port_pair()
     started = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2",
                               f"--temp-dir={temp}", "--include-dashboard=false",
                               "--disable-usage-stats"], capture_output=True, text=True,
@@ -81,7 +65,7 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path, ray_head):
     shutil.copy(ROOT / "simulations" / "flwr-config.toml", flwr_home / "config.toml")
     out = tmp_path / "outputs"
     state = tmp_path / "state"
-    env = {**os.environ, **flower_env(ROOT, port=_free_port_pair())}
+    env = {**os.environ, **flower_env(ROOT, port=free_port_pair())}
     env["FLWR_HOME"] = str(flwr_home)
     env.pop("MEDFL_HOME", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -165,7 +149,7 @@ def test_flwr_run_imaging_scenario_end_to_end(tmp_path, scenario, metric):
         lines += [f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
     run_toml = tmp_path / "run.toml"
     run_toml.write_text("\n".join(lines) + "\n")
-    env = {**os.environ, **flower_env(ROOT, port=_free_port_pair())}
+    env = {**os.environ, **flower_env(ROOT, port=free_port_pair())}
     env["FLWR_HOME"] = str(flwr_home)
     env.pop("MEDFL_HOME", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
