@@ -39,4 +39,4 @@ def test_apps_are_thin():
 def test_localsim_needs_only_the_standard_library():
     # The Makefile runs it with the system Python before .venv exists.
     assert _imports(ROOT / "medfl" / "localsim.py") <= {
-        "__future__", "os", "signal", "sys", "time", "zlib", "pathlib"}
+        "__future__", "os", "signal", "socket", "sys", "time", "zlib", "pathlib"}
