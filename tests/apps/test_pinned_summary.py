@@ -1,0 +1,52 @@
+"""One seeded run's ``summary.json``, pinned before the structural refactor (issue 17).
+
+The file ``data/pinned_summary.json`` was written by the code as it stood before the move
+into ``medfl/site/``, ``medfl/tasks/`` and the split server adapter, for a seeded run with
+``privacy.secure-noise=false``. A refactor must leave every key and every figure as it was:
+counts exactly, floats to 1e-6 (float32 training sums in a different order across runs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+PINNED = Path(__file__).parent / "data" / "pinned_summary.json"
+
+
+def _differences(got: Any, want: Any, path: str = "") -> list[str]:
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) != set(want):
+            extra = sorted(set(got) - set(want)) if isinstance(got, dict) else got
+            missing = sorted(set(want) - set(got)) if isinstance(got, dict) else "all"
+            return [f"{path}: keys differ (missing {missing}, unexpected {extra})"]
+        return [d for k in want for d in _differences(got[k], want[k], f"{path}.{k}")]
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return [f"{path}: {got!r} != {want!r}"]
+        return [d for i, (g, w) in enumerate(zip(got, want, strict=True))
+                for d in _differences(g, w, f"{path}[{i}]")]
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
+            return []
+    elif type(got) is type(want) and got == want:
+        return []
+    return [f"{path}: {got!r} != {want!r}"]
+
+
+def test_a_seeded_run_reproduces_the_pinned_summary(run_inprocess):
+    path, _ = run_inprocess(num_server_rounds=3, privacy__secure_noise=False, run_name="pin")
+    got = json.loads((path / "summary.json").read_text())
+    assert _differences(got, json.loads(PINNED.read_text())) == []
+
+
+def test_the_comparison_sees_a_changed_figure_and_a_missing_key():
+    want = {"a": {"x": 0.5, "n": 3}, "b": [1.0, "s"]}
+    assert _differences({"a": {"x": 0.5 + 1e-12, "n": 3}, "b": [1.0, "s"]}, want) == []
+    assert _differences({"a": {"x": 0.51, "n": 3}, "b": [1.0, "s"]}, want) == [
+        ".a.x: 0.51 != 0.5"]
+    assert _differences({"a": {"x": 0.5}, "b": [1.0, "s"]}, want)[0].startswith(".a: keys")
+    assert _differences({"a": {"x": 0.5, "n": 3.0}, "b": [1.0, "s"]}, want) == [
+        ".a.n: 3.0 != 3"]
