@@ -56,7 +56,7 @@ def reply_bytes(raw: dict) -> tuple[int, dict[str, int]]:
     """(parameter bytes, serialized train-reply bytes per compression mode)."""
     inprocess.set_task_identity()
     torch.manual_seed(0)
-    received = state_arrays(tasks.build_task_model(parse_run_config(raw)))
+    received = state_arrays(tasks.task_for(parse_run_config(raw)).build_model())
     trained = {k: v + 0.01 * torch.randn_like(v) for k, v in received.items()}
     request = Message(RecordDict({"arrays": fed.to_array_record(received),
                                   "config": ConfigRecord({"server-round": 1})}),
@@ -76,7 +76,7 @@ def accuracy(raw: dict, seed: int, tmp: str) -> tuple[float, float]:
     cfg = {**raw, "seed": seed, "output-dir": tmp, "privacy.secure-noise": False,
            "privacy.audit": False, "state-dir": str(Path(tmp) / f"state-{raw['run-name']}"),
            "evaluation.personal-epochs": 0}
-    grid = inprocess.run(cfg, num_nodes=len(tasks.sites(parse_run_config(cfg))),
+    grid = inprocess.run(cfg, num_nodes=len(tasks.task_for(parse_run_config(cfg)).sites()),
                          measure_bytes=True)
     s = json.loads((Path(tmp) / cfg["run-name"] / "summary.json").read_text())
     sent = [b for kind, b in grid.reply_bytes if kind == "train"]

@@ -35,7 +35,7 @@ def run_one(name: str, seed: int, fedbn: bool, tmp: str) -> dict[str, float]:
                 "privacy.audit": False})
     cfg = parse_run_config(raw)
     t0 = time.perf_counter()
-    inprocess.run(raw, num_nodes=len(tasks.sites(cfg)))
+    inprocess.run(raw, num_nodes=len(tasks.task_for(cfg).sites()))
     seconds = time.perf_counter() - t0
     s = json.loads((Path(tmp) / raw["run-name"] / "summary.json").read_text())
     key = "dice" if SCENARIOS[name] == "dice" else "accuracy"

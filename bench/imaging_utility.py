@@ -81,7 +81,7 @@ def centralised(cfg, data: SiteData, seed: int, metric: str) -> tuple[float, flo
                           train=replace(cfg.train, lr=lr, local_epochs=cfg.num_server_rounds
                                         * cfg.train.local_epochs))
         torch.manual_seed(seed)
-        init = tasks.build_task_model(central).state_dict()
+        init = tasks.task_for(central).build_model().state_dict()
         try:
             result = site_lib.fit(central, data, weights=init, scaler=site_lib.site_scaler(
                 central, data, None), server_round=1, plan=None, history=[], seed=seed)
@@ -98,11 +98,11 @@ def run_one(name: str, metric: str, seed: int, tmp: str) -> tuple[float, float, 
                 "state-dir": str(Path(tmp) / "state")})
     cfg = parse_run_config(raw)
     t0 = time.perf_counter()
-    inprocess.run(raw, num_nodes=len(tasks.sites(cfg)))
+    inprocess.run(raw, num_nodes=len(tasks.task_for(cfg).sites()))
     fed_s = time.perf_counter() - t0
     summary = json.loads((Path(tmp) / raw["run-name"] / "summary.json").read_text())
     eps = max(s["epsilon"] for s in summary["sites"])
-    data = pooled([site_lib.load_site(cfg, s) for s in tasks.sites(cfg)])
+    data = pooled([site_lib.load_site(cfg, s) for s in tasks.task_for(cfg).sites()])
     fed = score(cfg, data, load_bundle(Path(tmp) / raw["run-name"]).weights, metric)
     t0 = time.perf_counter()
     central, lr = centralised(cfg, data, seed, metric)

@@ -54,10 +54,10 @@ def one_run(seed: int, tmp: str) -> dict[int, dict[str, float]]:
     bundle = load_bundle(Path(tmp) / f"s{seed}")
     std = Standardizer(**{k: tuple(v) for k, v in
                           bundle.manifest["preprocessing"]["standardizer"].items()})
-    model = tasks.build_task_model(cfg)
+    model = tasks.task_for(cfg).build_model()
     model.load_state_dict(bundle.weights)
-    sites = tasks.sites(cfg)
-    data = {s: tasks.load_site(cfg, s) for s in sites}
+    sites = tasks.task_for(cfg).sites()
+    data = {s: tasks.task_for(cfg).load_site(s) for s in sites}
     probs = {s: predict_proba(model, std.transform(d.x_test), device="cpu").reshape(-1)
              for s, d in data.items()}
     out = {}

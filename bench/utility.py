@@ -93,10 +93,10 @@ def _exact_pooled_auroc(cfg: RunConfig, run: Path, summary: dict) -> tuple[float
     received = Standardizer.from_dict(bundle.manifest["preprocessing"]["standardizer"])
     ys, glob, pers = [], [], []
     for site in summary["sites"]:
-        data = tasks.load_site(cfg, site["name"])
+        data = tasks.task_for(cfg).load_site(site["name"])
         scaler = site_lib.site_scaler(cfg, data, received)
         x = scaler.transform(data.x_test)
-        model = tasks.build_task_model(cfg)
+        model = tasks.task_for(cfg).build_model()
         model.load_state_dict(bundle.weights)
         ys.append(data.y_test)
         glob.append(predict_proba(model, x, device="cpu").reshape(-1))
@@ -118,13 +118,13 @@ def _exact_pooled_auroc(cfg: RunConfig, run: Path, summary: dict) -> tuple[float
 def centralised(seed: int, *, pooled: bool) -> dict[str, float]:
     """Non-federated baselines with the default model and optimiser (10 epochs)."""
     cfg = parse_run_config(inprocess.default_run_config())
-    data = {s: tasks.load_site(cfg, s) for s in tasks.sites(cfg)}
-    spec = tasks.feature_spec(cfg)
+    data = {s: tasks.task_for(cfg).load_site(s) for s in tasks.task_for(cfg).sites()}
+    spec = tasks.task_for(cfg).feature_spec()
 
     def train(x: np.ndarray, y: np.ndarray):
         torch.manual_seed(seed)
         scaler = local_standardizer(x, columns=spec.numeric_idx)
-        model = tasks.build_task_model(cfg)
+        model = tasks.task_for(cfg).build_model()
         loader = make_loader(scaler.transform(x), y, batch_size=cfg.train.batch_size,
                              shuffle=True, seed=seed)
         train_epochs(model, loader, make_optimizer(model, cfg.train), epochs=10,

@@ -202,7 +202,7 @@ def audit(
         bundle = load_bundle(run_dir)
         std = bundle.manifest["preprocessing"].get("standardizer")
         scaler = Standardizer.from_dict(std) if std else Standardizer((), (), ())
-        names = site or list(tasks.sites(cfg))
+        names = site or list(tasks.task_for(cfg).sites())
         if data_path is not None and len(names) != 1:
             raise typer.BadParameter("--data-path needs exactly one --site")
         rows = {}
@@ -304,13 +304,13 @@ def predict(
                 try:
                     data = f.read_bytes()
                     [pred] = model.predict([data])
-                    if explain and model.task != "segmentation":
+                    if explain and not model.segmentation:
                         overlays[f.name] = model.explain([data])[0]["overlay_png"]
                 except (MedflError, OSError) as exc:
                     raise MedflError(f"{f.name}: {exc}") from None
                 out.append(pred)
             names = [f.name for f in files]
-            if model.task == "segmentation":
+            if model.segmentation:
                 masks = {n: p.pop("mask") for n, p in zip(names, out, strict=True)}
                 result = pd.DataFrame({"file": names,
                                        "lesion_fraction": [p["lesion_fraction"] for p in out],

@@ -10,11 +10,30 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 from medfl.errors import ConfigError
 
-TASKS = ("heart-disease", "tabular", "image-classification", "segmentation")
+
+class TaskName(str, Enum):
+    """The four tasks (``task`` in the run config); their behaviour is in ``medfl.tasks``."""
+
+    HEART_DISEASE = "heart-disease"
+    TABULAR = "tabular"
+    IMAGE_CLASSIFICATION = "image-classification"
+    SEGMENTATION = "segmentation"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_tabular(self) -> bool:
+        """Heart disease (embedded) or a consortium's own table."""
+        return self in (TaskName.HEART_DISEASE, TaskName.TABULAR)
+
+
+TASKS = tuple(t.value for t in TaskName)
 MODELS = ("logreg", "mlp", "resnet", "densenet121", "unet")
 #: Which models fit which task (checked once, when the config is parsed).
 TASK_MODELS = {
@@ -158,7 +177,7 @@ class RunConfig:
 
     num_server_rounds: int
     seed: int
-    task: str
+    task: TaskName
     device: str
     output_dir: str
     run_name: str
@@ -177,7 +196,7 @@ class RunConfig:
     @property
     def is_tabular(self) -> bool:
         """Heart disease (embedded) or a consortium's own table (``task = "tabular"``)."""
-        return self.task in ("heart-disease", "tabular")
+        return self.task.is_tabular
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -332,12 +351,12 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         return cls(**fields)
 
     privacy = section("privacy", PrivacyConfig)
-    task, model = v["task"], v["model.name"]
+    task, model = TaskName(v["task"]), v["model.name"]
     if model not in TASK_MODELS[task]:
-        raise ConfigError(f"model.name={model!r} does not fit task={task!r}; valid for this "
+        raise ConfigError(f"model.name={model!r} does not fit task={task.value!r}; valid for this "
                           f"task: {', '.join(TASK_MODELS[task])}")
     data = section("data", DataConfig)
-    if task == "tabular" and data.manifest and not data.schema:
+    if task is TaskName.TABULAR and data.manifest and not data.schema:
         raise ConfigError("task='tabular' with data.manifest needs data.schema: the "
                           "consortium's JSON schema file (label, features with types, "
                           "sensitive columns); with neither, the built-in synthetic cohort")
@@ -345,14 +364,14 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     if privacy.central_noise_multiplier > 0 and strategy.fraction_train < 1:
         raise ConfigError("privacy.central-noise-multiplier > 0 needs strategy.fraction-train "
                           "= 1: central DP's noise is calibrated to every site taking part")
-    if task == "heart-disease" and data.partition != "natural":
+    if task is TaskName.HEART_DISEASE and data.partition != "natural":
         raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
                           "'heart-disease': its sites are the four hospitals (use 'natural', "
                           "or task='tabular' to re-partition a table)")
     return RunConfig(
         num_server_rounds=v["num-server-rounds"],
         seed=v["seed"],
-        task=v["task"],
+        task=task,
         device=v["device"],
         output_dir=v["output-dir"],
         run_name=v["run-name"],

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 def initial_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
     """The global model's starting weights, reproducible from the run's seed."""
     torch.manual_seed(cfg.seed)
-    return state_arrays(tasks.build_task_model(cfg))
+    return state_arrays(tasks.task_for(cfg).build_model())
 
 
 def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
@@ -44,47 +44,13 @@ def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
             f"only {len(moments)} of {expected} sites shared feature statistics "
             f"({sorted(moments)}); the consortium standardiser needs all of them"
         )
-    spec = tasks.feature_spec(cfg)
+    spec = tasks.task_for(cfg).feature_spec()
     return pool_moments(list(moments.values()), bounds=spec.bounds, columns=spec.numeric_idx)
 
 
 def site_order(names: list[str]) -> list[str]:
     known = [s for s in HEART_SITES if s in names]
     return known + sorted(set(names) - set(known))
-
-
-def _model_io(cfg: RunConfig, scaler: Standardizer | None) -> dict[str, Any]:
-    """The bundle's architecture, input schema and preprocessing: what a caller needs to
-    rebuild the model and reproduce training-time inputs exactly."""
-    if cfg.is_tabular:
-        spec = tasks.feature_spec(cfg)
-        return {
-            "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
-                             "n_features": len(spec.feature_names), "n_outputs": 1,
-                             "output": f"logit of P({tasks.label_names(cfg)[1]})"},
-            "input_schema": spec.input_schema,
-            "preprocessing": {
-                "encoding": ("one-hot cp and restecg, first level dropped (FLamby)"
-                             if cfg.task == "heart-disease" else
-                             "numeric, binary, then one-hot categorical features (first "
-                             "level dropped), in input_schema.features order"),
-                "scaling": cfg.preprocessing.scaling,
-                "standardizer": scaler.to_dict() if scaler is not None else None,
-            },
-        }
-    size = cfg.data.image_size
-    seg = tasks.kind(cfg) == "segmentation"
-    return {
-        "architecture": {"name": cfg.model.name, "width": cfg.model.width,
-                         "image_shape": [1, size, size], "n_outputs": 1,
-                         "output": ("logit of P(lesion) per pixel" if seg else
-                                    f"logit of P({tasks.label_names(cfg)[1]})")},
-        "input_schema": {"type": "image", "formats": ["png", "jpeg", "dicom", "nifti"],
-                         "channels": 1, "dimensions": 2,
-                         "sensitive_attributes": ["sex", "age"]},
-        "preprocessing": {"image": tasks.image_preprocessing(cfg).to_dict(),
-                          "order": "read (DICOM modality LUT), intensity, resize"},
-    }
 
 
 def finish_run(
@@ -111,9 +77,9 @@ def finish_run(
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
                             audits=audits or {}, central=central, personal=personal)
     manifest = {
-        "task": cfg.task,
-        **_model_io(cfg, scaler),
-        "label_names": list(tasks.label_names(cfg)),
+        "task": cfg.task.value,
+        **tasks.task_for(cfg).model_io(scaler),
+        "label_names": list(tasks.task_for(cfg).label_names()),
         "threshold": cfg.evaluation.threshold,
         "metrics": {"global": summary["global"]["metrics"],
                     "mean_site_accuracy": summary["mean_site_accuracy"]},

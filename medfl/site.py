@@ -21,7 +21,6 @@ import torch
 from medfl import attack, tasks
 from medfl.config import RunConfig
 from medfl.data.augment import build_augmentation
-from medfl.data.heart import HEART_SITES
 from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError, DataError, PrivacyBudgetExceeded
@@ -63,8 +62,7 @@ def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
     """
     if "site" in node_config:
         site = str(node_config["site"])
-        if cfg.task == "heart-disease" and site not in HEART_SITES:
-            raise ConfigError(f"node-config site={site!r} is unknown; valid: {list(HEART_SITES)}")
+        tasks.task_for(cfg).check_site_name(site)
         if not site or not all(c.isalnum() or c in "-_." for c in site):
             raise ConfigError("node-config site must be a name of letters, digits, '-', '_' "
                               "or '.'")
@@ -73,10 +71,10 @@ def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
         raise ConfigError("node-config needs site='<name>' (deployment) or partition-id "
                           "(simulation); neither was given")
     pid, num = int(node_config["partition-id"]), int(node_config.get("num-partitions", 0))
-    names = tasks.sites(cfg, num_partitions=num)
+    names = tasks.task_for(cfg).sites(num_partitions=num)
     if num != len(names):
         raise ConfigError(
-            f"the {cfg.task} data has {len(names)} sites but the federation has {num} "
+            f"the {cfg.task.value} data has {len(names)} sites but the federation has {num} "
             f"supernodes; run with --federation-config 'num-supernodes={len(names)}'"
         )
     return names[pid]
@@ -94,18 +92,9 @@ def site_config(cfg: RunConfig, node_config: dict[str, Any]) -> RunConfig:
     if "site" in node_config and cfg.attack.kind != "none":
         raise ConfigError("attack.kind is a simulation option; a deployed site refuses a run "
                           "that asks it to corrupt its update")
-    if "site" not in node_config or cfg.task == "heart-disease":
+    if "site" not in node_config:
         return cfg
-    if "data-path" not in node_config:
-        raise ConfigError(f"a deployed {cfg.task} site needs node-config data-path (its own "
-                          "manifest or CSV file)")
-    schema = ""
-    if cfg.task == "tabular":
-        if "schema-path" not in node_config:
-            raise ConfigError("a deployed tabular site needs node-config schema-path (its "
-                              "copy of the consortium's JSON schema)")
-        schema = str(node_config["schema-path"])
-    return replace(cfg, data=replace(cfg.data, manifest="", schema=schema))
+    return tasks.task_for(cfg).deployed_config(node_config)
 
 
 def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:
@@ -129,7 +118,7 @@ def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_ke
     p, t = cfg.privacy, cfg.train
     plan_inputs = (site, cfg.seed, cfg.num_server_rounds, t.local_epochs, t.batch_size,
                    p.enabled, p.target_epsilon, p.target_delta, p.max_grad_norm, p.accountant,
-                   cfg.preprocessing.stats_noise_multiplier, cfg.task, cfg.model.name)
+                   cfg.preprocessing.stats_noise_multiplier, cfg.task.value, cfg.model.name)
     tag = hashlib.sha256(repr(plan_inputs).encode()).hexdigest()[:12]
     return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}-{tag}.json"
 
@@ -176,8 +165,8 @@ def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
 
 def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
               verify: bool = True, num_partitions: int | None = None) -> SiteData:
-    """This site's data (see :func:`medfl.tasks.load_site`)."""
-    return tasks.load_site(cfg, site, data_path=data_path, verify=verify,
+    """This site's data (see :meth:`medfl.tasks.Task.load_site`)."""
+    return tasks.task_for(cfg).load_site(site, data_path=data_path, verify=verify,
                            num_partitions=num_partitions)
 
 
@@ -229,7 +218,7 @@ def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -
             f"site has fewer training rows than privacy.k-threshold="
             f"{cfg.privacy.k_threshold}; it cannot share feature statistics"
         )
-    spec = tasks.feature_spec(cfg)
+    spec = tasks.task_for(cfg).feature_spec()
     return site_moments(
         data.x_train[:, list(spec.numeric_idx)].astype(np.float64), bounds=spec.bounds,
         noise_multiplier=cfg.preprocessing.stats_noise_multiplier, rng=rng,
@@ -246,12 +235,13 @@ def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -
             raise ConfigError("scaling 'federated' but the server sent no standardiser")
         return received
     if cfg.preprocessing.scaling == "site":
-        return local_standardizer(data.x_train, columns=tasks.feature_spec(cfg).numeric_idx)
+        return local_standardizer(data.x_train,
+                                  columns=tasks.task_for(cfg).feature_spec().numeric_idx)
     return Standardizer((), (), ())
 
 
 def _model(cfg: RunConfig, weights: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-    model = tasks.build_task_model(cfg)
+    model = tasks.task_for(cfg).build_model()
     if weights is not None:
         model.load_state_dict(weights, strict=True)
     return model
@@ -305,7 +295,7 @@ def fit(
     sampling_seed = dp_seed(seed, secure=p.secure_noise) if p.enabled else seed
     noise_seed = dp_seed(seed + 1, secure=p.secure_noise)
     augment = build_augmentation(cfg.train.augment, seed=sampling_seed + 7,
-                                 segmentation=tasks.kind(cfg) == "segmentation")
+                                 segmentation=tasks.task_for(cfg).segmentation)
     loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
                          seed=sampling_seed, transform=augment)
     if p.enabled:
@@ -334,7 +324,7 @@ def fit(
             secure_mode=p.secure_mode,
         )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
-                          device=device, criterion=tasks.make_loss(cfg),
+                          device=device, criterion=tasks.task_for(cfg).make_loss(),
                           proximal_mu=proximal_mu)
     if p.enabled:
         history = [tuple(h) for h in engine.accountant.history]
@@ -374,7 +364,7 @@ def evaluate(
     device = resolve_device(cfg.device)
     model = _model(cfg, weights).to(device)
     scores = predict_proba(model, scaler.transform(data.x_test), device=device)
-    if tasks.kind(cfg) == "segmentation":
+    if tasks.task_for(cfg).segmentation:
         return segmentation_stats(data.y_test, scores, threshold=cfg.evaluation.threshold,
                                   k=cfg.privacy.k_threshold)
     t, k = cfg.evaluation.threshold, cfg.privacy.k_threshold
@@ -401,7 +391,7 @@ def personalise(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tens
     loader = make_loader(scaler.transform(data.x_train), data.y_train,
                          batch_size=cfg.train.batch_size, shuffle=True, seed=seed)
     train_epochs(model, loader, make_optimizer(model, train_cfg), epochs=e.personal_epochs,
-                 device=device, criterion=tasks.make_loss(cfg))
+                 device=device, criterion=tasks.task_for(cfg).make_loss())
     return state_arrays(model)
 
 

@@ -60,7 +60,7 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     """
     k, threshold = cfg.privacy.k_threshold, cfg.evaluation.threshold
     device = resolve_device(cfg.device)
-    model = tasks.build_task_model(cfg)
+    model = tasks.task_for(cfg).build_model()
     model.load_state_dict(weights, strict=True)
     model = model.to(device).eval()
     x_test = scaler.transform(data.x_test)
@@ -69,8 +69,8 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
         raise DataError("the global model's predictions are not finite (NaN or infinity): "
                         "training diverged; lower train.lr")
     cell_list = cells(cfg)
-    kind = tasks.kind(cfg)
-    if kind == "segmentation":
+    task = tasks.task_for(cfg)
+    if task.segmentation:
         dice, iou, hd = per_image_segmentation(data.y_test, probs, threshold=threshold)
         stats = segmentation_report(dice, iou, hd, data.sensitive_test, cell_list, k=k)
         local = {"Dice": float(dice.mean()), "IoU": float(iou.mean())}

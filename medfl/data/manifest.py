@@ -278,7 +278,7 @@ def load_manifest_site(manifest: Manifest, site: str, *, prep: ImagePreprocessin
         raise DataError(f"site {site!r} has no rows in the manifest (check its 'site' "
                         "column, or leave the column out of a one-site manifest)")
     labels = None
-    if manifest.task == "image-classification":
+    if manifest.label_names:  # image-classification (segmentation has masks)
         index = {name: i for i, name in enumerate(manifest.label_names)}
         labels = rows["label"].map(index).to_numpy(dtype=np.int64)
     idx_train, idx_test = _split(rows, site, labels, test_fraction=test_fraction, seed=seed)

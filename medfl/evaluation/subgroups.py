@@ -61,7 +61,8 @@ def _numbers(col: pd.Series) -> np.ndarray:
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
 
 
-def _sex(male: tuple, female: tuple) -> list[Cell]:
+def sex_cells(male: tuple, female: tuple) -> list[Cell]:
+    """Cells ``sex = male`` and ``sex = female``, matching the given codes."""
     def pick(values: tuple) -> Callable[[pd.DataFrame], np.ndarray]:
         wanted = [str(v).upper() for v in values]
         return _where("sex", lambda c: c.astype(str).str.strip().str.upper().isin(wanted))
@@ -77,12 +78,13 @@ def _same(col: pd.Series, level: object) -> np.ndarray:
     return (col.astype(str).str.strip() == str(level)).to_numpy()
 
 
-def _levels(column: str, levels: list) -> list[Cell]:
+def level_cells(column: str, levels: list) -> list[Cell]:
+    """One cell per declared level of ``column``."""
     return [Cell(column, str(lv), _where(column, lambda c, lv=lv: _same(c, lv)))
             for lv in levels]
 
 
-def _cuts(column: str, cuts: list[float]) -> list[Cell]:
+def cut_cells(column: str, cuts: list[float]) -> list[Cell]:
     """Bands between consecutive ``cuts`` (the first from -inf, the last to +inf)."""
     edges = [-np.inf, *sorted(float(c) for c in cuts), np.inf]
 
@@ -96,26 +98,12 @@ def _cuts(column: str, cuts: list[float]) -> list[Cell]:
             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _age_band(cut: float) -> list[Cell]:
-    return _cuts("age", [cut])
-
-
 def cells(cfg: RunConfig) -> list[Cell]:
-    """The run's evaluation cells, in wire order (cell 0 is the whole test set)."""
-    out = [Cell(ALL, ALL, _everyone)]
-    if cfg.task == "heart-disease":
-        out += _sex(male=("1", "1.0"), female=("0", "0.0")) + _age_band(55)
-    elif cfg.task in ("image-classification", "segmentation"):
-        out += _sex(male=("M", "MALE"), female=("F", "FEMALE")) + _age_band(65)
-    elif cfg.task == "tabular":
-        from medfl import tasks
+    """The run's evaluation cells, in wire order (cell 0 is the whole test set, then the
+    task's declared subgroups)."""
+    from medfl.tasks import task_for
 
-        for entry in tasks.tabular_schema(cfg).subgroups:
-            if entry.levels:
-                out += _levels(entry.name, list(entry.levels))
-            elif entry.cuts:
-                out += _cuts(entry.name, list(entry.cuts))
-    return out
+    return [Cell(ALL, ALL, _everyone), *task_for(cfg).subgroups()]
 
 
 def attributes(cell_list: list[Cell]) -> dict[str, list[int]]:

@@ -46,10 +46,10 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
     try:
         cfg = site_config(parse_run_config(dict(context.run_config)), dict(context.node_config))
         k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
-        n_numeric = len(tasks.feature_spec(cfg).numeric_idx) if cfg.is_tabular else 0
+        n_numeric = len(tasks.task_for(cfg).feature_spec().numeric_idx) if cfg.is_tabular else 0
         cell_list = cells(cfg)
         n_cells = len(cell_list)
-        n_explain = (len(tasks.feature_spec(cfg).feature_names) if cfg.is_tabular
+        n_explain = (len(tasks.task_for(cfg).feature_spec().feature_names) if cfg.is_tabular
                      else SALIENCY_GRID ** 2)
         content = reply.content
         records = {**{n: "metrics" for n in content.metric_records},

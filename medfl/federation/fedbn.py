@@ -48,7 +48,7 @@ def check_fedbn(cfg: RunConfig) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _task_norm_keys(cfg: RunConfig) -> frozenset[str]:
-    keys = norm_keys(tasks.build_task_model(cfg))
+    keys = norm_keys(tasks.task_for(cfg).build_model())
     if not keys:
         raise ConfigError(f"strategy.fedbn=true needs a model with normalisation-layer "
                           f"parameters; model {cfg.model.name!r} has none (valid: "

@@ -7,6 +7,7 @@ from typing import Any
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 from medfl.privacy.audit import AuditResult
+from medfl.tasks import task_for
 
 
 def _site_privacy(cfg: RunConfig, t: dict[str, Any]) -> dict[str, Any]:
@@ -126,8 +127,8 @@ def build_summary(
     eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
     return {
         "run_name": run_name,
-        "task": cfg.task,
-        "dataset": _dataset(cfg),
+        "task": cfg.task.value,
+        "dataset": task_for(cfg).dataset_id(),
         "strategy": cfg.strategy.name,
         "model": cfg.model.name,
         "rounds": last_round,
@@ -197,14 +198,6 @@ def _pooled_metrics(pooled: dict[str, Any]) -> dict[str, Any]:
     return {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"], "loss": pooled["loss"],
             **({"dice": pooled["dice"], "iou": pooled["iou"]}
                if pooled["dice"] is not None else {})}
-
-
-def _dataset(cfg: RunConfig) -> str:
-    if cfg.task == "heart-disease":
-        return "uci-heart-disease"
-    if cfg.task == "tabular":
-        return "tabular-csv" if cfg.data.manifest else "synthetic-cohort"
-    return "manifest" if cfg.data.manifest else "synthetic-hospitals"
 
 
 def _metrics(e: SiteEvalStats | None) -> dict[str, float | None]:

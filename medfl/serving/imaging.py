@@ -17,6 +17,7 @@ from medfl.errors import BundleError, DataError
 from medfl.models import IMAGE_MODELS, build_model
 from medfl.serving.bundle import Bundle
 from medfl.serving.tabular import InputError
+from medfl.tasks import EvalKind, evaluation_of
 
 
 def mask_rle(mask: np.ndarray) -> list[int]:
@@ -48,6 +49,11 @@ class ImageModel:
     #: one forward pass at a time: Grad-CAM hooks the shared module, and a concurrent
     #: request's forward pass would land in another request's activations
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def segmentation(self) -> bool:
+        """Whether the model predicts a mask per image (else one label)."""
+        return evaluation_of(self.task) is EvalKind.SEGMENTATION
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ImageModel:
@@ -99,7 +105,7 @@ class ImageModel:
         Segmentation: the binary mask at the operating threshold (``mask``, (S, S) uint8)
         and the fraction of pixels marked as lesion."""
         p = self.probabilities(self.preprocess(images))
-        if self.task == "segmentation":
+        if self.segmentation:
             masks = (p[:, 0] >= self.threshold).astype(np.uint8)
             return [{"mask": m, "shape": list(m.shape), "lesion_fraction": float(m.mean()),
                      "mask_rle": mask_rle(m)} for m in masks]
@@ -111,7 +117,7 @@ class ImageModel:
         """Grad-CAM of the positive logit per image (classification only): the heatmap
         (S, S) in [0, 1], the same as a greyscale PNG, and its overlay on the preprocessed
         image (PNG)."""
-        if self.task == "segmentation":
+        if self.segmentation:
             raise InputError("files", "a segmentation model is explained by its mask: use "
                                       "/predict (Grad-CAM needs a single class score)")
         from medfl.explain import feature_layer, gradcam, overlay_png

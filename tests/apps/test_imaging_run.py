@@ -85,7 +85,7 @@ def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_ma
     assert prep.size == SIZE and bundle.manifest["input_schema"]["type"] == "image"
     cfg = _parsed(cls_manifest, task="image-classification", model__name="resnet")
     data = site_lib.load_site(cfg, "alpha")
-    model = tasks.build_task_model(cfg)
+    model = tasks.task_for(cfg).build_model()
     model.load_state_dict(bundle.weights)
     p = predict_proba(model, data.x_test, device=torch.device("cpu"))
     acc = float(np.mean((p >= 0.5) == data.y_test))
@@ -147,7 +147,7 @@ def test_segmentation_reports_dice_computed_by_hand(run_inprocess, seg_manifest,
     # an empty prediction of an empty mask scoring 1, then the mean over images.
     cfg = _parsed(seg_manifest, task="segmentation", model__name="unet")
     data = site_lib.load_site(cfg, "beta")
-    model = tasks.build_task_model(cfg)
+    model = tasks.task_for(cfg).build_model()
     model.load_state_dict(load_bundle(run).weights)
     p = predict_proba(model, data.x_test, device=torch.device("cpu"))
     pred, truth = (p >= 0.5).reshape(len(p), -1), (data.y_test > 0.5).reshape(len(p), -1)
@@ -206,7 +206,7 @@ def test_evaluate_replies_carry_only_sums_not_per_image_dice(run_inprocess, seg_
 def test_dirichlet_partition_re_splits_a_manifest_into_partitions(cls_manifest):
     cfg = _parsed(cls_manifest, task="image-classification", model__name="resnet",
                   data__partition="iid")
-    names = tasks.sites(cfg, num_partitions=2)
+    names = tasks.task_for(cfg).sites(num_partitions=2)
     assert names == ("part-1", "part-2")
     parts = [site_lib.load_site(cfg, s, num_partitions=2) for s in names]
     total = len(pd.read_csv(cls_manifest))

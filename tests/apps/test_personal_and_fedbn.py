@@ -26,10 +26,11 @@ from medfl.privacy.egress import check_reply
 
 def _switzerland(**overrides):
     cfg = parse_run_config(run_config(privacy__enabled=False, **overrides))
-    data = tasks.load_site(cfg, "switzerland")
-    scaler = local_standardizer(data.x_train, columns=tasks.feature_spec(cfg).numeric_idx)
+    data = tasks.task_for(cfg).load_site("switzerland")
+    scaler = local_standardizer(data.x_train,
+                                columns=tasks.task_for(cfg).feature_spec().numeric_idx)
     torch.manual_seed(3)
-    weights = {k: v.clone() for k, v in tasks.build_task_model(cfg).state_dict().items()}
+    weights = {k: v.clone() for k, v in tasks.task_for(cfg).build_model().state_dict().items()}
     return cfg, data, scaler, weights
 
 
@@ -131,9 +132,9 @@ def test_norm_keys_are_exactly_the_normalisation_layers_entries():
 def test_a_site_keeps_its_own_normalisation_entries_and_takes_the_rest():
     cfg = parse_run_config(run_config(task="image-classification", model__name="resnet",
                                       data__image_size=32, strategy__fedbn=True))
-    keys = fedbn.norm_keys(tasks.build_task_model(cfg))
+    keys = fedbn.norm_keys(tasks.task_for(cfg).build_model())
     torch.manual_seed(0)
-    received = {k: v.clone() for k, v in tasks.build_task_model(cfg).state_dict().items()}
+    received = {k: v.clone() for k, v in tasks.task_for(cfg).build_model().state_dict().items()}
     state = RecordDict()
     assert fedbn.with_local_norm(cfg, received, state) is received  # first round: aggregate
     trained = {k: v + 1.0 if v.is_floating_point() else v for k, v in received.items()}
@@ -165,7 +166,7 @@ def test_fedbn_imaging_run_keeps_each_sites_norm_layers_local(run_inprocess, ima
         evaluation__personal_epochs=0)
     cfg = parse_run_config(run_config(task="image-classification", model__name="resnet",
                                       data__image_size=32))
-    keys = fedbn.norm_keys(tasks.build_task_model(cfg))
+    keys = fedbn.norm_keys(tasks.task_for(cfg).build_model())
     local = {}
     for node, ctx in grid.contexts.items():
         kept = dict(ctx.state.array_records[fedbn.STATE_KEY].to_torch_state_dict())
@@ -191,7 +192,7 @@ def test_segmentation_sites_report_personalised_dice_within_the_contract(seg_run
                                       train__optimizer="adam", train__lr=0.002))
     data = site_lib.load_site(cfg, "alpha")
     torch.manual_seed(0)
-    weights = tasks.build_task_model(cfg).state_dict()
+    weights = tasks.task_for(cfg).build_model().state_dict()
     scaler = site_lib.site_scaler(cfg, data, None)
     metrics = site_lib.evaluation_metrics(cfg, data, weights=weights, scaler=scaler, seed=0)
     assert metrics["personal-num-examples"] == metrics["num-examples"] == data.y_test.shape[0]

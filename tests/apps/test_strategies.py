@@ -75,7 +75,7 @@ def test_label_flip_trains_on_flipped_labels_and_is_not_caught_by_the_norm_check
     from medfl import attack, tasks
 
     cfg = parse_run_config(run_config(attack__sites="cleveland", attack__kind="label-flip"))
-    data = tasks.load_site(cfg, "cleveland")
+    data = tasks.task_for(cfg).load_site("cleveland")
     assert np.array_equal(attack.poison_data(cfg, data).y_train, 1 - data.y_train)
 
 

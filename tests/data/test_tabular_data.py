@@ -209,10 +209,10 @@ def test_a_table_needs_a_schema_and_simulated_sites_need_a_table(files):
         parse_run_config(run_config(task="tabular", data__manifest="t.csv"))
     # a schema alone is a deployment's config (each site names its CSV in data-path) ...
     deployed = parse_run_config(run_config(task="tabular", data__schema=str(files[2])))
-    assert tasks.tabular_schema(deployed).label_column == "outcome"
+    assert tasks.task_for(deployed).schema().label_column == "outcome"
     # ... and simulated sites cannot be made from it
     with pytest.raises(ConfigError, match="needs data.manifest .* beside data.schema"):
-        tasks.sites(deployed)
+        tasks.task_for(deployed).sites()
     # neither: the built-in synthetic cohort
     assert parse_run_config(run_config(task="tabular")).data.manifest == ""
     with pytest.raises(ConfigError, match="does not apply to task='heart-disease'"):

@@ -16,12 +16,12 @@ from medfl.evaluation.cellstats import (
     classification_report,
     segmentation_report,
 )
-from medfl.evaluation.subgroups import ALL, Cell, _age_band, _sex
+from medfl.evaluation.subgroups import ALL, Cell, cut_cells, sex_cells
 from medfl.privacy.egress import check_reply
 
 K = 10
 CELLS = [Cell(ALL, ALL, lambda f: np.ones(len(f), dtype=bool)),
-         *_sex(male=("M",), female=("F",)), *_age_band(65)]
+         *sex_cells(male=("M",), female=("F",)), *cut_cells("age", [65])]
 
 
 def _frame(sex: list[str], age: list[float]) -> pd.DataFrame:
@@ -218,8 +218,8 @@ def test_the_final_evaluation_and_the_report_share_one_cut_of_the_scores(tmp_pat
     from medfl.data.scaling import Standardizer
 
     cfg = parse_run_config(run_config(privacy__k_threshold=K))
-    data = tasks.load_site(cfg, "cleveland")
-    torch_model = tasks.build_task_model(cfg)
+    data = tasks.task_for(cfg).load_site("cleveland")
+    torch_model = tasks.task_for(cfg).build_model()
     weights = {k_: v for k_, v in torch_model.state_dict().items()}
     scaler = Standardizer((), (), ())
     ev = site_lib.evaluate(cfg, data, weights=weights, scaler=scaler)

@@ -65,7 +65,8 @@ def test_plan_uses_opacus_poisson_rate_and_steps():
 def _fit_rounds(rounds: int, **overrides):
     cfg = parse_run_config(run_config(num_server_rounds=rounds, **overrides))
     data = site_lib.load_site(cfg, "hungarian")
-    scaler = local_standardizer(data.x_train, columns=tasks.feature_spec(cfg).numeric_idx)
+    scaler = local_standardizer(data.x_train,
+                                columns=tasks.task_for(cfg).feature_spec().numeric_idx)
     torch.manual_seed(0)
     weights = build_model(cfg.model, n_features=13).state_dict()
     plan, history, metrics = None, [], []

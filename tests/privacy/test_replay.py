@@ -11,7 +11,7 @@ from medfl.config import parse_run_config
 from medfl.privacy import replay
 from medfl.privacy.dp import DPPlan
 from medfl.privacy.ledger import Ledger
-from medfl.tasks import load_site
+from medfl.tasks import task_for
 
 
 def _cfg(tmp_path, **kw):
@@ -66,14 +66,14 @@ def test_a_repeated_round_is_answered_from_the_kept_update_without_a_second_spen
     holds even if the site died after keeping the update but before saving its DP state
     (the second call then starts from the pre-round state)."""
     cfg = _cfg(tmp_path, preprocessing__scaling="site")
-    data = load_site(cfg, "va")
+    data = task_for(cfg).load_site("va")
     ledger = Ledger.open(tmp_path / "va", "va")
     path = site_lib.dp_state_path(cfg, "va", {}, 5)
     torch.manual_seed(0)
     from medfl import tasks
     from medfl.models import state_arrays
 
-    weights = state_arrays(tasks.build_task_model(cfg))
+    weights = state_arrays(tasks.task_for(cfg).build_model())
     kwargs = {"run_id": 5, "server_round": 1, "limit": 0.0, "weights": weights,
               "scaler": site_lib.site_scaler(cfg, data, None), "seed": 11, "replay": path}
     first = site_lib.fit_with_ledger(cfg, data, ledger, plan=None, history=[], **kwargs)
