@@ -15,7 +15,6 @@ from medfl import federation as fed
 from medfl import site as site_lib
 from medfl import site_report
 from medfl.config import parse_run_config
-from medfl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 # Flower may run several ClientApps side by side on a few cores: one thread each avoids
@@ -37,14 +36,11 @@ def _weights(cfg, msg: Message, context: Context):  # FedBN: with the site's own
     return fed.with_local_norm(cfg, fed.from_array_record(msg.content["arrays"]), context.state)
 
 
-@app.query(mods=[fed.egress_guard])
+@app.query(fed.QUERY_FEATURE_MOMENTS, mods=[fed.egress_guard])
 @fed.guarded
-def query(msg: Message, context: Context) -> Message:
+def moments(msg: Message, context: Context) -> Message:
     """Share this site's clipped (optionally noised) feature moments."""
     cfg, site, data = _setup(msg, context)
-    kind = msg.content["config"]["query"]
-    if kind != fed.QUERY_FEATURE_MOMENTS:
-        raise ConfigError(f"unknown query {kind!r}; valid: {fed.QUERY_FEATURE_MOMENTS!r}")
     moments = site_lib.feature_stats(cfg, data, rng=site_lib.moments_rng(cfg, site))
     sigma = cfg.preprocessing.stats_noise_multiplier
     if cfg.privacy.enabled and sigma > 0:

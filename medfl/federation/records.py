@@ -25,7 +25,7 @@ from medfl.privacy.dp import DPPlan, History
 
 logger = logging.getLogger(__name__)
 
-QUERY_FEATURE_MOMENTS = "feature-moments"
+QUERY_FEATURE_MOMENTS = "moments"  # message type "query.moments"
 QUERY_AUDIT = "audit"  # message type "query.audit"
 QUERY_REPORT = "report"  # message type "query.report"
 Handler = Callable[[Message, Context], Message]

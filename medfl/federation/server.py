@@ -94,9 +94,8 @@ def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_k
     Returns the moments by site and the node id -> site name map learnt from the replies.
     """
     messages = [
-        Message(RecordDict({"config": ConfigRecord({"query": QUERY_FEATURE_MOMENTS,
-                                                    "run-key": run_key})}),
-                dst_node_id=node, message_type="query")
+        Message(RecordDict({"config": ConfigRecord({"run-key": run_key})}),
+                dst_node_id=node, message_type=f"query.{QUERY_FEATURE_MOMENTS}")
         for node in nodes
     ]
     out: dict[str, FeatureMoments] = {}

@@ -16,7 +16,7 @@ SCALAR, LIST = "scalar", "list"
 
 #: Declared metrics per message type: key -> "scalar" | "list".
 DECLARED: dict[str, dict[str, str]] = {
-    "query": {"count": SCALAR, "sums": LIST, "sumsq": LIST},
+    "query.moments": {"count": SCALAR, "sums": LIST, "sumsq": LIST},
     "query.audit": {"attack-auc": SCALAR, "attack-tpr-at-fpr10": SCALAR, "members": SCALAR,
                     "non-members": SCALAR},
     "train": {
@@ -82,7 +82,7 @@ def check_reply(
 
     Parameters
     ----------
-    kind : the message type ("query", "train", "evaluate").
+    kind : the message type ("query.moments", "train", "evaluate", ...).
     records : record name -> record type ("metrics", "config", "arrays") in the reply.
     metrics : the MetricRecord's contents.
     site_record : the "site" ConfigRecord's contents (only ``name`` is allowed).

@@ -173,7 +173,7 @@ def test_only_declared_values_leave_a_site(dp_run):
     _, grid = dp_run
     k = 10
     declared = {
-        "query": {"count", "sums", "sumsq"},
+        "query.moments": {"count", "sums", "sumsq"},
         "query.audit": {"attack-auc", "attack-tpr-at-fpr10", "members", "non-members"},
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",

@@ -27,7 +27,7 @@ def test_only_the_sampled_fiftieth_of_200_sites_is_asked_anything(many):
     _, grid = many
     kinds = Counter(m.metadata.message_type for m in grid.sent)
     # int(0.02 * 200) = 4 sites per round and per one-off query
-    assert kinds == {"query": 4, "train": 8, "evaluate": 8, "query.audit": 4,
+    assert kinds == {"query.moments": 4, "train": 8, "evaluate": 8, "query.audit": 4,
                      "query.report": 4}
     evaluate = [m.metadata.dst_node_id for m in grid.sent
                 if m.metadata.message_type == "evaluate"]
