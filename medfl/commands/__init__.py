@@ -4,3 +4,5 @@
 ``medfl.cli``, so any module (e.g. ``medfl.deployment.cli``) can reuse a command without
 an import cycle.
 """
+
+from __future__ import annotations
