@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from medfl.cli import app
@@ -53,3 +55,30 @@ def test_image_folder_with_explain_writes_grad_cam_overlays(image_run, tmp_path)
     for name, rel in zip(table["file"], table["gradcam"], strict=True):
         expected = model.explain([(folder / name).read_bytes()])[0]["overlay_png"]
         assert (tmp_path / rel).read_bytes() == expected
+
+
+def test_segmentation_folder_writes_each_mask_and_a_bad_file_writes_nothing(seg_run, tmp_path):
+    from medfl.serving import ImageModel
+
+    run, manifest = seg_run
+    frame = pd.read_csv(manifest)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for p in frame.path[:2]:
+        (folder / Path(p).name).write_bytes((manifest.parent / p).read_bytes())
+    out = tmp_path / "seg.csv"
+    result = CliRunner().invoke(app, ["predict", str(run), str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    model = ImageModel.from_bundle(load_bundle(run))
+    table = pd.read_csv(out)
+    for name, rel, fraction in zip(table["file"], table["mask"], table["lesion_fraction"],
+                                   strict=True):
+        [expected] = model.predict([(folder / name).read_bytes()])
+        assert rel == f"seg_masks/{name}.mask.png"
+        assert np.array_equal(np.asarray(Image.open(tmp_path / rel)), expected["mask"] * 255)
+        assert fraction == pytest.approx(expected["mask"].mean())
+    (folder / "zz-truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = CliRunner().invoke(app, ["predict", str(run), str(folder), "-o",
+                                      str(tmp_path / "again" / "seg.csv")])
+    assert result.exit_code == 2 and "zz-truncated.png" in result.output
+    assert not (tmp_path / "again").exists()

@@ -6,10 +6,17 @@ body is read, for every path but ``/health``.
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from medfl.serving import ImageModel, TabularModel
 
 
 def get_model(request: Request) -> TabularModel | ImageModel:
+    """The model loaded at start-up (``app.state.model``)."""
     return request.app.state.model
+
+
+#: A route parameter annotated with this receives the served model.
+ModelDep = Annotated[TabularModel | ImageModel, Depends(get_model)]

@@ -113,6 +113,6 @@ def local_federation(
                    f"{workdir / 'sites'}", err=True)
         raise typer.Exit(1)
     typer.echo(f"run folder: {run}")
-    from medfl.cli import show
+    from medfl.commands.runs import show
 
     show(run)

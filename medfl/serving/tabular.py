@@ -13,7 +13,7 @@ import torch
 
 from medfl.config import ModelConfig
 from medfl.data.scaling import Standardizer
-from medfl.data.tabular import encode_columns
+from medfl.data.tabular_encoding import encode_columns
 from medfl.errors import BundleError, DataError
 from medfl.models import build_model
 from medfl.serving.bundle import Bundle

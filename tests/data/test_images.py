@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from medfl.data import images
+from medfl.data import image_formats
 from medfl.data.images import (
     ImagePreprocessing,
     load_image,
@@ -160,7 +160,7 @@ def test_nifti_with_nan_is_refused(tmp_path):
 
 
 def test_gzip_inflation_is_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "_MAX_NIFTI_BYTES", 1000)  # stands in for 512 MiB
+    monkeypatch.setattr(image_formats, "_MAX_NIFTI_BYTES", 1000)  # stands in for 512 MiB
     nib.save(nib.Nifti1Image(np.zeros((40, 40)), np.eye(4)), tmp_path / "big.nii.gz")
     with pytest.raises(DataError, match="decompresses to more than"):
         read_pixels(tmp_path / "big.nii.gz")

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 
-from deploy.api.deps import get_model
+from deploy.api.deps import ModelDep
 from medfl import DISCLAIMER
-from medfl.serving import ImageModel, TabularModel
-
-ModelDep = Annotated[TabularModel | ImageModel, Depends(get_model)]
 
 router = APIRouter(tags=["model"])
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from deploy.api.deps import get_model
+from deploy.api.deps import ModelDep
 from deploy.api.schemas import (
     ExplainResponse,
     ImageExplainResponse,
@@ -26,9 +26,7 @@ from deploy.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from medfl.serving import ImageModel, TabularModel
-
-ModelDep = Annotated[TabularModel | ImageModel, Depends(get_model)]
+from medfl.serving import TabularModel
 
 router = APIRouter(tags=["predict"])
 

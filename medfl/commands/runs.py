@@ -1,0 +1,103 @@
+"""``medfl report`` and ``medfl show``: a finished run's reports and headline table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import medfl
+from medfl.commands.display import format_epsilon as _eps
+from medfl.commands.display import format_value as _fmt
+
+__all__ = ["report", "show"]
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
+) -> None:
+    """Rebuild a run's report.json, report.html, sites/<site>/report.html and MODEL_CARD.md
+    from its run directory (what the sites shared is kept in evaluation.json)."""
+    from medfl.errors import MedflError
+    from medfl.reporting.files import write_reports
+
+    if not (run_dir / "summary.json").is_file():
+        typer.echo(f"error: {run_dir / 'summary.json'} not found: is {run_dir} a finished "
+                   "MedFL run? (runs are in outputs/<run-name>/)", err=True)
+        raise typer.Exit(2)
+    try:
+        rep = write_reports(run_dir)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    pooled = rep["populations"][0]["metrics"]
+    head = ("dice", "iou", "hd95") if rep["kind"] == "segmentation" else (
+        "auroc", "sensitivity", "specificity", "brier", "ece")
+    console = Console()
+    for name in head:
+        m = pooled[name]
+        ci = f" (95% CI {m['ci'][0]:.3f}–{m['ci'][1]:.3f})" if m["ci"] else ""
+        console.print(f"pooled {name}: {_fmt(m['value'])}{ci}")
+    flagged = sum(g["flagged"] for p in rep["populations"] for f in p["fairness"]
+                  for g in f["gaps"].values())
+    console.print(f"fairness gaps with a 95% CI excluding 0: {flagged}")
+    for name in ("report.html", "MODEL_CARD.md", "report.json"):
+        console.print(f"wrote {(run_dir / name).resolve()}")
+    console.print(f"site views: {(run_dir / 'sites').resolve()}/<site>/report.html")
+
+
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
+) -> None:
+    """Print a run's per-site table and global figures from its summary.json."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        typer.echo(f"error: {path} not found: is {run_dir} a finished MedFL run? "
+                   "(runs are in outputs/<run-name>/, the newest is outputs/latest)", err=True)
+        raise typer.Exit(2)
+    s = json.loads(path.read_text())
+    console = Console()
+    table = Table(title=f"MedFL run {s['run_name']} — {s['task']}, {s['strategy']}, "
+                        f"{s['rounds']} rounds")
+    seg = "mean_site_dice" in s or s["task"] == "segmentation"
+    keys = ("dice", "iou") if seg else ("accuracy", "auroc")
+    personal = "personal" in s
+    for col in ("site", "n_train", "n_test", "ε spent", "δ",
+                *(("Dice", "IoU") if seg else ("accuracy", "AUROC")),
+                *((f"personalised {'Dice' if seg else 'accuracy'}",) if personal else ())):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for site in s["sites"]:
+        m = site["metrics"]
+        table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
+                      _eps(site["epsilon"]), _fmt(site["delta"] or "-", 4) if site["delta"]
+                      else "-", *(_fmt(m.get(k)) for k in keys),
+                      *((_fmt(site["personal_metrics"].get(keys[0])),) if personal else ()))
+    g = s["global"]["metrics"]
+    table.add_section()
+    table.add_row("all sites", str(sum(x["n_train"] or 0 for x in s["sites"])),
+                  str(s["global"]["n_test"]), "", "", *(_fmt(g.get(k)) for k in keys),
+                  *((_fmt(s["personal"]["metrics"].get(keys[0])),) if personal else ()))
+    console.print(table)
+    if seg:
+        console.print(f"mean per-site Dice: [bold]{_fmt(s.get('mean_site_dice'))}[/bold]")
+    else:
+        console.print(f"mean per-site accuracy (FLamby's headline): "
+                      f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
+    if personal:  # personalised evaluation (evaluation.personal-epochs)
+        name, value = (("Dice", "mean_site_dice") if seg else ("accuracy", "mean_site_accuracy"))
+        console.print(f"mean per-site {name}, personalised ({s['personal']['epochs']} local "
+                      "epoch(s) of fine-tuning at each site; the copies stay there): "
+                      f"[bold]{_fmt(s['personal'].get(value))}[/bold]")
+    if any(x["metrics"].get(keys[1]) is None for x in s["sites"]):
+        what = "images" if seg else "patients in a class"
+        console.print(f"'suppressed': fewer than k={s['privacy']['k_threshold']} {what} "
+                      "at that site; the value never left the site.")
+    if (run_dir / "report.html").is_file():
+        console.print(f"fairness report: {(run_dir / 'report.html').resolve()} "
+                      "(per site: sites/<site>/report.html; MODEL_CARD.md)")
+    console.print(f"run directory: {run_dir.resolve()}")
+    console.print(medfl.DISCLAIMER, style="dim")

@@ -1,0 +1,97 @@
+"""Parse Flower's flattened ``run_config`` once into a :class:`RunConfig`."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from medfl.config.options import TASK_MODELS, TaskName
+from medfl.config.schema import KNOWN_KEYS, SCHEMA, coerce
+from medfl.config.sections import (
+    AttackConfig,
+    DataConfig,
+    EvaluationConfig,
+    ModelConfig,
+    PreprocessingConfig,
+    PrivacyConfig,
+    RunConfig,
+    StrategyConfig,
+    TrainConfig,
+    TransportConfig,
+)
+from medfl.errors import ConfigError
+
+__all__ = ["parse_run_config"]
+
+
+def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a flattened run config and build the typed :class:`RunConfig`.
+
+    Raises ``ConfigError`` naming the first unknown key (with a suggestion), missing key,
+    or invalid value (with what would be valid).
+    """
+    _check_keys(raw)
+    values = {key: coerce(key, value) for key, value in raw.items()}
+
+    def section(prefix: str, cls: type) -> Any:
+        fields = {
+            k[len(prefix) + 1:].replace("-", "_"): val
+            for k, val in values.items() if k.startswith(prefix + ".")
+        }
+        return cls(**fields)
+
+    cfg = RunConfig(
+        num_server_rounds=values["num-server-rounds"],
+        seed=values["seed"],
+        task=TaskName(values["task"]),
+        device=values["device"],
+        output_dir=values["output-dir"],
+        run_name=values["run-name"],
+        state_dir=values["state-dir"],
+        resume_from=values["resume-from"],
+        model=section("model", ModelConfig),
+        train=section("train", TrainConfig),
+        privacy=section("privacy", PrivacyConfig),
+        preprocessing=section("preprocessing", PreprocessingConfig),
+        data=section("data", DataConfig),
+        evaluation=section("evaluation", EvaluationConfig),
+        strategy=section("strategy", StrategyConfig),
+        attack=section("attack", AttackConfig),
+        transport=section("transport", TransportConfig),
+    )
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def _check_keys(raw: dict[str, Any]) -> None:
+    """Every key known (else a "did you mean"), none missing."""
+    for key in raw:
+        if key not in SCHEMA:
+            close = difflib.get_close_matches(key, sorted(SCHEMA), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+    missing = sorted(KNOWN_KEYS - set(raw))
+    if missing:
+        raise ConfigError(
+            f"config keys missing: {missing}; defaults live in pyproject.toml "
+            "[tool.flwr.app.config]"
+        )
+
+
+def _check_cross_fields(cfg: RunConfig) -> None:
+    """The rules that tie one key's valid values to another's."""
+    task, model, data = cfg.task, cfg.model.name, cfg.data
+    if model not in TASK_MODELS[task]:
+        raise ConfigError(f"model.name={model!r} does not fit task={task.value!r}; valid for this "
+                          f"task: {', '.join(TASK_MODELS[task])}")
+    if task is TaskName.TABULAR and data.manifest and not data.schema:
+        raise ConfigError("task='tabular' with data.manifest needs data.schema: the "
+                          "consortium's JSON schema file (label, features with types, "
+                          "sensitive columns); with neither, the built-in synthetic cohort")
+    if cfg.privacy.central_noise_multiplier > 0 and cfg.strategy.fraction_train < 1:
+        raise ConfigError("privacy.central-noise-multiplier > 0 needs strategy.fraction-train "
+                          "= 1: central DP's noise is calibrated to every site taking part")
+    if task is TaskName.HEART_DISEASE and data.partition != "natural":
+        raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
+                          "'heart-disease': its sites are the four hospitals (use 'natural', "
+                          "or task='tabular' to re-partition a table)")
