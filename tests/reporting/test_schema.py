@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from medfl.errors import ConfigError, DataError
-from medfl.reporting.report_schema import Gap, ImageFigure, Report
+from medfl.reporting.population_schema import Gap, ImageFigure
+from medfl.reporting.report_schema import Report
 from medfl.reporting.summary_schema import Summary
 
 from .conftest import classification_report, segmentation_report
