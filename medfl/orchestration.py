@@ -67,7 +67,8 @@ def finish_run(
     report_stats: dict[str, dict[str, Any]] | None = None,
     personal: dict[str, SiteEvalStats] | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle, ``summary.json`` and the reports, then point ``latest`` at the run.
+    """Write the bundle, ``summary.json`` and the reports, then point ``latest`` at the run;
+    returns ``summary.json``'s final content (with the report's figures merged in).
 
     ``report_stats``: each site's report statistics as received (``query.report``);
     ``personal``: each site's personalised evaluation (``evaluation.personal-epochs``).
@@ -81,10 +82,10 @@ def finish_run(
         **tasks.task_for(cfg).model_io(scaler),
         "label_names": list(tasks.task_for(cfg).label_names()),
         "threshold": cfg.evaluation.threshold,
-        "metrics": {"global": summary["global"]["metrics"],
-                    "mean_site_accuracy": summary["mean_site_accuracy"]},
-        "privacy": [{"site": s["name"], "epsilon": s["epsilon"], "delta": s["delta"]}
-                    for s in summary["sites"]],
+        "metrics": {"global": summary.pooled.metrics.to_dict(),
+                    "mean_site_accuracy": summary.mean_site_accuracy},
+        "privacy": [{"site": s.name, "epsilon": s.epsilon, "delta": s.delta}
+                    for s in summary.sites],
         "created": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "medfl_version": medfl.__version__, "run_name": run_dir.path.name},
         "disclaimer": medfl.DISCLAIMER,
@@ -95,7 +96,7 @@ def finish_run(
     signing_key = os.environ.get("MEDFL_SIGNING_KEY")
     if signing_key:  # the consortium's key, held by the server: serving can then verify
         sign_bundle(run_dir.path / "model", Path(signing_key))
-    run_dir.write_json("summary.json", summary)
+    run_dir.write_json("summary.json", summary.to_dict())
     run_dir.write_json(EVALUATION_FILE, report_stats or {})
     try:
         write_reports(run_dir.path)

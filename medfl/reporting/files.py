@@ -15,23 +15,17 @@ from medfl.config import parse_run_config
 from medfl.errors import ConfigError
 from medfl.evaluation.cellstats import ReportStats
 from medfl.io import atomic_write_json, atomic_write_text
+from medfl.reporting.population_schema import Population
 from medfl.reporting.report import build_report
+from medfl.reporting.report_schema import Report
 from medfl.reporting.run_dir import jsonable
+from medfl.reporting.schema import read_json
+from medfl.reporting.summary_schema import Metrics, Summary
 
 #: the sites' report statistics exactly as received (aggregates only; see PRIVACY.md)
 EVALUATION_FILE = "evaluation.json"
 SUMMARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece",
                    "dice", "iou", "hd95")
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path.name} is missing from the run directory; is this a MedFL "
-                          "run directory (outputs/<run>)?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path.name} in the run directory is not valid JSON") from None
 
 
 def _rounds(path: Path) -> list[dict[str, Any]]:
@@ -47,69 +41,78 @@ def _rounds(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _figures(population: dict[str, Any]) -> dict[str, Any]:
+def _figures(population: Population) -> Metrics:
     """A population's report figures in summary.json's shape."""
-    m = population["metrics"]
-    out: dict[str, Any] = {k: m[k]["value"] for k in SUMMARY_METRICS if k in m}
-    out["ci"] = {k: v["ci"] for k, v in m.items()}
-    out["estimated"] = sorted(k for k, v in m.items() if v.get("estimated"))
+    m = population.metrics
+    values = {k: m[k].value for k in SUMMARY_METRICS if k in m}
     subgroups: dict[str, dict[str, Any]] = {}
-    for s in population["subgroups"]:
-        subgroups.setdefault(s["attribute"], {})[s["level"]] = {
-            "n": s["n"], "suppressed": s["suppressed"],
-            **{k: v["value"] for k, v in s["metrics"].items()}}
-    out["subgroups"] = subgroups
-    return out
+    for s in population.subgroups:
+        subgroups.setdefault(str(s.attribute), {})[str(s.level)] = {
+            "n": s.n, "suppressed": s.suppressed,
+            **{k: v.value for k, v in s.metrics.items()}}
+    return Metrics(values, ci={k: v.ci for k, v in m.items()},
+                   estimated=sorted(k for k, v in m.items() if v.estimated),
+                   subgroups=subgroups)
 
 
-def merge_into_summary(summary: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def _merge(metrics: Metrics, figures: Metrics) -> None:
+    """``metrics`` gains the report's ``figures`` (a figure of both: the report's)."""
+    metrics.values.update(figures.values)
+    metrics.ci, metrics.estimated = figures.ci, figures.estimated
+    metrics.subgroups = figures.subgroups
+
+
+def merge_into_summary(summary: Summary, report: Report) -> Summary:
     """summary.json's per-site and global metrics gain the report's figures, CIs and
     subgroups; the global AUROC becomes the report's pooled estimate (one figure, one
     method)."""
-    pops = {p["name"]: p for p in report["populations"]}
-    for site in summary["sites"]:
-        if site["name"] in pops:
-            site["metrics"].update(_figures(pops[site["name"]]))
+    pops = {p.name: p for p in report.populations}
+    for site in summary.sites:
+        if site.name in pops:
+            _merge(site.metrics, _figures(pops[site.name]))
     pooled = pops["pooled"]
-    summary["global"]["metrics"].update(_figures(pooled))
-    if "auroc" in pooled["metrics"]:
-        summary["global"]["metrics"]["auroc"] = pooled["metrics"]["auroc"]["value"]
-        summary["global"]["auroc_method"] = report["methods"]["metrics"]
+    _merge(summary.pooled.metrics, _figures(pooled))
+    if "auroc" in pooled.metrics:
+        summary.pooled.metrics.values["auroc"] = pooled.metrics["auroc"].value
+        summary.pooled.auroc_method = report.methods["metrics"]
     return summary
 
 
 def write_reports(run_path: Path) -> dict[str, Any]:
     """Build ``report.json`` from the run directory, merge its figures into
-    ``summary.json``, then render every report page.
+    ``summary.json``, then render every report page; returns ``report.json``'s content.
 
-    Raises ``ConfigError`` when a file the report needs is missing or unreadable. Every file
-    is replaced atomically, so a failure leaves the previous version intact.
+    Raises ``ConfigError`` when a file the report needs is missing or unreadable, and
+    ``DataError`` when ``summary.json`` has a schema this version does not read. Every
+    file is replaced atomically, so a failure leaves the previous version intact.
     """
     run_path = Path(run_path)
-    config = _read_json(run_path / "config.json")
+    config = read_json(run_path / "config.json")
     cfg = parse_run_config(config["run_config"])
-    summary = _read_json(run_path / "summary.json")
-    raw = _read_json(run_path / EVALUATION_FILE)
+    summary = Summary.load(run_path / "summary.json")
+    raw = read_json(run_path / EVALUATION_FILE)
     stats = {site: ReportStats.from_metrics(m) for site, m in raw.items()}
-    report = jsonable(build_report(
+    report = build_report(
         cfg, summary=summary, rounds=_rounds(run_path / "rounds.jsonl"), site_stats=stats,
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds")))
-    atomic_write_json(run_path / "report.json", report)
-    atomic_write_json(run_path / "summary.json", jsonable(merge_into_summary(summary, report)))
-    render_reports(run_path, report)
-    return report
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    content = jsonable(report.to_dict())
+    atomic_write_json(run_path / "report.json", content)
+    atomic_write_json(run_path / "summary.json",
+                      jsonable(merge_into_summary(summary, report).to_dict()))
+    render_reports(run_path, Report.from_dict(content))
+    return content
 
 
-def render_reports(run_path: Path, report: dict[str, Any]) -> None:
+def render_reports(run_path: Path, report: Report) -> None:
     """``report.html``, ``sites/<site>/report.html`` and ``MODEL_CARD.md`` from a report."""
     from medfl.reporting.html import render_report_html
     from medfl.reporting.model_card import render_model_card
 
     atomic_write_text(run_path / "report.html", render_report_html(report))
-    for p in report["populations"][1:]:
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", p["name"]):
+    for p in report.populations[1:]:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", p.name):
             raise ConfigError("a site name is not a plain folder name (letters, digits, "
                               "'.', '_', '-', not starting with '.'); its page is not written")
-        atomic_write_text(run_path / "sites" / p["name"] / "report.html",
-                          render_report_html(report, site=p["name"]))
+        atomic_write_text(run_path / "sites" / p.name / "report.html",
+                          render_report_html(report, site=p.name))
     atomic_write_text(run_path / "MODEL_CARD.md", render_model_card(report))

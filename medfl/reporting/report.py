@@ -4,7 +4,8 @@ hospital and patient group, built only from what the sites shared.
 Inputs: the run's config, ``summary.json``, ``rounds.jsonl`` and ``evaluation.json`` (each
 site's report statistics exactly as received). :func:`build_report` is a pure function of
 them, so ``medfl report RUN_DIR`` rebuilds the same report later. The renderers
-(``html.py``, ``model_card.py``) read only the dict returned here.
+(``html.py``, ``model_card.py``) read only the :class:`Report` returned here (or loaded
+from ``report.json`` with :meth:`Report.from_dict`).
 """
 
 from __future__ import annotations
@@ -20,58 +21,35 @@ from medfl.config import RunConfig
 from medfl.evaluation import population as pop
 from medfl.evaluation.cellstats import CellStats, ReportStats
 from medfl.evaluation.subgroups import Cell, attributes, cells
+from medfl.reporting.methods import report_methods
+from medfl.reporting.population_schema import (
+    Comparison,
+    Demographic,
+    Figure,
+    Population,
+    Subgroup,
+    gaps_from,
+)
+from medfl.reporting.report_schema import (
+    SCHEMA_VERSION,
+    DatasetCard,
+    Explanations,
+    Feature,
+    Personalised,
+    Problem,
+    Report,
+    ReportPrivacy,
+    RoundRecord,
+    SitePrivacy,
+    Threshold,
+    Training,
+)
+from medfl.reporting.summary_schema import Summary
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "build_report"]
 CLASS_GAPS = ("auroc", "tpr", "fpr", "calibration")
 _GAP_METRIC = {"auroc": "auroc", "tpr": "sensitivity", "fpr": "fpr",
                "calibration": "calibration"}
-
-
-def _methods(cfg: RunConfig, kind: str) -> dict[str, str]:
-    k = cfg.privacy.k_threshold
-    stats = ("Each site evaluated the final global model on its own test set and shared, "
-             "per cell (the whole test set and each declared subgroup), only aggregates over "
-             f"at least k={k} patients: for each class, its sorted scores (logit scale) cut "
-             "into groups of at least k with their size, mean and variance, cut at the "
-             "operating threshold when both sides hold k or more; the summed log-loss and "
-             "Brier score; the site's exact AUROC.")
-    if kind == "segmentation":
-        stats = (f"Each site shared, per cell of at least k={k} images, the sums and sums of "
-                 "squares of per-image Dice, IoU (MONAI, lesion class) and 95th-percentile "
-                 "Hausdorff distance (pixels, over images where both masks are non-empty).")
-    return {
-        "statistics": stats,
-        "metrics": (
-            "Per-image Dice, IoU and HD95 averaged over images, pooled from the sites' sums."
-            if kind == "segmentation" else
-            "The server expands each shared group into pseudo-patients with the group's exact "
-            "size, mean and variance, kept on the group's side of the threshold, and computes "
-            "the metrics on them as on real patients. Confusion-based figures are exact when "
-            "every group lies on one side of the threshold; otherwise they are marked "
-            "estimated. A single site's AUROC and Brier score are its exact values."),
-        "ci": ("95% CIs: t-intervals from the sums of squares; gaps: Welch t-intervals "
-               "(Welch-Satterthwaite degrees of freedom). Images are treated as independent "
-               "(clustering by site is ignored). HD95 averages only the images where both "
-               "masks are non-empty (count given): a missed lesion drops out of it."
-               if kind == "segmentation" else
-               f"95% CIs: percentile bootstrap with {pop.B} replicates over pseudo-patients "
-               "resampled within each site and class, clipped to the metric's range. The "
-               "class sizes stay fixed, so intervals of prevalence-dependent figures (PPV, "
-               "NPV, accuracy, F1, Brier score, ECE) leave out that source of variation and "
-               "are somewhat narrow; an estimated split is resampled as if it were data."),
-        "suppression": (f"Cells under k={k} patients are suppressed at the site, as is a "
-                        "class's detail under k; an attribute's levels are shown only if "
-                        "every level passes (complementary suppression). Suppressed cells "
-                        "are shown as suppressed, never as 0."),
-        "fairness": ("Gaps are a level's figure minus the reference level's (the first "
-                     "listed); flagged when the 95% CI excludes 0, unadjusted for multiple "
-                     "comparisons: with many gaps tested, about 1 in 20 true zero gaps is "
-                     "flagged by chance. Calibration gap: "
-                     "difference of calibration-in-the-large (mean predicted risk minus "
-                     "observed rate)." if kind != "segmentation" else
-                     "Dice gap: a level's mean Dice minus the reference level's; flagged "
-                     "when the 95% CI excludes 0 (unadjusted for multiple comparisons)."),
-    }
 
 
 class _Populations:
@@ -104,6 +82,8 @@ class _Populations:
         return a, [s for s, _ in rows]
 
     def metrics(self, sites: list[str], i: int) -> tuple[dict, list[str], pop.Analysis | None]:
+        """Figures of cell ``i`` over ``sites`` (as :mod:`medfl.evaluation.population`
+        records), the sites used, and the classification analysis behind them."""
         if self.kind == "segmentation":
             rows = [(s, c) for s, c in self._cell(sites, i) if c.n is not None]
             return pop.segmentation_metrics([c for _, c in rows]), [s for s, _ in rows], None
@@ -117,42 +97,46 @@ class _Populations:
             return out, [], None
         return pop.classification_metrics(a), used, a
 
-    def population(self, name: str, sites: list[str]) -> dict[str, Any]:
+    def _count(self, sites: list[str], i: int) -> int | None:
+        """Test cases in cell ``i`` over ``sites``; None when every site withheld it."""
+        shown = [c.n for _, c in self._cell(sites, i) if c.n is not None]
+        return sum(shown) if shown else None
+
+    def population(self, name: str, sites: list[str]) -> Population:
+        """The population ``name`` over ``sites``: figures, curves, subgroups, gaps."""
         metrics, used, a = self.metrics(sites, 0)
-        n_shown = [c.n for _, c in self._cell(sites, 0) if c.n is not None]
-        out = {
-            "name": name, "scope": "consortium" if name == "pooled" else "site",
-            "n_test": sum(n_shown) if n_shown else None,
-            "prevalence": a.prevalence if a else None,
-            "demographics": [], "sites_included": used, "metrics": metrics,
-            "roc": a.roc if a else None, "reliability": a.reliability if a else None,
-            "subgroups": [], "fairness": [],
-        }
+        out = Population(
+            name=name, scope="consortium" if name == "pooled" else "site",
+            n_test=self._count(sites, 0), prevalence=a.prevalence if a else None,
+            demographics=[], sites_included=used, metrics=_figures(metrics),
+            roc=a.roc if a else None, reliability=a.reliability if a else None,
+            subgroups=[], fairness=[])
         for attr, idx in attributes(self.cells).items():
             results = []
             for i in idx:
-                cell_rows = self._cell(sites, i)
-                ns = [c.n for _, c in cell_rows if c.n is not None]
-                m, used_i, a_i = self.metrics(sites, i)
-                n = sum(ns) if ns else None
-                reason = None
-                k = self.cfg.privacy.k_threshold
-                if n is None:
-                    reason = (f"a level of {attr} has fewer than k={k} patients "
-                              "(complementary suppression)")
-                elif self.kind == "classification" and a_i is None:
-                    reason = f"a class has fewer than k={k} patients in a level of {attr}"
-                out["demographics"].append({"attribute": attr, "level": self.cells[i].level,
-                                            "n": n})
-                out["subgroups"].append({"attribute": attr, "level": self.cells[i].level,
-                                         "n": n, "suppressed": reason is not None,
-                                         "reason": reason, "metrics": m,
-                                         "sites_included": used_i})
-                results.append((i, a_i, [c for _, c in cell_rows if c.n is not None]))
-            out["fairness"] += self._fairness(attr, results)
+                subgroup, analysis = self._subgroup(attr, sites, i)
+                out.demographics.append(Demographic(attr, subgroup.level, subgroup.n))
+                out.subgroups.append(subgroup)
+                shown = [c for _, c in self._cell(sites, i) if c.n is not None]
+                results.append((i, analysis, shown))
+            out.fairness += self._fairness(attr, results)
         return out
 
-    def _fairness(self, attr: str, results: list) -> list[dict]:
+    def _subgroup(self, attr: str, sites: list[str], i: int
+                  ) -> tuple[Subgroup, pop.Analysis | None]:
+        """Cell ``i`` (a level of ``attr``) as a subgroup, and its analysis."""
+        metrics, used, a = self.metrics(sites, i)
+        n, k = self._count(sites, i), self.cfg.privacy.k_threshold
+        reason = None
+        if n is None:
+            reason = f"a level of {attr} has fewer than k={k} patients (complementary suppression)"
+        elif self.kind == "classification" and a is None:
+            reason = f"a class has fewer than k={k} patients in a level of {attr}"
+        return Subgroup(attribute=attr, level=self.cells[i].level, n=n,
+                        suppressed=reason is not None, reason=reason,
+                        metrics=_figures(metrics), sites_included=used), a
+
+    def _fairness(self, attr: str, results: list) -> list[Comparison]:
         (ref_i, ref_a, ref_cells), rest = results[0], results[1:]
         out = []
         for i, a, comp_cells in rest:
@@ -162,82 +146,85 @@ class _Populations:
                 gaps = {g: dict(pop.SUPPRESSED_GAP) for g in CLASS_GAPS}
             else:
                 gaps = {g: pop.gap(ref_a, a, _GAP_METRIC[g]) for g in CLASS_GAPS}
-            out.append({"attribute": attr, "reference": self.cells[ref_i].level,
-                        "comparison": self.cells[i].level, "gaps": gaps})
+            out.append(Comparison(attribute=attr, reference=self.cells[ref_i].level,
+                                  comparison=self.cells[i].level,
+                                  gaps=gaps_from(gaps)))
         return out
 
 
-def _explanations(cfg: RunConfig, stats: dict[str, ReportStats], order: list[str]) -> dict:
+def _figures(records: dict[str, dict]) -> dict[str, Figure]:
+    return {name: Figure.from_dict(record) for name, record in records.items()}
+
+
+def _explanations(cfg: RunConfig, stats: dict[str, ReportStats],
+                  order: list[str]) -> Explanations:
+    task = tasks.task_for(cfg)
     shown = {s: st for s, st in stats.items() if st.explain and st.explain_n}
-    base = {"kind": None, "method": "", "features": [], "saliency_grid": None, "per_site": {},
-            "site_local_note": ""}
-    if tasks.task_for(cfg).segmentation:
-        return {**base, "method": "none: the predicted mask is itself the model's spatial "
-                                  "answer, reported through Dice, IoU and HD95"}
+    if task.segmentation:
+        return Explanations(method="none: the predicted mask is itself the model's spatial "
+                                   "answer, reported through Dice, IoU and HD95")
     if not shown:
-        return base
+        return Explanations()
     total = sum(st.explain_n for st in shown.values())
     pooled = sum(np.asarray(st.explain) * st.explain_n for st in shown.values()) / total
-    if cfg.is_tabular:
-        names = tasks.task_for(cfg).feature_spec().feature_names
-        feats = [{"name": n, "mean_abs_shap": float(pooled[j]),
-                  "per_site": {s: (float(shown[s].explain[j]) if s in shown else None)
-                               for s in order}} for j, n in enumerate(names)]
-        feats.sort(key=lambda f: -f["mean_abs_shap"])
-        return {**base, "kind": "shap", "features": feats,
-                "method": ("SHAP values of the model's logit against a public reference "
-                           "row (all zeros in model-input space: the consortium-mean patient, "
-                           "binary and one-hot features 0) for each site's test rows; each "
-                           "site shares the mean |SHAP| per feature; pooled weighted by "
-                           "test-set size.")}
+    if task.is_tabular:
+        names = task.feature_spec().feature_names
+        feats = [Feature(name=n, mean_abs_shap=float(pooled[j]),
+                         per_site={s: float(shown[s].explain[j]) if s in shown else None
+                                   for s in order})
+                 for j, n in enumerate(names)]
+        feats.sort(key=lambda f: -(f.mean_abs_shap or 0.0))
+        return Explanations(
+            kind="shap", features=feats,
+            method=("SHAP values of the model's logit against a public reference "
+                    "row (all zeros in model-input space: the consortium-mean patient, "
+                    "binary and one-hot features 0) for each site's test rows; each "
+                    "site shares the mean |SHAP| per feature; pooled weighted by "
+                    "test-set size."))
     g = int(round(math.sqrt(len(pooled))))
-    grid = lambda v: np.asarray(v).reshape(g, g).round(5).tolist()  # noqa: E731
-    return {**base, "kind": "grad-cam", "saliency_grid": grid(pooled),
-            "per_site": {s: (grid(shown[s].explain) if s in shown else None) for s in order},
-            "method": (f"Grad-CAM of the positive logit on each site's test images, summed "
-                       f"into a {g}x{g} grid, each image normalised to 1; each site shares "
-                       "the mean share per cell; pooled weighted by test-set size."),
-            "site_local_note": ("Grad-CAM overlays of individual images are in each "
-                                "hospital's site-local report (<site-dir>/reports/<run>/"
-                                "report.html); images are PHI and never leave the site.")}
+
+    def grid(v: Any) -> list[list[float]]:
+        return np.asarray(v).reshape(g, g).round(5).tolist()
+
+    return Explanations(
+        kind="grad-cam", saliency_grid=grid(pooled),
+        per_site={s: grid(shown[s].explain) if s in shown else None for s in order},
+        method=(f"Grad-CAM of the positive logit on each site's test images, summed "
+                f"into a {g}x{g} grid, each image normalised to 1; each site shares "
+                "the mean share per cell; pooled weighted by test-set size."),
+        site_local_note=("Grad-CAM overlays of individual images are in each "
+                         "hospital's site-local report (<site-dir>/reports/<run>/"
+                         "report.html); images are PHI and never leave the site."))
 
 
-def _rounds(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _rounds(records: list[dict[str, Any]]) -> list[RoundRecord]:
+    """The rounds of ``rounds.jsonl`` (as written by the ServerApp) in the report's terms."""
     out = []
     for r in records:
-        g = r.get("global") or {}
-        out.append({
-            "round": r.get("round"),
-            "metrics": {m: g.get(m) for m in ("accuracy", "auroc", "loss", "dice")},
-            "epsilon": {s: t.get("epsilon") for s, t in (r.get("train") or {}).items()},
-            "problems": [{k: p.get(k) for k in ("site", "status", "reason")}
-                         for p in (r.get("train_problems") or [])
-                         + (r.get("evaluate_problems") or [])],
-        })
+        pooled = r.get("global") or {}
+        problems = [*(r.get("train_problems") or []), *(r.get("evaluate_problems") or [])]
+        out.append(RoundRecord(
+            round=r.get("round"),
+            metrics={m: pooled.get(m) for m in ("accuracy", "auroc", "loss", "dice")},
+            epsilon={s: t.get("epsilon") for s, t in (r.get("train") or {}).items()},
+            problems=[Problem(p.get("site"), p.get("status"), p.get("reason"))
+                      for p in problems]))
     return out
 
 
-def _limitations(cfg: RunConfig, report: dict[str, Any]) -> list[str]:
+def _limitations(cfg: RunConfig, report: Report) -> list[str]:
     out = [medfl.DISCLAIMER,
            "Evaluated on each site's held-out split of its own data; no external "
            "validation set. Figures are estimates with the CIs shown."]
-    for p in report["populations"][1:]:
-        if p["n_test"] is None:
-            out.append(f"{p['name']}: test set under k; no figures.")
-        elif p["metrics"].get("auroc", {}).get("suppressed"):
-            out.append(f"{p['name']}: a class under k in its test set; discrimination "
-                       "figures suppressed, and the site is missing from pooled figures "
-                       "that need them.")
-        hidden = sorted({s["attribute"] for s in p["subgroups"] if s["suppressed"]})
-        if hidden:
-            out.append(f"{p['name']}: subgroup figures suppressed for {', '.join(hidden)}.")
-    flagged = [(p["name"], f["attribute"], f["comparison"], g)
-               for p in report["populations"] for f in p["fairness"]
-               for g, v in f["gaps"].items() if v["flagged"]]
+    for p in report.populations[1:]:
+        out += _population_limits(p)
+    flagged = [(p.name, f.attribute, f.comparison, g)
+               for p in report.populations for f in p.fairness
+               for g, v in f.gaps.items() if v.flagged]
     for name, attr, level, g in flagged:
         out.append(f"{name}: the {g} gap for {attr} = {level} has a 95% CI excluding 0.")
-    tested = sum(1 for p in report["populations"] for f in p["fairness"]
-                 for v in f["gaps"].values() if not v["suppressed"])
+    tested = sum(1 for p in report.populations for f in p.fairness
+                 for v in f.gaps.values() if not v.suppressed)
     if tested:
         out.append(f"{tested} fairness gaps were tested without correction for multiple "
                    "comparisons; read flags as prompts for a closer look, not findings.")
@@ -245,54 +232,76 @@ def _limitations(cfg: RunConfig, report: dict[str, Any]) -> list[str]:
     return out
 
 
-def _personalised(summary: dict[str, Any]) -> dict[str, Any] | None:
+def _population_limits(p: Population) -> list[str]:
+    """What a site's figures leave out: a test set or a class under k, hidden subgroups."""
+    out = []
+    auroc = p.metrics.get("auroc")
+    if p.n_test is None:
+        out.append(f"{p.name}: test set under k; no figures.")
+    elif auroc is not None and auroc.suppressed:
+        out.append(f"{p.name}: a class under k in its test set; discrimination "
+                   "figures suppressed, and the site is missing from pooled figures "
+                   "that need them.")
+    hidden = sorted({str(s.attribute) for s in p.subgroups if s.suppressed})
+    if hidden:
+        out.append(f"{p.name}: subgroup figures suppressed for {', '.join(hidden)}.")
+    return out
+
+
+def _personalised(summary: Summary) -> Personalised | None:
     """The personalised evaluation's headline (evaluation.personal-epochs), or None."""
-    p = summary.get("personal")
+    p = summary.personal
     if p is None:
         return None
-    return {"method": p["method"], "mean_site_accuracy": p.get("mean_site_accuracy"),
-            "mean_site_dice": p.get("mean_site_dice"), "pooled": p["metrics"],
-            "sites": {s["name"]: s.get("personal_metrics") for s in summary["sites"]}}
+    return Personalised(method=p.method, mean_site_accuracy=p.mean_site_accuracy,
+                        mean_site_dice=p.mean_site_dice, pooled=p.metrics,
+                        sites={s.name: s.personal_metrics for s in summary.sites})
 
 
-def build_report(cfg: RunConfig, *, summary: dict[str, Any], rounds: list[dict[str, Any]],
-                 site_stats: dict[str, ReportStats], created_utc: str) -> dict[str, Any]:
+def _privacy(summary: Summary) -> ReportPrivacy:
+    privacy = summary.privacy
+    return ReportPrivacy(
+        dp_sgd=privacy.dp_sgd, mechanisms=privacy.mechanisms,
+        target_epsilon=privacy.target_epsilon, delta=privacy.target_delta,
+        accountant=privacy.accountant, k_threshold=privacy.k_threshold,
+        non_dp_releases=privacy.non_dp_releases,
+        sites=[SitePrivacy(s.name, s.epsilon, s.delta, s.noise_multiplier, s.steps)
+               for s in summary.sites])
+
+
+def _training(cfg: RunConfig, summary: Summary) -> Training:
+    return Training(strategy=summary.strategy, model=summary.model, rounds=summary.rounds,
+                    rounds_planned=summary.rounds_planned,
+                    local_epochs=cfg.train.local_epochs, batch_size=cfg.train.batch_size,
+                    optimizer=cfg.train.optimizer, lr=cfg.train.lr, seed=cfg.seed)
+
+
+def build_report(cfg: RunConfig, *, summary: Summary, rounds: list[dict[str, Any]],
+                 site_stats: dict[str, ReportStats], created_utc: str) -> Report:
     """The run's ``report.json`` (see the module docstring and the renderers)."""
-    order = [s["name"] for s in summary["sites"]]
+    task = tasks.task_for(cfg)
+    order = [s.name for s in summary.sites]
     pops = _Populations(cfg, site_stats, order)
-    privacy = summary["privacy"]
-    report = {
-        "schema_version": SCHEMA_VERSION, "run_name": summary["run_name"],
-        "created_utc": created_utc, "task": cfg.task.value, "kind": pops.kind,
-        "dataset": tasks.task_for(cfg).dataset_card(), "disclaimer": medfl.DISCLAIMER,
-        "label_names": (["background", "lesion"] if pops.kind == "segmentation"
-                        else list(tasks.task_for(cfg).label_names())),
-        "k_threshold": cfg.privacy.k_threshold,
-        "operating_threshold": {"value": cfg.evaluation.threshold,
-                                "rule": "fixed, declared before the run (evaluation.threshold)"},
-        "methods": _methods(cfg, pops.kind),
-        "training": {"strategy": summary["strategy"], "model": summary["model"],
-                     "rounds": summary["rounds"], "rounds_planned": summary["rounds_planned"],
-                     "local_epochs": cfg.train.local_epochs, "batch_size": cfg.train.batch_size,
-                     "optimizer": cfg.train.optimizer, "lr": cfg.train.lr, "seed": cfg.seed},
-        "privacy": {"dp_sgd": privacy["dp_sgd"], "mechanisms": privacy["mechanisms"],
-                    "target_epsilon": privacy["target_epsilon"],
-                    "delta": privacy["target_delta"], "accountant": privacy["accountant"],
-                    "k_threshold": privacy["k_threshold"],
-                    "non_dp_releases": privacy["non_dp_releases"],
-                    "sites": [{"name": s["name"], "epsilon": s["epsilon"], "delta": s["delta"],
-                               "noise_multiplier": s["noise_multiplier"], "steps": s["steps"]}
-                              for s in summary["sites"]]},
-        "rounds": _rounds(rounds),
-        "populations": [pops.population("pooled", pops.order)]
-        + [pops.population(s, [s]) for s in pops.order],
-        "explanations": _explanations(cfg, site_stats, order),
-        "cross_site": None,
-        "personalised": _personalised(summary),
-    }
-    n_train = {s["name"]: s["n_train"] for s in summary["sites"]}
-    for p in report["populations"]:
-        p["n_train"] = (sum(v for v in n_train.values() if v) if p["name"] == "pooled"
-                        else n_train.get(p["name"]))
-    report["limitations"] = _limitations(cfg, report)
+    segmentation = pops.kind == "segmentation"
+    report = Report(
+        run_name=summary.run_name, created_utc=created_utc, task=cfg.task.value,
+        kind=pops.kind, dataset=DatasetCard(**task.dataset_card()),
+        disclaimer=medfl.DISCLAIMER,
+        label_names=["background", "lesion"] if segmentation else list(task.label_names()),
+        k_threshold=cfg.privacy.k_threshold,
+        operating_threshold=Threshold(
+            value=cfg.evaluation.threshold,
+            rule="fixed, declared before the run (evaluation.threshold)"),
+        methods=report_methods(cfg, pops.kind), training=_training(cfg, summary),
+        privacy=_privacy(summary), rounds=_rounds(rounds),
+        populations=[pops.population("pooled", pops.order),
+                     *(pops.population(s, [s]) for s in pops.order)],
+        explanations=_explanations(cfg, site_stats, order), personalised=_personalised(summary))
+    n_train = {s.name: s.n_train for s in summary.sites}
+    for p in report.populations:
+        if p.pooled:
+            p.n_train = sum(v for v in n_train.values() if v)
+        else:
+            p.n_train = n_train.get(p.name)
+    report.limitations = _limitations(cfg, report)
     return report

@@ -7,6 +7,15 @@ from typing import Any
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 from medfl.privacy.audit import AuditResult
+from medfl.reporting.summary_schema import (
+    Audit,
+    Metrics,
+    PersonalSummary,
+    PooledSummary,
+    PrivacySummary,
+    SiteSummary,
+    Summary,
+)
 from medfl.tasks import task_for
 
 
@@ -55,6 +64,7 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
 
 
 def mechanisms(cfg: RunConfig) -> list[str]:
+    """The privacy mechanisms this run applies, in words."""
     out = []
     if cfg.privacy.enabled:
         out.append("DP-SGD at each site (Opacus, Poisson sampling, per-sample clipping, "
@@ -69,14 +79,14 @@ def mechanisms(cfg: RunConfig) -> list[str]:
     return out
 
 
-def audit_section(audits: dict[str, AuditResult], order: list[str]) -> dict[str, Any]:
+def audit_section(audits: dict[str, AuditResult], order: list[str]) -> Audit:
     """Loss-threshold membership inference per site, and the mean attack AUC."""
     sites = {name: {"attack_auc": a.attack_auc, "tpr_at_fpr_0.1": a.tpr_at_low_fpr,
                     "members": a.members, "non_members": a.non_members}
              for name in order if (a := audits.get(name)) is not None}
     aucs = [s["attack_auc"] for s in sites.values() if s["attack_auc"] is not None]
-    return {"attack": "loss threshold (Yeom et al. 2018), site train rows vs test rows",
-            "sites": sites, "mean_attack_auc": (sum(aucs) / len(aucs)) if aucs else None}
+    return Audit(attack="loss threshold (Yeom et al. 2018), site train rows vs test rows",
+                 sites=sites, mean_attack_auc=(sum(aucs) / len(aucs)) if aucs else None)
 
 
 def build_summary(
@@ -90,7 +100,7 @@ def build_summary(
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
     personal: dict[str, SiteEvalStats] | None = None,
-) -> dict[str, Any]:
+) -> Summary:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
@@ -99,110 +109,121 @@ def build_summary(
     locally fine-tuned copy (personalised evaluation), reported beside the global ones.
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
-    sites = []
-    for name in site_order:
-        t, e = train.get(name, {}), evaluation.get(name)
-        trained = rounds_trained.get(name, [])
-        sites.append({
-            "name": name,
-            "n_train": int(t["num-examples"]) if "num-examples" in t else None,
-            "n_test": e.n if e else None,
-            "epsilon": float(t["epsilon"]) if "epsilon" in t else None,
-            "epsilon_lifetime": (float(t["epsilon-lifetime"]) if "epsilon-lifetime" in t
-                                 else None),
-            "steps": int(t["steps"]) if "steps" in t else None,
-            **_site_privacy(cfg, t),
-            "rounds_trained": len(trained),
-            "last_round_trained": max(trained) if trained else None,
-            "metrics": _metrics(e),
-            **({"personal_metrics": _metrics(personal.get(name))} if personal else {}),
-        })
+    sites = [_site(cfg, name, train.get(name, {}), evaluation.get(name),
+                   rounds_trained.get(name, []), personal) for name in site_order]
     pooled = pool_site_stats(list(evaluation.values()))
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
     sampled = cfg.strategy.fraction_evaluate < 1.0
-    evaluated = [s for s in sites if s["name"] in evaluation] if sampled else sites
-    mean_acc = _site_mean(evaluated, "metrics", "accuracy")
-    mean_dice = _site_mean(evaluated, "metrics", "dice")
-    eps = [s["epsilon"] for s in sites if s["epsilon"] is not None]
-    return {
-        "run_name": run_name,
-        "task": cfg.task.value,
-        "dataset": task_for(cfg).dataset_id(),
-        "strategy": cfg.strategy.name,
-        "model": cfg.model.name,
-        "rounds": last_round,
-        "rounds_planned": cfg.num_server_rounds,
-        "seed": cfg.seed,
-        "privacy": {
-            "dp_sgd": cfg.privacy.enabled,
-            "guarantee": ("sample-level (ε, δ)-DP per site for the model updates"
-                          if cfg.privacy.enabled else "none (DP-SGD off)"),
-            "target_epsilon": cfg.privacy.target_epsilon if cfg.privacy.enabled else None,
-            "target_delta": cfg.privacy.target_delta if cfg.privacy.enabled else None,
-            "max_epsilon": max(eps) if eps else None,
-            "lifetime_epsilon_limit": cfg.privacy.lifetime_epsilon or None,
-            "secure_noise": cfg.privacy.secure_noise,
-            "k_threshold": cfg.privacy.k_threshold,
-            "feature_scaling": cfg.preprocessing.scaling if cfg.is_tabular else None,
-            "stats_noise_multiplier": cfg.preprocessing.stats_noise_multiplier,
-            "non_dp_releases": non_dp_releases(cfg),
-            "mechanisms": mechanisms(cfg),
-            "accountant": cfg.privacy.accountant if cfg.privacy.enabled else None,
-            "central_dp": central,
-            "secure_aggregation": False,
-            "audit": audit_section(audits or {}, site_order),
-        },
-        "sites": sites,
-        "global": {
-            "metrics": _pooled_metrics(pooled),
-            "n_test": pooled["n"],
-            "auroc_method": (
+    evaluated = [s for s in sites if s.name in evaluation] if sampled else sites
+    return Summary(
+        run_name=run_name,
+        task=cfg.task.value,
+        dataset=task_for(cfg).dataset_id(),
+        strategy=cfg.strategy.name,
+        model=cfg.model.name,
+        rounds=last_round,
+        rounds_planned=cfg.num_server_rounds,
+        seed=cfg.seed,
+        privacy=_privacy(cfg, sites, site_order, audits=audits, central=central),
+        sites=sites,
+        pooled=PooledSummary(
+            metrics=_pooled_metrics(pooled),
+            n_test=pooled["n"],
+            auroc_method=(
                 "estimated from pooled per-class score groups (size, mean, variance of >= "
                 f"k={cfg.privacy.k_threshold} consecutive sorted scores, each taken as a "
                 "normal distribution); sites with a class under k are left out"),
-            "auroc_sites_excluded": pooled["auroc_sites_excluded"],
-            "sites_suppressed": pooled["sites_suppressed"],
-        },
-        "mean_site_accuracy": mean_acc,
-        **({"mean_site_dice": mean_dice} if mean_dice is not None else {}),
-        **({"sites_evaluated": len(evaluated)} if sampled else {}),
-        **({"personal": _personal(cfg, evaluated, personal)} if personal else {}),
-    }
+            auroc_sites_excluded=pooled["auroc_sites_excluded"],
+            sites_suppressed=pooled["sites_suppressed"]),
+        mean_site_accuracy=_site_mean([s.metrics for s in evaluated], "accuracy"),
+        mean_site_dice=_site_mean([s.metrics for s in evaluated], "dice"),
+        sites_evaluated=len(evaluated) if sampled else None,
+        personal=_personal(cfg, evaluated, personal) if personal else None,
+    )
 
 
-def _personal(cfg: RunConfig, sites: list[dict[str, Any]],
-              personal: dict[str, SiteEvalStats]) -> dict[str, Any]:
+def _site(cfg: RunConfig, name: str, t: dict[str, Any], e: SiteEvalStats | None,
+          trained: list[int], personal: dict[str, SiteEvalStats] | None) -> SiteSummary:
+    """One site's entry: sizes, privacy spent, rounds, metrics."""
+    return SiteSummary(
+        name=name,
+        n_train=int(t["num-examples"]) if "num-examples" in t else None,
+        n_test=e.n if e else None,
+        epsilon=float(t["epsilon"]) if "epsilon" in t else None,
+        epsilon_lifetime=float(t["epsilon-lifetime"]) if "epsilon-lifetime" in t else None,
+        steps=int(t["steps"]) if "steps" in t else None,
+        **_site_privacy(cfg, t),
+        rounds_trained=len(trained),
+        last_round_trained=max(trained) if trained else None,
+        metrics=_metrics(e),
+        personal_metrics=_metrics(personal.get(name)) if personal else None,
+    )
+
+
+def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
+             audits: dict[str, AuditResult] | None,
+             central: dict[str, Any] | None) -> PrivacySummary:
+    """The run's privacy block."""
+    dp = cfg.privacy.enabled
+    eps = [s.epsilon for s in sites if s.epsilon is not None]
+    return PrivacySummary(
+        dp_sgd=dp,
+        guarantee=("sample-level (ε, δ)-DP per site for the model updates" if dp
+                   else "none (DP-SGD off)"),
+        target_epsilon=cfg.privacy.target_epsilon if dp else None,
+        target_delta=cfg.privacy.target_delta if dp else None,
+        max_epsilon=max(eps) if eps else None,
+        lifetime_epsilon_limit=cfg.privacy.lifetime_epsilon or None,
+        secure_noise=cfg.privacy.secure_noise,
+        k_threshold=cfg.privacy.k_threshold,
+        feature_scaling=cfg.preprocessing.scaling if cfg.is_tabular else None,
+        stats_noise_multiplier=cfg.preprocessing.stats_noise_multiplier,
+        non_dp_releases=non_dp_releases(cfg),
+        mechanisms=mechanisms(cfg),
+        accountant=cfg.privacy.accountant if dp else None,
+        central_dp=central,
+        secure_aggregation=False,
+        audit=audit_section(audits or {}, order),
+    )
+
+
+def _personal(cfg: RunConfig, sites: list[SiteSummary],
+              personal: dict[str, SiteEvalStats]) -> PersonalSummary:
     """The personalised evaluation's headline, in the global block's terms."""
     pooled = pool_site_stats(list(personal.values()))
-    dice = _site_mean(sites, "personal_metrics", "dice")
-    return {
-        "method": (f"each site fine-tunes the final global model for "
-                   f"{cfg.evaluation.personal_epochs} epoch(s) on its own training rows "
-                   "(no DP; the copy stays at the site) and evaluates it on its test split"),
-        "epochs": cfg.evaluation.personal_epochs,
-        "mean_site_accuracy": _site_mean(sites, "personal_metrics", "accuracy"),
-        **({"mean_site_dice": dice} if dice is not None else {}),
-        "metrics": _pooled_metrics(pooled),
-        "auroc_sites_excluded": pooled["auroc_sites_excluded"],
-    }
+    blocks = [s.personal_metrics for s in sites if s.personal_metrics is not None]
+    return PersonalSummary(
+        method=(f"each site fine-tunes the final global model for "
+                f"{cfg.evaluation.personal_epochs} epoch(s) on its own training rows "
+                "(no DP; the copy stays at the site) and evaluates it on its test split"),
+        epochs=cfg.evaluation.personal_epochs,
+        mean_site_accuracy=_site_mean(blocks, "accuracy"),
+        mean_site_dice=_site_mean(blocks, "dice"),
+        metrics=_pooled_metrics(pooled),
+        auroc_sites_excluded=pooled["auroc_sites_excluded"],
+    )
 
 
-def _site_mean(sites: list[dict[str, Any]], block: str, name: str) -> float | None:
+def _site_mean(blocks: list[Metrics], name: str) -> float | None:
     """FLamby's unweighted mean over sites of one metric; None if any site lacks it."""
-    values = [s[block].get(name) for s in sites]
-    return sum(values) / len(values) if values and None not in values else None
+    values = [b.value(name) for b in blocks]
+    if not values or None in values:
+        return None
+    return sum(v for v in values if v is not None) / len(values)
 
 
-def _pooled_metrics(pooled: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"], "loss": pooled["loss"],
-            **({"dice": pooled["dice"], "iou": pooled["iou"]}
-               if pooled["dice"] is not None else {})}
+def _pooled_metrics(pooled: dict[str, Any]) -> Metrics:
+    values = {"accuracy": pooled["accuracy"], "auroc": pooled["auroc"], "loss": pooled["loss"]}
+    if pooled["dice"] is not None:
+        values |= {"dice": pooled["dice"], "iou": pooled["iou"]}
+    return Metrics(values)
 
 
-def _metrics(e: SiteEvalStats | None) -> dict[str, float | None]:
-    out = {"accuracy": e.accuracy if e else None, "auroc": e.auroc if e else None,
-           "loss": e.loss if e else None}
-    if e is not None and e.dice_sum is not None:
-        out.update(dice=e.dice, iou=e.iou)
-    return out
+def _metrics(e: SiteEvalStats | None) -> Metrics:
+    if e is None:
+        return Metrics({"accuracy": None, "auroc": None, "loss": None})
+    values = {"accuracy": e.accuracy, "auroc": e.auroc, "loss": e.loss}
+    if e.dice_sum is not None:
+        values |= {"dice": e.dice, "iou": e.iou}
+    return Metrics(values)

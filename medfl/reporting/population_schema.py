@@ -1,0 +1,203 @@
+"""The populations of ``report.json`` as dataclasses: :class:`Population`, its subgroups,
+fairness comparisons and figures (see :mod:`medfl.reporting.report_schema`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from medfl.reporting.schema import records, strings
+
+
+@dataclass
+class Figure:
+    """One reported figure: the estimate, its 95% CI, and whether it was withheld at a site
+    (``suppressed``) or estimated rather than computed exactly."""
+
+    value: float | None
+    ci: list[float] | None = None
+    suppressed: bool = False
+    estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return {"value": self.value, "ci": self.ci, "suppressed": self.suppressed,
+                "estimated": self.estimated}
+
+    @staticmethod
+    def from_dict(data: Any) -> Figure:
+        """Read a figure (a :class:`Gap` or :class:`ImageFigure` when it has their keys);
+        anything but an object reads as a figure with no value."""
+        if not isinstance(data, Mapping):
+            return Figure(None)
+        base = {"value": data.get("value"), "ci": data.get("ci"),
+                "suppressed": bool(data.get("suppressed")),
+                "estimated": bool(data.get("estimated"))}
+        if "flagged" in data:
+            return Gap(**base, flagged=bool(data["flagged"]))
+        if "images" in data:
+            return ImageFigure(**base, images=data["images"])
+        return Figure(**base)
+
+
+@dataclass
+class Gap(Figure):
+    """A fairness gap (a level's figure minus the reference level's); ``flagged`` when its
+    95% CI excludes 0."""
+
+    flagged: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return {**super().to_dict(), "flagged": self.flagged}
+
+
+@dataclass
+class ImageFigure(Figure):
+    """A figure averaged over only some images (HD95: where both masks are non-empty)."""
+
+    images: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return {**super().to_dict(), "images": self.images}
+
+
+def _figures(data: Any) -> dict[str, Figure]:
+    return {str(k): Figure.from_dict(v) for k, v in (data or {}).items()} \
+        if isinstance(data, Mapping) else {}
+
+
+def gaps_from(data: Any) -> dict[str, Gap]:
+    """Gap records by name (a record without ``flagged`` reads as not flagged)."""
+    out: dict[str, Gap] = {}
+    for name, record in (data.items() if isinstance(data, Mapping) else ()):
+        figure = Figure.from_dict(record)
+        out[str(name)] = figure if isinstance(figure, Gap) else Gap(
+            figure.value, figure.ci, figure.suppressed, figure.estimated)
+    return out
+
+
+def plain(obj: Any) -> Any:
+    """A dataclass of this module (or a list/dict of them) as JSON-ready data."""
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, list):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _record_dict(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: plain(getattr(obj, name)) for name in names}
+
+
+@dataclass
+class Subgroup:
+    """One level of a declared attribute in one population (``reason``: why withheld)."""
+
+    attribute: str | None
+    level: str | None
+    n: int | None
+    suppressed: bool
+    reason: str | None
+    metrics: dict[str, Figure]
+    sites_included: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return _record_dict(self, ("attribute", "level", "n", "suppressed", "reason",
+                                   "metrics", "sites_included"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Subgroup:
+        """Read a record written by :meth:`to_dict`."""
+        return cls(attribute=data.get("attribute"), level=data.get("level"), n=data.get("n"),
+                   suppressed=bool(data.get("suppressed")), reason=data.get("reason"),
+                   metrics=_figures(data.get("metrics")),
+                   sites_included=strings(data, "sites_included"))
+
+
+@dataclass
+class Comparison:
+    """The gaps between one level of an attribute and its reference level."""
+
+    attribute: str | None
+    reference: str | None
+    comparison: str | None
+    gaps: dict[str, Gap]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return _record_dict(self, ("attribute", "reference", "comparison", "gaps"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Comparison:
+        """Read a record written by :meth:`to_dict`."""
+        return cls(attribute=data.get("attribute"), reference=data.get("reference"),
+                   comparison=data.get("comparison"), gaps=gaps_from(data.get("gaps")))
+
+
+@dataclass
+class Demographic:
+    """How many test cases of a population fall in one level (None: under k)."""
+
+    attribute: str | None
+    level: str | None
+    n: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return {"attribute": self.attribute, "level": self.level, "n": self.n}
+
+
+@dataclass
+class Population:
+    """The pooled population (``scope`` "consortium") or one site's.
+
+    ``roc`` is ``{"fpr": [...], "tpr": [...]}`` and ``reliability`` a list of bins
+    (``predicted``, ``observed``, ``n``): plot data, None where not computed.
+    """
+
+    name: str
+    scope: str | None
+    n_test: int | None
+    prevalence: float | None
+    demographics: list[Demographic]
+    sites_included: list[str] | None
+    metrics: dict[str, Figure]
+    roc: dict[str, list[float]] | None
+    reliability: list[dict[str, Any]] | None
+    subgroups: list[Subgroup]
+    fairness: list[Comparison]
+    n_train: int | None = None
+
+    _KEYS = ("name", "scope", "n_test", "prevalence", "demographics", "sites_included",
+             "metrics", "roc", "reliability", "subgroups", "fairness", "n_train")
+
+    @property
+    def pooled(self) -> bool:
+        """Whether this is the pooled (consortium) population."""
+        return self.scope == "consortium"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as written in ``report.json``."""
+        return _record_dict(self, self._KEYS)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Population:
+        """Read a record written by :meth:`to_dict`."""
+        included = data.get("sites_included")
+        return cls(
+            name=str(data.get("name")), scope=data.get("scope"), n_test=data.get("n_test"),
+            prevalence=data.get("prevalence"),
+            demographics=[Demographic(d.get("attribute"), d.get("level"), d.get("n"))
+                          for d in records(data, "demographics")],
+            sites_included=[str(s) for s in included] if included is not None else None,
+            metrics=_figures(data.get("metrics")), roc=data.get("roc"),
+            reliability=data.get("reliability"),
+            subgroups=[Subgroup.from_dict(s) for s in records(data, "subgroups")],
+            fairness=[Comparison.from_dict(f) for f in records(data, "fairness")],
+            n_train=data.get("n_train"))
