@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
 from medfl.cli import app
 
+PINNED = Path(__file__).parent / "apps" / "data" / "pinned_summary.json"
+
 
 def _summary():
-    site = {"name": "cleveland", "n_train": 199, "n_test": 104, "epsilon": 2.5, "delta": 1e-3,
-            "metrics": {"accuracy": 0.75, "auroc": 0.8125}}
-    swiss = {"name": "switzerland", "n_train": 30, "n_test": 16, "epsilon": 2.9, "delta": 1e-3,
-             "metrics": {"accuracy": 0.875, "auroc": None}}
-    return {"run_name": "r1", "task": "heart-disease", "strategy": "fedavg", "rounds": 3,
-            "sites": [site, swiss], "privacy": {"k_threshold": 10},
-            "global": {"metrics": {"accuracy": 0.7667, "auroc": 0.8}, "n_test": 120},
-            "mean_site_accuracy": 0.8125}
+    # A real run's summary.json (the pinned seeded run), cut to two sites with set figures.
+    s = json.loads(PINNED.read_text())
+    cleveland, swiss = (next(x for x in s["sites"] if x["name"] == name)
+                        for name in ("cleveland", "switzerland"))
+    cleveland.update(n_train=199, n_test=104, epsilon=2.5,
+                     metrics={"accuracy": 0.75, "auroc": 0.8125})
+    swiss.update(n_train=30, n_test=16, epsilon=2.9, metrics={"accuracy": 0.875, "auroc": None})
+    s.pop("personal")
+    for site in (cleveland, swiss):
+        site.pop("personal_metrics")
+    s.update(run_name="r1", rounds=3, sites=[cleveland, swiss], mean_site_accuracy=0.8125)
+    s["global"].update(metrics={"accuracy": 0.7667, "auroc": 0.8}, n_test=120)
+    return s
 
 
 def test_show_prints_sites_and_headline(tmp_path):
@@ -29,6 +37,14 @@ def test_show_prints_sites_and_headline(tmp_path):
     assert "suppressed" in result.output
     assert "229" in result.output  # 199 + 30 training rows
     assert "not for clinical use" in result.output
+
+
+def test_show_names_a_summary_missing_a_key(tmp_path):
+    s = _summary()
+    del s["model"]
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    result = CliRunner().invoke(app, ["show", str(tmp_path)])
+    assert result.exit_code == 2 and "'model'" in result.output
 
 
 def test_show_on_a_folder_without_summary_says_so(tmp_path):

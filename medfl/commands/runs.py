@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +12,7 @@ from rich.table import Table
 import medfl
 from medfl.commands.display import format_epsilon as _eps
 from medfl.commands.display import format_value as _fmt
+from medfl.reporting.summary_schema import Summary
 
 __all__ = ["report", "show"]
 
@@ -50,52 +50,73 @@ def report(
     console.print(f"site views: {(run_dir / 'sites').resolve()}/<site>/report.html")
 
 
+def _site_table(s: Summary, keys: tuple[str, str], seg: bool) -> Table:
+    """The per-site rows and the all-sites row of ``medfl show``."""
+    personal = s.personal
+    table = Table(title=f"MedFL run {s.run_name} — {s.task}, {s.strategy}, {s.rounds} rounds")
+    columns = ["site", "n_train", "n_test", "ε spent", "δ"]
+    columns += ["Dice", "IoU"] if seg else ["accuracy", "AUROC"]
+    if personal is not None:
+        columns.append(f"personalised {'Dice' if seg else 'accuracy'}")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for site in s.sites:
+        row = [site.name, str(site.n_train), str(site.n_test), _eps(site.epsilon),
+               _fmt(site.delta, 4) if site.delta else "-",
+               *(_fmt(site.metrics.value(k)) for k in keys)]
+        if personal is not None:
+            tuned = site.personal_metrics
+            row.append(_fmt(tuned.value(keys[0]) if tuned is not None else None))
+        table.add_row(*row)
+    table.add_section()
+    total = ["all sites", str(sum(x.n_train or 0 for x in s.sites)), str(s.pooled.n_test),
+             "", "", *(_fmt(s.pooled.metrics.value(k)) for k in keys)]
+    if personal is not None:
+        total.append(_fmt(personal.metrics.value(keys[0])))
+    table.add_row(*total)
+    return table
+
+
+def _headlines(console: Console, s: Summary, keys: tuple[str, str], seg: bool) -> None:
+    """The mean per-site figures under the table, and what 'suppressed' means."""
+    if seg:
+        console.print(f"mean per-site Dice: [bold]{_fmt(s.mean_site_dice)}[/bold]")
+    else:
+        console.print(f"mean per-site accuracy (FLamby's headline): "
+                      f"[bold]{_fmt(s.mean_site_accuracy)}[/bold]")
+    if s.personal is not None:  # personalised evaluation (evaluation.personal-epochs)
+        name = "Dice" if seg else "accuracy"
+        value = s.personal.mean_site_dice if seg else s.personal.mean_site_accuracy
+        console.print(f"mean per-site {name}, personalised ({s.personal.epochs} local "
+                      "epoch(s) of fine-tuning at each site; the copies stay there): "
+                      f"[bold]{_fmt(value)}[/bold]")
+    if any(x.metrics.value(keys[1]) is None for x in s.sites):
+        what = "images" if seg else "patients in a class"
+        console.print(f"'suppressed': fewer than k={s.privacy.k_threshold} {what} "
+                      "at that site; the value never left the site.")
+
+
 def show(
     run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
 ) -> None:
     """Print a run's per-site table and global figures from its summary.json."""
+    from medfl.errors import MedflError
+
     path = run_dir / "summary.json"
     if not path.is_file():
         typer.echo(f"error: {path} not found: is {run_dir} a finished MedFL run? "
                    "(runs are in outputs/<run-name>/, the newest is outputs/latest)", err=True)
         raise typer.Exit(2)
-    s = json.loads(path.read_text())
-    console = Console()
-    table = Table(title=f"MedFL run {s['run_name']} — {s['task']}, {s['strategy']}, "
-                        f"{s['rounds']} rounds")
-    seg = "mean_site_dice" in s or s["task"] == "segmentation"
+    try:
+        s = Summary.load(path)
+    except MedflError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    seg = s.segmentation
     keys = ("dice", "iou") if seg else ("accuracy", "auroc")
-    personal = "personal" in s
-    for col in ("site", "n_train", "n_test", "ε spent", "δ",
-                *(("Dice", "IoU") if seg else ("accuracy", "AUROC")),
-                *((f"personalised {'Dice' if seg else 'accuracy'}",) if personal else ())):
-        table.add_column(col, justify="left" if col == "site" else "right")
-    for site in s["sites"]:
-        m = site["metrics"]
-        table.add_row(site["name"], str(site["n_train"]), str(site["n_test"]),
-                      _eps(site["epsilon"]), _fmt(site["delta"] or "-", 4) if site["delta"]
-                      else "-", *(_fmt(m.get(k)) for k in keys),
-                      *((_fmt(site["personal_metrics"].get(keys[0])),) if personal else ()))
-    g = s["global"]["metrics"]
-    table.add_section()
-    table.add_row("all sites", str(sum(x["n_train"] or 0 for x in s["sites"])),
-                  str(s["global"]["n_test"]), "", "", *(_fmt(g.get(k)) for k in keys),
-                  *((_fmt(s["personal"]["metrics"].get(keys[0])),) if personal else ()))
-    console.print(table)
-    if seg:
-        console.print(f"mean per-site Dice: [bold]{_fmt(s.get('mean_site_dice'))}[/bold]")
-    else:
-        console.print(f"mean per-site accuracy (FLamby's headline): "
-                      f"[bold]{_fmt(s['mean_site_accuracy'])}[/bold]")
-    if personal:  # personalised evaluation (evaluation.personal-epochs)
-        name, value = (("Dice", "mean_site_dice") if seg else ("accuracy", "mean_site_accuracy"))
-        console.print(f"mean per-site {name}, personalised ({s['personal']['epochs']} local "
-                      "epoch(s) of fine-tuning at each site; the copies stay there): "
-                      f"[bold]{_fmt(s['personal'].get(value))}[/bold]")
-    if any(x["metrics"].get(keys[1]) is None for x in s["sites"]):
-        what = "images" if seg else "patients in a class"
-        console.print(f"'suppressed': fewer than k={s['privacy']['k_threshold']} {what} "
-                      "at that site; the value never left the site.")
+    console = Console()
+    console.print(_site_table(s, keys, seg))
+    _headlines(console, s, keys, seg)
     if (run_dir / "report.html").is_file():
         console.print(f"fairness report: {(run_dir / 'report.html').resolve()} "
                       "(per site: sites/<site>/report.html; MODEL_CARD.md)")
