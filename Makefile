@@ -1,4 +1,5 @@
-# MedFL: `make demo` runs the default federated run, `make test` runs the test suite.
+# MedFL: `make demo` runs the default federated run, `make test` runs the linter, the type
+# checker and the test suite.
 # Both create .venv on first use and reuse it afterwards.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -21,8 +22,9 @@ export PATH := $(BIN):$(PATH)
 
 RUN_CONFIG ?=
 PYTEST_ARGS ?=
+LINT_PATHS := medfl server client tests bench deploy
 
-.PHONY: demo test install lint bench bench-quick clean stop-superlink federation
+.PHONY: demo test install lint typecheck bench bench-quick clean stop-superlink federation
 
 install: $(STAMP) $(FLWR_HOME)/config.toml
 
@@ -42,11 +44,16 @@ demo: install
 	flwr run . --stream --run-config "run-name='$$name' $(RUN_CONFIG)" && \
 	$(BIN)/medfl show outputs/$$name
 
-test: install
+# Lint and type check first: they take seconds and fail before the suite's minutes.
+test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check medfl server client tests bench
+	$(BIN)/ruff check $(LINT_PATHS)
+
+# What is checked, and how strictly, is in pyproject.toml ([tool.mypy]).
+typecheck: install
+	$(BIN)/mypy
 
 stop-superlink:
 	-$(PYTHON) -m medfl.localsim stop

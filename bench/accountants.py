@@ -22,6 +22,7 @@ from medfl.privacy.dp import DPPlan
 
 
 def main() -> None:
+    """Each site's noise under both accountants; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()

@@ -84,6 +84,7 @@ def accuracy(raw: dict, seed: int, tmp: str) -> tuple[float, float]:
 
 
 def main() -> None:
+    """Measure reply bytes and compression's accuracy cost; write the section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="sizes and one heart seed")
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")

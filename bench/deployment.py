@@ -24,6 +24,7 @@ from medfl.deployment.local import LocalFederation
 
 
 def deployed(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
+    """One default run on a loopback TLS federation: its summary and wall time (s)."""
     work = tmp / f"fed-{i}"
     t0 = time.monotonic()
     with LocalFederation(work) as fed:
@@ -40,6 +41,7 @@ def deployed(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
 
 
 def simulated(rounds: int, tmp: Path, i: int) -> tuple[dict, float]:
+    """The same run in process: its summary and wall time (s)."""
     cfg = {**inprocess.default_run_config(), "num-server-rounds": rounds,
            "output-dir": str(tmp / "sim"), "run-name": f"sim-{i}",
            "state-dir": str(tmp / f"sim-state-{i}")}
@@ -58,6 +60,7 @@ def _row(label: str, runs: list[tuple[dict, float]]) -> tuple[str, ...]:
 
 
 def main() -> None:
+    """Compare deployed and simulated runs; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)

@@ -45,6 +45,8 @@ def _bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def throughput(model_cfg: ModelConfig, mode: str | None, n: int, *, batch: int = 32,
                device: torch.device = CPU) -> float:
+    """Training examples per second over one epoch on synthetic data; ``mode``: the
+    Opacus grad-sample mode, or ``None`` for plain SGD."""
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     if model_cfg.name in ("resnet", "densenet121", "unet"):
@@ -75,6 +77,7 @@ def throughput(model_cfg: ModelConfig, mode: str | None, n: int, *, batch: int =
 
 
 def main() -> None:
+    """Measure DP-SGD throughput per model and mode; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--images", type=int, default=256, help="images per imaging run")

@@ -29,6 +29,8 @@ from medfl.config import parse_run_config
 
 
 def run_one(name: str, seed: int, fedbn: bool, tmp: str) -> dict[str, float]:
+    """One in-process run of scenario ``name``: mean and worst per-site metric, the
+    pooled one, seconds and the largest ε."""
     raw = scenario_config(name)
     raw.update({"seed": seed, "output-dir": tmp, "run-name": f"{name}-{seed}-{fedbn}",
                 "state-dir": str(Path(tmp) / f"state-{seed}-{fedbn}"), "strategy.fedbn": fedbn,
@@ -48,6 +50,7 @@ def run_one(name: str, seed: int, fedbn: bool, tmp: str) -> dict[str, float]:
 
 
 def main() -> None:
+    """Compare FedAvg with FedBN per scenario; write the BENCHMARKS.md section."""
     args = scenario_args(__doc__, seeds=2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

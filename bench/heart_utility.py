@@ -32,6 +32,7 @@ CONFIGS = {
 
 
 def main() -> None:
+    """Run each configuration over the seeds; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")

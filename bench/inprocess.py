@@ -54,9 +54,12 @@ class InProcessGrid:
         self._ids = itertools.count(1)
 
     def get_node_ids(self) -> list[int]:
+        """The simulated nodes' ids."""
         return list(self.contexts)
 
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        """Deliver each message to the ClientApp in turn; an exception becomes an
+        error reply, as Flower's runtime does."""
         out = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"  # the SuperLink's job

@@ -31,6 +31,7 @@ CONFIGS = {
 
 
 def main() -> None:
+    """Audit each configuration over the seeds; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def mean_sd(values: list[float]) -> str:
+    """``values``' mean ± sample standard deviation, three decimals."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 

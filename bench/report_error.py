@@ -46,6 +46,7 @@ def _exact(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 
 def one_run(seed: int, tmp: str) -> dict[int, dict[str, float]]:
+    """One seeded run's report figures against the exact pooled ones, per k."""
     raw = inprocess.default_run_config()
     raw.update({"seed": seed, "output-dir": tmp, "run-name": f"s{seed}",
                 "privacy.secure-noise": False, "privacy.audit": False})
@@ -83,6 +84,7 @@ def one_run(seed: int, tmp: str) -> dict[int, dict[str, float]]:
 
 
 def main() -> None:
+    """Measure the report's estimation error per k; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")

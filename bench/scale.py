@@ -64,6 +64,7 @@ class PeakSampler(threading.Thread):
         self.peak, self.peak_procs, self._halt = 0, 0, threading.Event()
 
     def run(self) -> None:
+        """Sample until :meth:`stop`, keeping the peak."""
         while not self._halt.is_set():
             roots = superlink_pids(self.flwr_home)
             if roots:
@@ -73,6 +74,7 @@ class PeakSampler(threading.Thread):
             self._halt.wait(self.period)
 
     def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
         self._halt.set()
         self.join()
 
@@ -93,6 +95,8 @@ def _run_config(path: Path, sites: int, rounds: int, tmp: Path, name: str) -> No
 
 
 def run_once(sites: int, rounds: int, tmp: Path, port: int, name: str) -> dict:
+    """One ``flwr run`` of ``sites`` simulated sites: wall and round times, peak memory
+    of the SuperLink's process tree, and the headline figures."""
     flwr_home = tmp / f"flwr-{name}"
     flwr_home.mkdir()
     shutil.copy(ROOT / "simulations" / "flwr-config.toml", flwr_home / "config.toml")
@@ -138,6 +142,7 @@ def _gib(b: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the federation at each size; write the BENCHMARKS.md section."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--rounds", type=int, default=3)

@@ -114,6 +114,7 @@ def _measure(run_dir: Path, predict, n: int, image: bytes | None) -> tuple[list,
 
 
 def main() -> None:
+    """Measure `medfl serve` against the in-process pass; write the section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")

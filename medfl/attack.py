@@ -21,6 +21,7 @@ from medfl.data.types import SiteData
 
 
 def attacking(cfg: RunConfig, site: str) -> bool:
+    """Whether ``site`` is one of the simulation's attacking sites (``attack.sites``)."""
     return cfg.attack.kind != "none" and site in cfg.attack.site_names
 
 

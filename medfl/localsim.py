@@ -113,6 +113,7 @@ def stop_superlink(flwr_home: Path, *, timeout: float = 10.0) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """``python -m medfl.localsim port|activate <file>|stop`` (the Makefile's helper)."""
     if argv[:1] == ["port"]:
         print(base_port())
     elif argv[:1] == ["activate"] and len(argv) == 2:

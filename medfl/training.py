@@ -59,6 +59,7 @@ def make_loader(x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool,
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``model``'s parameters: SGD (with momentum) or Adam."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay)
@@ -67,6 +68,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What :func:`train_epochs` did: optimizer steps taken and the mean training loss."""
+
     steps: int
     mean_loss: float
 

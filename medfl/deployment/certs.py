@@ -144,6 +144,8 @@ def init_ca(directory: Path, *, sans: list[str] | tuple[str, ...] = DEFAULT_SANS
 
 
 def check_site_name(name: str) -> str:
+    """``name``, if it is a valid site name (it names the site's key files); else a
+    ``ConfigError`` saying what is valid."""
     if not _SITE_NAME.fullmatch(name):
         raise ConfigError(f"site name {name!r} is not valid: use 1-63 letters, digits, '.', "
                           "'_' or '-', starting with a letter or digit")

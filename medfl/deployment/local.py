@@ -49,6 +49,7 @@ def flower_bin(name: str) -> str:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -132,9 +133,12 @@ class LocalFederation:
 
     @property
     def address(self) -> str:
+        """The SuperLink's address."""
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
+        """The Flower processes' environment: this federation's Flower home, no telemetry,
+        this interpreter's executables first; nothing of the checkout's local SuperLink."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLWR_LOCAL_")}
         env.update({
             "FLWR_HOME": str(self.flwr_home),
@@ -161,6 +165,7 @@ class LocalFederation:
             f'address = "{self.address}"\nroot-certificates = "{self.certs / certs.CA_CERT}"\n')
 
     def site_dir(self, site: str) -> Path:
+        """One hospital's folder (its data and its state)."""
         return self.workdir / "sites" / certs.check_site_name(site)
 
     def _copy_site_data(self, site: str) -> None:
@@ -184,6 +189,7 @@ class LocalFederation:
         return proc
 
     def start_superlink(self, *, timeout: float = 60.0) -> None:
+        """Start the TLS SuperLink (site authentication on) and wait until it listens."""
         c = self.certs
         self._spawn("superlink", [
             flower_bin("flower-superlink"), "--ssl-ca-certfile", str(c / certs.CA_CERT),
@@ -205,7 +211,8 @@ class LocalFederation:
                 time.sleep(0.5)
         raise MedflError(f"the SuperLink did not listen on port {self.port} within {timeout} s")
 
-    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run the ``flwr`` CLI against this federation; its output is captured."""
         return subprocess.run([flower_bin("flwr"), *args], env=self.env(), cwd=self.workdir,
                               capture_output=True, text=True, timeout=timeout)
 
@@ -229,6 +236,7 @@ class LocalFederation:
                              f"{(proc.stdout + proc.stderr).strip()[-500:]}")
 
     def node_config(self, site: str) -> str:
+        """A hospital's ``--node-config``: its name, folders and local privacy policy."""
         d = self.site_dir(site)
         # each hospital's own policy, as deploy/start-site.sh sets it: runs asking for more
         # than ε = 3 or fewer than 10 patients per released count are refused

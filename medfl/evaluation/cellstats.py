@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,7 @@ class CellStats:
 
     @property
     def suppressed(self) -> bool:
+        """Whether the cell shares nothing (under ``k`` patients, or complementary)."""
         return self.n is None
 
 
@@ -83,6 +85,8 @@ class ReportStats:
     # --- the wire --------------------------------------------------------------------
 
     def to_metrics(self) -> dict[str, float | list[float]]:
+        """Flat numeric form for the wire: one list per field, suppressed values as
+        ``SUPPRESSED``, the groups of every cell in parallel ``g-*`` lists."""
         def col(attr: str) -> list[float]:
             return [SUPPRESSED if getattr(c, attr) is None else float(getattr(c, attr))
                     for c in self.cells]
@@ -105,14 +109,19 @@ class ReportStats:
         return out
 
     @classmethod
-    def from_metrics(cls, m: dict) -> ReportStats:
+    def from_metrics(cls, m: dict[str, Any]) -> ReportStats:
+        """Parse :meth:`to_metrics`' form."""
         n_cells = len(m["cell-n"])
 
-        def val(key: str, i: int, as_int: bool = False) -> float | int | None:
+        def val(key: str, i: int) -> float | None:
             if key not in m:
                 return None
             v = float(m[key][i])
-            return None if v == SUPPRESSED else (int(v) if as_int else v)
+            return None if v == SUPPRESSED else v
+
+        def count(key: str, i: int) -> int | None:
+            v = val(key, i)
+            return None if v is None else int(v)
 
         by_cell: dict[int, list[Group]] = {}
         for c, k, n, mu, v, s in zip(m["g-cell"], m["g-class"], m["g-n"], m["g-mean"],
@@ -120,12 +129,12 @@ class ReportStats:
             by_cell.setdefault(int(c), []).append(
                 Group(int(k), int(n), float(mu), float(v), int(s)))
         cells = tuple(
-            CellStats(n=val("cell-n", i, True), loss_sum=val("cell-loss-sum", i),
+            CellStats(n=count("cell-n", i), loss_sum=val("cell-loss-sum", i),
                       brier_sum=val("cell-brier-sum", i), auroc=val("cell-auroc", i),
                       groups=tuple(by_cell[i]) if i in by_cell else None,
                       dice_sum=val("cell-dice-sum", i), dice_sqsum=val("cell-dice-sqsum", i),
                       iou_sum=val("cell-iou-sum", i),
-                      iou_sqsum=val("cell-iou-sqsum", i), hd_n=val("cell-hd-n", i, True),
+                      iou_sqsum=val("cell-iou-sqsum", i), hd_n=count("cell-hd-n", i),
                       hd_sum=val("cell-hd-sum", i), hd_sqsum=val("cell-hd-sqsum", i))
             for i in range(n_cells))
         en = float(m.get("explain-n", SUPPRESSED))
@@ -238,9 +247,10 @@ def per_image_segmentation(masks: np.ndarray, probs: np.ndarray, *,
     hd = np.full(len(dice), np.nan)
     if (~empty).any():
         keep = ~empty
-        hd[keep.numpy()] = HausdorffDistanceMetric(
-            include_background=True, percentile=95, reduction="none")(
-            pred[keep], truth[keep]).reshape(-1).double().numpy()
+        # reduction="none" returns one tensor (MONAI types the call as tensor-or-sequence)
+        per_image = cast(torch.Tensor, HausdorffDistanceMetric(
+            include_background=True, percentile=95, reduction="none")(pred[keep], truth[keep]))
+        hd[keep.numpy()] = per_image.reshape(-1).double().numpy()
     return dice, iou, hd
 
 

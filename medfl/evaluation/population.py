@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import norm, rankdata
@@ -38,16 +39,18 @@ SEGMENTATION = ("dice", "iou", "hd95")
 
 
 def metric(value: float | None, ci: tuple[float, float] | None = None, *,
-           suppressed: bool = False, estimated: bool = False) -> dict:
+           suppressed: bool = False, estimated: bool = False) -> dict[str, Any]:
     """One reported figure (the report's ``M``)."""
-    ok = value is not None and math.isfinite(value)
-    return {"value": float(value) if ok else None,
+    finite = value if value is not None and math.isfinite(value) else None
+    ok = finite is not None
+    return {"value": float(finite) if finite is not None else None,
             "ci": [float(ci[0]), float(ci[1])] if ok and ci is not None
             and all(math.isfinite(c) for c in ci) else None,
             "suppressed": suppressed, "estimated": estimated and ok}
 
 
-def suppressed_metrics(names: tuple[str, ...]) -> dict[str, dict]:
+def suppressed_metrics(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Each of ``names`` as a suppressed figure."""
     return {m: metric(None, suppressed=True) for m in names}
 
 
@@ -64,6 +67,7 @@ class Pseudo:
 
     @property
     def n(self) -> int:
+        """The number of pseudo-patients."""
         return len(self.y)
 
 
@@ -84,11 +88,15 @@ def expand(groups: list[tuple[int, Group]], *, cut: float) -> Pseudo:
         logits.append(x)
         ys.append(np.full(g.n, g.cls))
         strata.append(np.full(g.n, stratum))
-    mixed = tuple(any(g.side == MIXED for _, g in groups if g.cls == c) for c in (0, 1))
+
+    def straddles(cls: int) -> bool:
+        return any(g.side == MIXED for _, g in groups if g.cls == cls)
+
     def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
-    return Pseudo(cat(logits, np.float64), cat(ys, np.int64), cat(strata, np.int64), mixed)
+    return Pseudo(cat(logits, np.float64), cat(ys, np.int64), cat(strata, np.int64),
+                  (straddles(0), straddles(1)))
 
 
 def _shrink(x: np.ndarray, mean: float, extreme: float, bound: float) -> np.ndarray:
@@ -196,7 +204,8 @@ def _ci(reps: np.ndarray, *, bounds: tuple[float, float] | None = (0.0, 1.0)
     return float(lo), float(hi)
 
 
-def classification_metrics(a: Analysis) -> dict[str, dict]:
+def classification_metrics(a: Analysis) -> dict[str, dict[str, Any]]:
+    """The report's classification figures of ``a``, each with its bootstrap CI."""
     return {m: metric(a.point[m], _ci(a.reps[m]), estimated=a.estimated.get(m, False))
             for m in CLASSIFICATION}
 
@@ -228,11 +237,13 @@ class MeanStat:
 
     @classmethod
     def from_sums(cls, n: int, total: float, sqtotal: float) -> MeanStat:
+        """From ``n`` values' sum and sum of squares (sample standard deviation)."""
         mean = total / n
         var = max(sqtotal / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
         return cls(n, mean, math.sqrt(var))
 
     def ci(self) -> tuple[float, float] | None:
+        """95% t-interval of the mean; ``None`` under two values."""
         if self.n < 2:
             return None
         half = student_t.ppf(0.975, self.n - 1) * self.sd / math.sqrt(self.n)
@@ -263,7 +274,8 @@ def segmentation_metrics(cells: list[CellStats]) -> dict[str, dict]:
     return out
 
 
-def dice_gap(ref: list[CellStats], comp: list[CellStats]) -> dict:
+def dice_gap(ref: list[CellStats], comp: list[CellStats]) -> dict[str, Any]:
+    """``comp - ref`` mean Dice with a Welch t-interval (the report's ``G``)."""
     a, b = pooled_sums(ref, "dice"), pooled_sums(comp, "dice")
     if a is None or b is None:
         return dict(SUPPRESSED_GAP)

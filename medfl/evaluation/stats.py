@@ -18,6 +18,7 @@ on the imaging classification run, 0.001 (groups of probabilities were 0.034 off
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 from scipy.special import ndtr
@@ -93,25 +94,31 @@ class SiteEvalStats:
 
     @property
     def dice(self) -> float | None:
+        """Mean per-image Dice (segmentation; ``None`` when suppressed)."""
         return None if self.dice_sum is None or not self.n else self.dice_sum / self.n
 
     @property
     def iou(self) -> float | None:
+        """Mean per-image IoU (segmentation; ``None`` when suppressed)."""
         return None if self.iou_sum is None or not self.n else self.iou_sum / self.n
 
     @property
     def accuracy(self) -> float | None:
+        """Share of correct predictions at the threshold (``None`` when suppressed)."""
         return None if self.n_correct is None or not self.n else self.n_correct / self.n
 
     @property
     def loss(self) -> float | None:
+        """Mean log-loss per example (``None`` when suppressed)."""
         return None if self.loss_sum is None or not self.n else self.loss_sum / self.n
 
     def to_metrics(self) -> dict[str, int | float | list[float]]:
         """Flat numeric form for the wire; suppressed values become ``SUPPRESSED`` / []."""
         neg, pos = _flat(self.groups_neg), _flat(self.groups_pos)
-        seg = {} if self.dice_sum is None else {
-            "dice-sum": self.dice_sum, "dice-sqsum": self.dice_sqsum, "iou-sum": self.iou_sum}
+        # The three segmentation sums are set together (segmentation_stats, from_metrics).
+        seg: dict[str, float] = {} if self.dice_sum is None else {
+            "dice-sum": self.dice_sum, "dice-sqsum": cast(float, self.dice_sqsum),
+            "iou-sum": cast(float, self.iou_sum)}
         return {**seg,
             "num-examples": SUPPRESSED if self.n is None else self.n,
             "n-correct": SUPPRESSED if self.n_correct is None else self.n_correct,
@@ -122,11 +129,11 @@ class SiteEvalStats:
         }
 
     @classmethod
-    def from_metrics(cls, metrics: dict, prefix: str = "") -> SiteEvalStats:
+    def from_metrics(cls, metrics: dict[str, Any], prefix: str = "") -> SiteEvalStats:
         """Parse :meth:`to_metrics`' form; ``prefix`` selects e.g. the ``personal-`` keys."""
         m = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
-        def opt(v):
+        def opt(v: Any) -> Any:
             return None if float(v) == SUPPRESSED else v
 
         def groups(prefix: str) -> list[Group] | None:
@@ -196,11 +203,12 @@ def per_image_overlap(masks: np.ndarray, probs: np.ndarray, *,
 
     pred = torch.as_tensor(np.asarray(probs) >= threshold, dtype=torch.float32)
     truth = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32)
-    dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
-    iou = MeanIoU(include_background=True, reduction="none", ignore_empty=False)(
-        pred, truth).reshape(-1).double().numpy()
-    return dice, iou
+    # reduction="none" returns one tensor (MONAI types the call as tensor-or-sequence)
+    dice = cast(torch.Tensor, DiceMetric(include_background=True, reduction="none",
+                                         ignore_empty=False)(pred, truth))
+    iou = cast(torch.Tensor, MeanIoU(include_background=True, reduction="none",
+                                     ignore_empty=False)(pred, truth))
+    return dice.reshape(-1).double().numpy(), iou.reshape(-1).double().numpy()
 
 
 def segmentation_stats(masks: np.ndarray, probs: np.ndarray, *, threshold: float,
@@ -227,23 +235,26 @@ def pool_site_stats(stats: list[SiteEvalStats]) -> dict[str, float | int | None]
     the sites that reported them (both classes with at least ``k`` patients); the others
     are left out of it and counted in ``auroc_sites_excluded``.
     """
-    shown = [s for s in stats if s.n is not None]
-    with_acc = [s for s in shown if s.n_correct is not None]
-    n_acc = sum(s.n for s in with_acc)
-    with_loss = [s for s in shown if s.loss_sum is not None]
-    n_loss = sum(s.n for s in with_loss)
-    grouped = [s for s in shown if s.groups_neg is not None and s.groups_pos is not None]
-    auroc = mixture_auroc([g for s in grouped for g in s.groups_neg],
-                          [g for s in grouped for g in s.groups_pos]) if grouped else None
-    with_dice = [s for s in shown if s.dice_sum is not None]
-    n_dice = sum(s.n for s in with_dice)
+    shown = [s.n for s in stats if s.n is not None]
+    acc = [(s.n, s.n_correct) for s in stats if s.n is not None and s.n_correct is not None]
+    n_acc = sum(n for n, _ in acc)
+    loss = [(s.n, s.loss_sum) for s in stats if s.n is not None and s.loss_sum is not None]
+    n_loss = sum(n for n, _ in loss)
+    grouped = [(s.groups_neg, s.groups_pos) for s in stats if s.n is not None
+               and s.groups_neg is not None and s.groups_pos is not None]
+    auroc = mixture_auroc([g for neg, _ in grouped for g in neg],
+                          [g for _, pos in grouped for g in pos]) if grouped else None
+    # The three segmentation sums are set together (segmentation_stats, from_metrics).
+    dice = [(s.n, s.dice_sum, cast(float, s.iou_sum)) for s in stats
+            if s.n is not None and s.dice_sum is not None]
+    n_dice = sum(n for n, _, _ in dice)
     return {
-        "n": sum(s.n for s in shown),
-        "dice": sum(s.dice_sum for s in with_dice) / n_dice if n_dice else None,
-        "iou": sum(s.iou_sum for s in with_dice) / n_dice if n_dice else None,
-        "accuracy": (sum(s.n_correct for s in with_acc) / n_acc) if n_acc else None,
+        "n": sum(shown),
+        "dice": sum(d for _, d, _ in dice) / n_dice if n_dice else None,
+        "iou": sum(j for _, _, j in dice) / n_dice if n_dice else None,
+        "accuracy": (sum(c for _, c in acc) / n_acc) if n_acc else None,
         "auroc": auroc,
-        "loss": (sum(s.loss_sum for s in with_loss) / n_loss) if n_loss else None,
+        "loss": (sum(s for _, s in loss) / n_loss) if n_loss else None,
         "auroc_sites_excluded": len(stats) - len(grouped),
         "sites_suppressed": len(stats) - len(shown),
     }

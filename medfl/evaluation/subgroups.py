@@ -38,6 +38,7 @@ class Cell:
 
     @property
     def is_all(self) -> bool:
+        """Whether this is cell 0, the whole test set."""
         return self.attribute == ALL
 
 
@@ -80,8 +81,10 @@ def _same(col: pd.Series, level: object) -> np.ndarray:
 
 def level_cells(column: str, levels: list) -> list[Cell]:
     """One cell per declared level of ``column``."""
-    return [Cell(column, str(lv), _where(column, lambda c, lv=lv: _same(c, lv)))
-            for lv in levels]
+    def equals(level: object) -> Callable[[pd.Series], np.ndarray]:
+        return lambda col: _same(col, level)
+
+    return [Cell(column, str(lv), _where(column, equals(lv))) for lv in levels]
 
 
 def cut_cells(column: str, cuts: list[float]) -> list[Cell]:
@@ -93,8 +96,10 @@ def cut_cells(column: str, cuts: list[float]) -> list[Cell]:
             return f"under {hi:g}"
         return f"{lo:g} and over" if hi == np.inf else f"{lo:g} to under {hi:g}"
 
-    return [Cell(f"{column} band", name(lo, hi),
-                 _where(column, lambda c, lo=lo, hi=hi: (_numbers(c) >= lo) & (_numbers(c) < hi)))
+    def within(lo: float, hi: float) -> Callable[[pd.Series], np.ndarray]:
+        return lambda col: (_numbers(col) >= lo) & (_numbers(col) < hi)
+
+    return [Cell(f"{column} band", name(lo, hi), _where(column, within(lo, hi)))
             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 

@@ -7,8 +7,11 @@ images. The maps themselves come from pytorch-grad-cam.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
+from typing import Any, cast
 
 import matplotlib
 import numpy as np
@@ -41,7 +44,7 @@ def feature_layer(model: nn.Module) -> nn.Module | None:
     branch, in DenseNet one of the last layer's 32 new channels). ``None``: the last
     Conv2d (:func:`default_target_layer`)."""
     if hasattr(model, "features"):  # DenseNet
-        return model.features
+        return cast(nn.Module, model.features)
     net = getattr(model, "net", None)
     if net is not None and len(list(net.children())):  # MONAI Classifier: residual units
         return list(net.children())[-1]
@@ -54,6 +57,35 @@ def _positive_logit(output: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"gradcam explains a binary classifier with one output logit, got "
                          f"an output of shape {tuple(output.shape)} per image")
     return output.reshape(())
+
+
+@contextlib.contextmanager
+def _input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Within: no parameter requires a gradient and Opacus' hooks are off. After: the
+    training modes, ``requires_grad`` flags, ``.grad`` and Opacus' hook switch as before."""
+    modes = [(m, m.training) for m in model.modules()]
+    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
+    # Opacus' GradSampleModule has backward hooks that fail without the activations its
+    # forward hooks capture only in training mode; its own switch turns both off.
+    opacus_hooks: list[tuple[Any, bool]] = [
+        (m, cast(bool, m.hooks_enabled)) for m in model.modules()
+        if isinstance(getattr(m, "hooks_enabled", None), bool)]
+    try:
+        # Gradients reach the target layer through the input instead of the weights: the
+        # parameters' .grad stays untouched.
+        for p, _, _ in params:
+            p.requires_grad_(False)
+        for m, _ in opacus_hooks:
+            m.hooks_enabled = False
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, requires_grad, grad in params:
+            p.requires_grad_(requires_grad)
+            p.grad = grad
+        for m, enabled in opacus_hooks:
+            m.hooks_enabled = enabled
 
 
 def gradcam(model: nn.Module, images: np.ndarray, *, target_layer: nn.Module | None = None,
@@ -90,19 +122,7 @@ def gradcam(model: nn.Module, images: np.ndarray, *, target_layer: nn.Module | N
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
 
-    modes = [(m, m.training) for m in model.modules()]
-    params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    # Opacus' GradSampleModule has backward hooks that fail without the activations its
-    # forward hooks capture only in training mode; its own switch turns both off.
-    opacus_hooks = [(m, m.hooks_enabled) for m in model.modules()
-                    if isinstance(getattr(m, "hooks_enabled", None), bool)]
-    try:
-        # Gradients reach the target layer through the input instead of the weights: the
-        # parameters' .grad stays untouched.
-        for p, _, _ in params:
-            p.requires_grad_(False)
-        for m, _ in opacus_hooks:
-            m.hooks_enabled = False
+    with _input_gradients_only(model):
         cam = GradCAM(model=model, target_layers=[layer])  # also calls model.eval()
         maps = []
         try:
@@ -113,14 +133,6 @@ def gradcam(model: nn.Module, images: np.ndarray, *, target_layer: nn.Module | N
         finally:
             # Not ``with GradCAM(...)``: its __exit__ prints and swallows an IndexError.
             cam.activations_and_grads.release()
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        for m, enabled in opacus_hooks:
-            m.hooks_enabled = enabled
     # Bilinear upsampling of a [0, 1] map stays in [0, 1] but for rounding.
     out = np.clip(np.concatenate(maps).astype(np.float32), 0.0, 1.0)
     logger.debug("Grad-CAM maps for %d images", len(out))

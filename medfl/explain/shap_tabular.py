@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,6 +69,29 @@ def _logit_fn(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     return f
 
 
+def _explain(model: nn.Module, x: np.ndarray, masker: Any) -> np.ndarray:
+    """SHAP values of ``x`` (n, f): closed form for a single linear layer, else exact
+    enumeration of the coalitions (at most ``MAX_EXACT_FEATURES`` features)."""
+    import shap
+
+    linear = _single_linear(model)
+    if linear is not None:
+        coef = linear.weight.detach().double().cpu().numpy()
+        if coef.shape[0] != 1:
+            raise ValueError(f"the model must return one logit per row, got a linear "
+                             f"layer with {coef.shape[0]} outputs")
+        intercept = linear.bias.detach().double().cpu().numpy() if linear.bias is not None \
+            else np.zeros(1)
+        explainer = shap.LinearExplainer((coef[0], float(intercept[0])), masker)
+        return np.asarray(explainer.shap_values(x), dtype=np.float64)
+    if x.shape[1] > MAX_EXACT_FEATURES:
+        raise ValueError(f"exact SHAP enumerates 2**n_features coalitions; "
+                         f"{x.shape[1]} features is over the limit of {MAX_EXACT_FEATURES}")
+    exact = shap.explainers.Exact(_logit_fn(model), masker)
+    # One model call per row: all coalitions times the background rows they change.
+    return np.asarray(exact(x, silent=True).values, dtype=np.float64)
+
+
 def shap_values(model: nn.Module, x: np.ndarray, *, background: np.ndarray,
                 max_background: int = 50, seed: int = 0) -> np.ndarray:
     """Interventional SHAP values of the model's logit for each row of ``x``.
@@ -109,24 +133,7 @@ def shap_values(model: nn.Module, x: np.ndarray, *, background: np.ndarray,
     was_training = model.training
     model.eval()
     try:
-        linear = _single_linear(model)
-        if linear is not None:
-            coef = linear.weight.detach().double().cpu().numpy()
-            if coef.shape[0] != 1:
-                raise ValueError(f"the model must return one logit per row, got a linear "
-                                 f"layer with {coef.shape[0]} outputs")
-            intercept = linear.bias.detach().double().cpu().numpy() if linear.bias is not None \
-                else np.zeros(1)
-            explainer = shap.LinearExplainer((coef[0], float(intercept[0])), masker)
-            values = np.asarray(explainer.shap_values(x), dtype=np.float64)
-        else:
-            if x.shape[1] > MAX_EXACT_FEATURES:
-                raise ValueError(f"exact SHAP enumerates 2**n_features coalitions; "
-                                 f"{x.shape[1]} features is over the limit of "
-                                 f"{MAX_EXACT_FEATURES}")
-            explainer = shap.explainers.Exact(_logit_fn(model), masker)
-            # One model call per row: all coalitions times the background rows they change.
-            values = np.asarray(explainer(x, silent=True).values, dtype=np.float64)
+        values = _explain(model, x, masker)
     finally:
         model.train(was_training)
     logger.debug("SHAP values for %d rows over %d background rows", len(x), len(bg))

@@ -76,7 +76,8 @@ def build_model(cfg: ModelConfig, *, n_features: int | None = None,
         if image_shape is None or len(image_shape) != 3:
             raise ConfigError(f"model {cfg.name!r} needs image_shape=(channels, height, "
                               f"width), got {image_shape!r}")
-        return _image_model(cfg, tuple(int(s) for s in image_shape), n_outputs)
+        channels, height, width = (int(s) for s in image_shape)
+        return _image_model(cfg, (channels, height, width), n_outputs)
     if n_features is None or n_features < 1:
         raise ConfigError(f"model {cfg.name!r} needs n_features >= 1, got {n_features}")
     if cfg.name == "logreg":

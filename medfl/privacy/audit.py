@@ -13,6 +13,7 @@ bounds every attacker, the audit shows what one realistic attacker achieves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -39,7 +40,8 @@ class AuditResult:
     non_members: int | None
 
     def to_metrics(self) -> dict[str, float]:
-        def wire(v):
+        """Flat numeric form for the wire; suppressed values become ``SUPPRESSED``."""
+        def wire(v: float | None) -> float:
             return SUPPRESSED if v is None else float(v)
 
         return {"attack-auc": wire(self.attack_auc),
@@ -47,7 +49,8 @@ class AuditResult:
                 "members": wire(self.members), "non-members": wire(self.non_members)}
 
     @classmethod
-    def from_metrics(cls, m: dict) -> AuditResult:
+    def from_metrics(cls, m: dict[str, Any]) -> AuditResult:
+        """Parse :meth:`to_metrics`' form."""
         def opt(v, cast=float):
             return None if float(v) == SUPPRESSED else cast(v)
 

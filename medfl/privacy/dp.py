@@ -14,6 +14,7 @@ import functools
 import math
 import secrets
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,6 +52,8 @@ def extend_history(history: History, sigma: float, rate: float, steps: int) -> H
 
 
 def dp_generator(seed: int) -> torch.Generator:
+    """A torch generator for DP noise or Poisson sampling, seeded with ``seed`` (from
+    :func:`dp_seed`: OS entropy unless ``privacy.secure-noise`` is off)."""
     return torch.Generator().manual_seed(seed)
 
 
@@ -155,7 +158,7 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
         model = ModuleValidator.fix(model)
     for module in model.modules():
         if getattr(module, "inplace", False) is True:
-            module.inplace = False
+            cast(Any, module).inplace = False  # nn.Module types attributes as Tensor | Module
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
         raise ConfigError("model is not DP-SGD compatible even after fixing: "
@@ -279,7 +282,7 @@ def attach_dp(
     engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     if grad_sample_mode == "ew":
         _contiguous_conv_grads(model)
-    model, optimizer, loader = engine.make_private(
+    model, optimizer, dp_loader = engine.make_private(
         module=model,
         optimizer=optimizer,
         data_loader=loader,
@@ -289,9 +292,9 @@ def attach_dp(
         noise_generator=noise_generator,
         grad_sample_mode=grad_sample_mode,
     )
-    if abs(loader.sample_rate - plan.sample_rate) > 1e-12:
+    if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-12:
         raise ConfigError(
-            f"loader sample rate {loader.sample_rate} differs from the planned "
+            f"loader sample rate {dp_loader.sample_rate} differs from the planned "
             f"{plan.sample_rate}; the training set size changed during the run"
         )
-    return model, optimizer, loader, engine
+    return model, optimizer, dp_loader, engine

@@ -119,7 +119,8 @@ class Task(ABC):
         bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(self.cfg.train.pos_weight))
 
         def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return bce(logits.reshape(-1), y.reshape(-1).to(logits.dtype))
+            value: torch.Tensor = bce(logits.reshape(-1), y.reshape(-1).to(logits.dtype))
+            return value
 
         return loss
 

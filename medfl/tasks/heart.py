@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from torch import nn
+from typing_extensions import override
 
 from medfl.config import TaskName
 from medfl.data import heart
@@ -44,11 +45,13 @@ class HeartDiseaseTask(Task):
     name = TaskName.HEART_DISEASE
     is_tabular = True
 
+    @override
     def sites(self, *, num_partitions: int | None = None) -> tuple[str, ...]:
         if self.cfg.data.partition != "natural":
             return partition_sites(self.cfg, num_partitions)
         return heart.HEART_SITES
 
+    @override
     def load_site(self, site: str, *, data_path: str | None = None, verify: bool = True,
                   num_partitions: int | None = None) -> SiteData:
         """``data_path``: a folder holding ``processed.<site>.data`` (sha256-verified
@@ -62,40 +65,49 @@ class HeartDiseaseTask(Task):
         return heart.load_heart_site(site, directory=Path(data_path) if data_path else None,
                                      verify=verify)
 
+    @override
     def check_site_name(self, site: str) -> None:
         if site not in heart.HEART_SITES:
             raise ConfigError(f"node-config site={site!r} is unknown; valid: "
                               f"{list(heart.HEART_SITES)}")
 
+    @override
     def build_model(self) -> nn.Module:
         return build_model(self.cfg.model, n_features=len(heart.FEATURE_NAMES))
 
+    @override
     def feature_spec(self) -> FeatureSpec:
         numeric_idx = tuple(heart.FEATURE_NAMES.index(c) for c in heart.NUMERIC_COLUMNS)
         bounds = np.array([heart.PUBLIC_BOUNDS[c] for c in heart.NUMERIC_COLUMNS],
                           dtype=np.float64)
         return FeatureSpec(heart.FEATURE_NAMES, numeric_idx, bounds, heart.input_schema())
 
+    @override
     def label_names(self) -> tuple[str, ...]:
         return heart.LABEL_NAMES
 
+    @override
     def model_io(self, scaler: Standardizer | None) -> dict[str, Any]:
         return tabular_model_io(self, scaler,
                                 "one-hot cp and restecg, first level dropped (FLamby)")
 
+    @override
     def subgroups(self) -> list[Cell]:
         # UCI codes sex 1 = male; the age bands split at 55 years.
         return sex_cells(male=("1", "1.0"), female=("0", "0.0")) + cut_cells("age", [55])
 
+    @override
     def dataset_id(self) -> str:
         return "uci-heart-disease"
 
+    @override
     def dataset_card(self) -> dict[str, Any]:
         return {"name": "UCI Heart Disease, four hospitals (FLamby Fed-Heart-Disease split)",
                 "provenance": "Janosi, Steinbrunn, Pfisterer, Detrano (1988), UCI Machine "
                               "Learning Repository, doi:10.24432/C52P4X; embedded unmodified",
                 "licence": "CC BY 4.0"}
 
+    @override
     def report_caveats(self) -> list[str]:
         return ["UCI heart disease is small (four hospitals, 1988) and mostly male at VA "
                 "and Switzerland."]

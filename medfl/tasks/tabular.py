@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from torch import nn
+from typing_extensions import override
 
 from medfl.config import RunConfig, TaskName
 from medfl.data.scaling import Standardizer
@@ -105,34 +106,41 @@ class TabularTask(Task):
 
     # --- the Task interface ---------------------------------------------------------------
 
+    @override
     def sites(self, *, num_partitions: int | None = None) -> tuple[str, ...]:
         if self.cfg.data.partition != "natural":
             return partition_sites(self.cfg, num_partitions)
         path = self._table(None)
         return _table_sites(_frame(str(path.resolve()), path.stat().st_mtime_ns))
 
+    @override
     def load_site(self, site: str, *, data_path: str | None = None, verify: bool = True,
                   num_partitions: int | None = None) -> SiteData:
         """``data_path``: the site's CSV (its rows without a ``site`` column are its own)."""
         cfg, path = self.cfg, self._table(data_path)
-        split = {"test_fraction": cfg.data.test_fraction, "seed": SPLIT_SEED}
+
+        def split(table: Path | pd.DataFrame) -> SiteData:
+            return load_tabular_site(table, self.schema(), site,
+                                     test_fraction=cfg.data.test_fraction, seed=SPLIT_SEED)
+
         if data_path is not None:  # a deployed site: its own CSV, as it is
             if cfg.data.partition != "natural":
                 raise ConfigError("data.partition re-partitions a simulated dataset; a "
                                   "deployed site reads its own CSV (use "
                                   "data.partition='natural')")
-            return load_tabular_site(path, self.schema(), site, **split)
+            return split(path)
         key = (str(path.resolve()), path.stat().st_mtime_ns)  # one stat: frame and split agree
         frame = _frame(*key)
         if cfg.data.partition == "natural":
-            return load_tabular_site(frame, self.schema(), site, **split)
+            return split(frame)
         if not num_partitions:
             raise ConfigError(f"data.partition={cfg.data.partition!r} needs the number of "
                               "partitions (the federation's num-supernodes)")
         parts = _table_partition(cfg, *key, self.schema(), num_partitions)
         rows = frame.iloc[parts[partition_number(site, len(parts))]].assign(site=site)
-        return load_tabular_site(rows, self.schema(), site, **split)
+        return split(rows)
 
+    @override
     def deployed_config(self, node_config: dict[str, Any]) -> RunConfig:
         """A deployed site reads its own CSV (``data-path``) and its copy of the
         consortium's schema (``schema-path``), never paths the server names."""
@@ -145,20 +153,25 @@ class TabularTask(Task):
         schema = str(node_config["schema-path"])
         return replace(self.cfg, data=replace(self.cfg.data, manifest="", schema=schema))
 
+    @override
     def build_model(self) -> nn.Module:
         return build_model(self.cfg.model, n_features=len(self.feature_spec().feature_names))
 
+    @override
     def feature_spec(self) -> FeatureSpec:
         return self.schema().spec()
 
+    @override
     def label_names(self) -> tuple[str, ...]:
         return self.schema().label_names
 
+    @override
     def model_io(self, scaler: Standardizer | None) -> dict[str, Any]:
         return tabular_model_io(self, scaler, "numeric, binary, then one-hot categorical "
                                 "features (first level dropped), in input_schema.features "
                                 "order")
 
+    @override
     def subgroups(self) -> list[Cell]:
         out: list[Cell] = []
         for entry in self.schema().subgroups:
@@ -168,9 +181,11 @@ class TabularTask(Task):
                 out += cut_cells(entry.name, list(entry.cuts))
         return out
 
+    @override
     def dataset_id(self) -> str:
         return "tabular-csv" if self.cfg.data.manifest else "synthetic-cohort"
 
+    @override
     def dataset_card(self) -> dict[str, Any]:
         if self.cfg.data.manifest:
             return {"name": "the consortium's own data (data.manifest)",
