@@ -49,6 +49,8 @@ def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
 
 
 def site_order(names: list[str]) -> list[str]:
+    """Order site names for reports: the UCI heart-disease sites first, in their
+    canonical order, then any other names alphabetically."""
     known = [s for s in HEART_SITES if s in names]
     return known + sorted(set(names) - set(known))
 

@@ -35,6 +35,11 @@ class Guard:
         self.key = api_key.encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
+        """Check the key, buffer the body up to ``limit`` bytes, then call the app.
+
+        Non-HTTP scopes (lifespan, websockets) pass through untouched. A client that
+        disconnects while the body is read gets no answer.
+        """
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers", []))

@@ -46,10 +46,12 @@ class Standardizer:
         return out
 
     def to_dict(self) -> dict[str, list[float] | list[int]]:
+        """JSON-ready form: ``columns``, ``mean`` and ``std`` as lists (e.g. for the manifest)."""
         return {"columns": list(self.columns), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict) -> Standardizer:
+        """Inverse of :meth:`to_dict`."""
         return cls(tuple(int(c) for c in data["columns"]), tuple(map(float, data["mean"])),
                    tuple(map(float, data["std"])))
 

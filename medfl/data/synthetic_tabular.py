@@ -58,6 +58,8 @@ COHORT_SITES = (("north", 52.0, 26.0, 0.15), ("south", 61.0, 28.5, 0.22),
 
 
 def cohort_key(seed: int, patients_per_site: int) -> str:
+    """Identify a cohort: 12 hex digits of the sha256 of the generator version, its
+    arguments, the sites' case mix and the schema (equal keys mean equal rows)."""
     params = {"version": GENERATOR_VERSION, "seed": seed, "per_site": patients_per_site,
               "sites": COHORT_SITES, "schema": SCHEMA}
     return hashlib.sha256(json.dumps(params).encode()).hexdigest()[:12]

@@ -31,10 +31,12 @@ class SiteData:
 
     @property
     def n_train(self) -> int:
+        """Number of training samples."""
         return int(self.y_train.shape[0])
 
     @property
     def n_test(self) -> int:
+        """Number of test samples."""
         return int(self.y_test.shape[0])
 
     @classmethod

@@ -96,6 +96,12 @@ class RunDirectory:
 
     @classmethod
     def create(cls, root: Path, run_name: str) -> RunDirectory:
+        """Make a new run folder under ``root`` (created if missing).
+
+        With no ``run_name`` the folder is named by the UTC time, suffixed ``-1``,
+        ``-2``... on collision; a given ``run_name`` that already exists raises
+        ``ConfigError``, since a run is never overwritten.
+        """
         root.mkdir(parents=True, exist_ok=True)
         name = run_name or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         path = root / name
@@ -113,11 +119,13 @@ class RunDirectory:
         return cls(path)
 
     def write_json(self, name: str, obj: Any) -> Path:
+        """Write ``obj`` as strict JSON to ``<run>/<name>`` atomically; returns the path."""
         target = self.path / name
         atomic_write_json(target, jsonable(obj))
         return target
 
     def append_round(self, record: dict[str, Any]) -> None:
+        """Append one round's record as a line of ``rounds.jsonl``."""
         append_jsonl(self.path / "rounds.jsonl", jsonable(record))
 
     def mark_latest(self) -> Path:
@@ -131,6 +139,8 @@ class RunDirectory:
 
 
 def config_record(cfg: RunConfig, raw: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """The run's ``config.json``: name, UTC creation time, seed, the parsed config, the
+    raw Flower run config, the environment and the disclaimer."""
     return {
         "run_name": run_name,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -28,6 +28,9 @@ REQUIRED_KEYS = ("manifest_version", "architecture", "input_schema", "preprocess
 
 @dataclass(frozen=True)
 class Bundle:
+    """A loaded, verified bundle: its folder, parsed ``manifest.json`` and the weights
+    (parameter name -> CPU tensor)."""
+
     path: Path
     manifest: dict[str, Any]
     weights: dict[str, torch.Tensor]

@@ -57,6 +57,11 @@ class ImageModel:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ImageModel:
+        """Build the network the manifest names, load its weights (strict) in eval mode.
+
+        Raises ``BundleError`` when the bundle holds no imaging model or the weights do
+        not fit the architecture.
+        """
         m = bundle.manifest
         arch = m["architecture"]
         if arch.get("name") not in IMAGE_MODELS or "image" not in m["preprocessing"]:
@@ -75,6 +80,7 @@ class ImageModel:
 
     @property
     def version(self) -> str:
+        """The model version: the first 12 hex digits of the weights' sha256."""
         return self.bundle.manifest["weights_sha256"][:12]
 
     def preprocess(self, images: list[bytes]) -> np.ndarray:

@@ -40,6 +40,12 @@ class TabularModel:
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> TabularModel:
+        """Build the network the manifest names, load its weights (strict) in eval mode,
+        and restore the training-time standardiser (identity when none was stored).
+
+        Raises ``BundleError`` when the bundle has no tabular input schema or the
+        weights do not fit the architecture.
+        """
         m = bundle.manifest
         arch = m["architecture"]
         if "columns" not in m.get("input_schema", {}):
@@ -58,6 +64,7 @@ class TabularModel:
 
     @property
     def version(self) -> str:
+        """The model version: the first 12 hex digits of the weights' sha256."""
         return self.bundle.manifest["weights_sha256"][:12]
 
     # --- input -----------------------------------------------------------------------
@@ -108,6 +115,8 @@ class TabularModel:
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """Positive-class logits, shape (n,) float64, of a standardised (n, n_features)
+        matrix."""
         return self.model(torch.as_tensor(x, dtype=torch.float32)).squeeze(-1).double().numpy()
 
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

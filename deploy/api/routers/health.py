@@ -9,4 +9,5 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health")
 def health(request: Request) -> dict:
+    """Liveness: ``status`` (always ``"ok"``) and whether the model has loaded."""
     return {"status": "ok", "model_loaded": getattr(request.app.state, "model", None) is not None}

@@ -51,6 +51,7 @@ def describe(request: Request, model: ModelDep) -> dict:
 
 @router.get("/model-card", response_class=PlainTextResponse)
 def model_card(request: Request) -> str:
+    """The run's ``MODEL_CARD.md`` as Markdown text; 404 when the run has none."""
     card = request.app.state.run_dir / "MODEL_CARD.md"
     if not card.is_file():
         raise HTTPException(status_code=404, detail="this run has no MODEL_CARD.md")
