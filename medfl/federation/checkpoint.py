@@ -28,12 +28,15 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medfl.errors import ConfigError
 from medfl.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ def strategy_state(strategy: object) -> dict[str, Any]:
 
 
 def restore_strategy_state(strategy: object, state: dict[str, Any]) -> None:
+    """Set the optimiser state :func:`strategy_state` saved back on ``strategy``."""
     for name, value in state.items():
         if name not in STRATEGY_STATE:
             raise ConfigError(f"checkpoint strategy state {name!r} is unknown; valid: "
@@ -89,7 +93,8 @@ def _unflatten(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return state
 
 
-def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz_bytes(arrays: dict[str, Any]) -> bytes:
+    """``arrays`` (ndarrays or tensors) as the bytes of an .npz file."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -232,7 +237,7 @@ def open_resume(resume_from: str, output_root: Path, run_config: dict[str, Any])
     return Resume(path=path, raw_config=raw, checkpoint=ckpt)
 
 
-def as_tensors(weights: dict[str, np.ndarray]):
+def as_tensors(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Checkpointed arrays as the torch state dict the strategies start from."""
     import torch
 

@@ -13,9 +13,12 @@ Both are post-processing of the DP-SGD output, so they cost no privacy. Non-floa
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from numpy.typing import NDArray
 
 from medfl.config import RunConfig
 
@@ -54,19 +57,21 @@ def encode(mode: str, received: dict[str, torch.Tensor], weights: dict[str, torc
     return _tensors(out), {SCALES_KEY: scales}
 
 
-def decode(mode: str, content: RecordDict, global_arrays: dict[str, np.ndarray]) -> None:
+def decode(mode: str, content: RecordDict, global_arrays: dict[str, NDArray[Any]]) -> None:
     """Server side, in place: turn a train reply's arrays back into float32 weights (given
     the global model sent this round) and drop the scales from its metrics. A reply that
     cannot be decoded is left as it is, for validation to reject with a reason."""
-    if mode == "none" or "arrays" not in content or "metrics" not in content:
+    record, metrics = content.get("arrays"), content.get("metrics")
+    if mode == "none" or not isinstance(record, ArrayRecord) \
+            or not isinstance(metrics, MetricRecord):
         return
-    arrays = {k: v.numpy() for k, v in content["arrays"].items()}
+    arrays = {k: v.numpy() for k, v in record.items()}
     if mode == "float16":
         decoded = {k: a.astype(np.float32) if a.dtype.kind == "f" else a
                    for k, a in arrays.items()}
     else:
-        metrics = content["metrics"]
-        scales = list(metrics.get(SCALES_KEY, []))
+        sent: Any = metrics.get(SCALES_KEY, [])  # as the site sent it: checked below
+        scales = list(sent)
         if len(scales) != len(arrays) or set(arrays) != set(global_arrays):
             return
         decoded = {}

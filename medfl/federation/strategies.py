@@ -1,5 +1,5 @@
 """``strategy.name`` -> one of Flower's strategies, wrapped with MedFL's recording and
-update validation (:class:`medfl.federation.server.Recording`). Nothing is
+update validation (:class:`medfl.federation.recording.Recording`). Nothing is
 re-implemented: aggregation, server optimisers and robust rules are Flower's own.
 
 | name | Flower class | parameters from the run config |
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
@@ -33,7 +32,7 @@ from flwr.serverapp.strategy import (
 )
 
 from medfl.config import RunConfig
-from medfl.federation.server import Recording
+from medfl.federation.recording import CheckpointHook, Recording
 
 BASES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam,
@@ -44,7 +43,7 @@ BASES: dict[str, type[FedAvg]] = {
 
 def _parameters(cfg: RunConfig, num_sites: int) -> dict[str, Any]:
     s = cfg.strategy
-    return {
+    by_name: dict[str, dict[str, Any]] = {
         "fedprox": {"proximal_mu": s.proximal_mu},
         "fedavgm": {"server_momentum": s.server_momentum},
         "fedadam": {"eta": s.server_lr},
@@ -54,23 +53,26 @@ def _parameters(cfg: RunConfig, num_sites: int) -> dict[str, Any]:
         "krum": {"num_malicious_nodes": s.num_malicious},
         "multikrum": {"num_malicious_nodes": s.num_malicious,
                       "num_nodes_to_select": max(1, num_sites - s.num_malicious)},
-    }.get(s.name, {})
+    }
+    return by_name.get(s.name, {})
 
 
 def build_strategy(cfg: RunConfig, *, num_sites: int,
                    on_round: Callable[[dict[str, Any]], None],
                    node_sites: dict[int, str] | None, weighted_by_key: str,
-                   on_checkpoint: Callable[[int, ArrayRecord], None] | None = None) -> Recording:
+                   on_checkpoint: CheckpointHook | None = None) -> Recording:
     """The run's strategy: Flower's class for ``strategy.name`` with the recording mixin."""
     base = BASES[cfg.strategy.name]
     cls = type(f"Recording{base.__name__}", (Recording, base), {})
     s = cfg.strategy
     # A round needs ``min_round_nodes`` sites, never more than the federation started with.
     per_round = min(s.min_round_nodes, num_sites)
-    return cls(on_round=on_round, node_sites=node_sites, norm_ratio=s.norm_ratio,
-               min_round_nodes=per_round, round_timeout=s.round_timeout,
-               on_checkpoint=on_checkpoint, compression=cfg.transport.compression,
-               fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
-               min_train_nodes=per_round, min_evaluate_nodes=per_round,
-               min_available_nodes=per_round, weighted_by_key=weighted_by_key,
-               **_parameters(cfg, num_sites))
+    strategy: Recording = cls(
+        on_round=on_round, node_sites=node_sites, norm_ratio=s.norm_ratio,
+        min_round_nodes=per_round, round_timeout=s.round_timeout,
+        on_checkpoint=on_checkpoint, compression=cfg.transport.compression,
+        fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
+        min_train_nodes=per_round, min_evaluate_nodes=per_round,
+        min_available_nodes=per_round, weighted_by_key=weighted_by_key,
+        **_parameters(cfg, num_sites))
+    return strategy
