@@ -108,6 +108,47 @@ def _label_names(frame: pd.DataFrame, label_names: tuple[str, ...]) -> tuple[str
     return found
 
 
+def _check_task(task: str, label_names: tuple[str, ...]) -> None:
+    """Refuse an unknown image task, or class names given for segmentation."""
+    if task not in IMAGE_TASKS:
+        hint = difflib.get_close_matches(str(task), IMAGE_TASKS, n=1)
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"unknown image task {task!r}; valid tasks are {list(IMAGE_TASKS)}"
+                          f"{did_you_mean}")
+    if task == "segmentation" and label_names:
+        raise ConfigError("label_names apply to image-classification only, not segmentation")
+
+
+def _check_columns(frame: pd.DataFrame, task: str, target: str, *,
+                   sensitive: tuple[str, ...], default_site: str | None) -> None:
+    """Refuse a manifest that lacks a column the task needs."""
+    missing = [c for c in ("path", target) if c not in frame.columns]
+    if "site" not in frame.columns and default_site is None:
+        missing.append("site")
+    if missing:
+        raise DataError(f"the manifest lacks column(s) {missing}; task {task!r} needs "
+                        f"'path', {target!r} and 'site' (or a default site), optionally "
+                        f"'split' and sensitive columns such as {list(sensitive)}")
+
+
+def _clean_columns(frame: pd.DataFrame, target: str, *, default_site: str | None) -> None:
+    """Strip text cells, fill the default site, and refuse empty or unknown values."""
+    for column in _TEXT_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column].str.strip()
+    if "site" not in frame.columns:
+        frame["site"] = str(default_site)
+    _check_text_column(frame, "path", "an image path")
+    _check_text_column(frame, target, "a label" if target == "label" else "a mask path")
+    _check_text_column(frame, "site", "a site (or drop the column and pass a default site)")
+    if "split" in frame.columns:
+        frame["split"] = frame["split"].str.lower()
+        bad = ~frame["split"].isin(SPLITS)
+        if bad.any():
+            raise DataError(f"manifest line {frame.index[bad][0]}: split must be one of "
+                            f"{list(SPLITS)}")
+
+
 def read_manifest(path: str | Path, *, task: str, label_names: tuple[str, ...] = (),
                   sensitive: tuple[str, ...] = ("sex", "age"),
                   default_site: str | None = None) -> Manifest:
@@ -134,37 +175,12 @@ def read_manifest(path: str | Path, *, task: str, label_names: tuple[str, ...] =
     DataError
         Unreadable CSV, missing column, empty cell, unknown label or split value.
     """
-    if task not in IMAGE_TASKS:
-        hint = difflib.get_close_matches(str(task), IMAGE_TASKS, n=1)
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise ConfigError(f"unknown image task {task!r}; valid tasks are {list(IMAGE_TASKS)}"
-                          f"{did_you_mean}")
-    if task == "segmentation" and label_names:
-        raise ConfigError("label_names apply to image-classification only, not segmentation")
+    _check_task(task, label_names)
     path = Path(path)
     frame = _read_csv(path)
     target = _TARGET_COLUMN[task]
-    missing = [c for c in ("path", target) if c not in frame.columns]
-    if "site" not in frame.columns and default_site is None:
-        missing.append("site")
-    if missing:
-        raise DataError(f"the manifest lacks column(s) {missing}; task {task!r} needs "
-                        f"'path', {target!r} and 'site' (or a default site), optionally "
-                        f"'split' and sensitive columns such as {list(sensitive)}")
-    for column in _TEXT_COLUMNS:
-        if column in frame.columns:
-            frame[column] = frame[column].str.strip()
-    if "site" not in frame.columns:
-        frame["site"] = str(default_site)
-    _check_text_column(frame, "path", "an image path")
-    _check_text_column(frame, target, "a label" if target == "label" else "a mask path")
-    _check_text_column(frame, "site", "a site (or drop the column and pass a default site)")
-    if "split" in frame.columns:
-        frame["split"] = frame["split"].str.lower()
-        bad = ~frame["split"].isin(SPLITS)
-        if bad.any():
-            raise DataError(f"manifest line {frame.index[bad][0]}: split must be one of "
-                            f"{list(SPLITS)}")
+    _check_columns(frame, task, target, sensitive=sensitive, default_site=default_site)
+    _clean_columns(frame, target, default_site=default_site)
     names = (_label_names(frame, tuple(str(n) for n in label_names))
              if task == "image-classification" else ())
     present = tuple(c for c in sensitive if c in frame.columns)
