@@ -14,22 +14,22 @@ from medfl.federation.client import (
     ERROR_OTHER,
     egress_guard,
     guarded,
+    model_request,
+    open_site,
+    train_reply,
 )
 from medfl.federation.compression import train_payload
 from medfl.federation.fedbn import check_fedbn, keep_local_norm, with_local_norm
 from medfl.federation.records import (
-    DP_STATE_KEY,
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
     QUERY_REPORT,
-    answer_once,
+    StateMemory,
     from_array_record,
-    load_dp_state,
     moments_from_metrics,
     moments_to_metrics,
     reply,
     run_key,
-    save_dp_state,
     scaler_from_config,
     scaler_to_config,
     site_of,
@@ -50,13 +50,13 @@ from medfl.federation.server import (
 )
 
 __all__ = [
-    "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
-    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "answer_once",
+    "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
+    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "RecordingFedAvg", "StateMemory",
     "central_dp_report", "check_fedbn",
     "check_update", "egress_guard", "final_query_nodes", "from_array_record", "guarded",
-    "keep_local_norm", "load_dp_state", "moments_from_metrics",
-    "moments_to_metrics", "query_audit", "query_feature_moments", "query_report", "reply",
-    "run_key", "sample_nodes", "save_dp_state",
+    "keep_local_norm", "model_request", "moments_from_metrics",
+    "moments_to_metrics", "open_site", "query_audit", "query_feature_moments",
+    "query_report", "reply", "run_key", "sample_nodes", "train_reply",
     "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
     "train_payload", "weight_key", "with_central_dp", "with_local_norm",
 ]

@@ -31,7 +31,7 @@ NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 def norm_keys(model: nn.Module) -> frozenset[str]:
     """State-dict names of every normalisation layer's parameters and buffers."""
-    keys = set()
+    keys: set[str] = set()
     for prefix, module in model.named_modules():
         if isinstance(module, NORM_TYPES):
             keys.update(f"{prefix}.{name}" if prefix else name
