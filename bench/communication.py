@@ -32,6 +32,7 @@ from medfl import federation as fed
 from medfl import tasks
 from medfl.config import COMPRESSIONS, parse_run_config
 from medfl.models import state_arrays
+from medfl.site.metrics import TrainMetrics
 
 MODELS = {
     "logistic regression (heart disease)": ("default", {}),
@@ -41,10 +42,9 @@ MODELS = {
     "MONAI UNet 64x64 (segmentation)": ("segmentation", {}),
 }
 #: What a DP site sends beside its arrays in every train reply (medfl.site.fit).
-TRAIN_METRICS = {"num-examples": 199, "site-weight": 1.0, "epsilon": 1.234567,
-                 "epsilon-lifetime": 1.234567, "delta": 1e-3, "noise-multiplier": 1.1,
-                 "sample-rate": 0.16, "max-grad-norm": 1.0, "steps": 60,
-                 "prior-noise-multipliers": []}
+TRAIN_METRICS = TrainMetrics(num_examples=199, epsilon=1.234567, delta=1e-3,
+                             noise_multiplier=1.1, sample_rate=0.16, max_grad_norm=1.0,
+                             steps=60, epsilon_lifetime=1.234567)
 
 
 def _config(scenario: str, overrides: dict, **extra) -> dict:
@@ -65,8 +65,9 @@ def reply_bytes(raw: dict) -> tuple[int, dict[str, int]]:
     sizes = {}
     for mode in COMPRESSIONS:
         cfg = parse_run_config({**raw, "transport.compression": mode})
-        reply = fed.reply(request, site="cleveland",
-                          **fed.train_payload(cfg, request, TRAIN_METRICS, trained))
+        weights, metrics = fed.train_payload(cfg, request, TRAIN_METRICS, trained)
+        reply = fed.reply(request, site="cleveland", metrics=metrics.to_metrics(),
+                          weights=weights)
         sizes[mode] = message_to_proto(reply).ByteSize()
     return params, sizes
 

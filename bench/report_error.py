@@ -32,7 +32,7 @@ from medfl.data.scaling import Standardizer
 from medfl.evaluation.population import score_table
 from medfl.reporting.report import _Populations
 from medfl.serving import load_bundle
-from medfl.site_report import report
+from medfl.site.report import report
 from medfl.training import predict_proba
 
 KS = (5, 10, 20)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from medfl.evaluation.stats import SUPPRESSED, per_image_overlap
 from medfl.evaluation.subgroups import Cell, attributes
+from medfl.wire import WireKeys
 
 ABOVE, BELOW, MIXED = 1, 0, -1
 
@@ -81,6 +82,20 @@ class ReportStats:
     cells: tuple[CellStats, ...]
     explain: tuple[float, ...] = ()
     explain_n: int | None = None
+
+    #: per-cell lists (cell 0 = whole test set, then each declared subgroup), the score
+    #: groups (``g-*``, aligned), and the explanation vector with its count
+    WIRE: ClassVar[WireKeys] = WireKeys(
+        scalars=("explain-n",),
+        lists=("cell-n", "cell-loss-sum", "cell-brier-sum", "cell-auroc",
+               "g-cell", "g-class", "g-n", "g-mean", "g-var", "g-side",
+               "cell-dice-sum", "cell-dice-sqsum", "cell-iou-sum", "cell-iou-sqsum",
+               "cell-hd-n", "cell-hd-sum", "cell-hd-sqsum", "explain"),
+        counts=frozenset({"cell-n", "g-n", "cell-hd-n", "explain-n"}),
+        fixed_length={"explain": "n_explain", **{f"cell-{x}": "n_cells" for x in (
+            "n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
+            "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")}},
+    )
 
     # --- the wire --------------------------------------------------------------------
 

@@ -18,11 +18,13 @@ on the imaging classification run, 0.001 (groups of probabilities were 0.034 off
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 from scipy.special import ndtr
 from sklearn.metrics import roc_auc_score
+
+from medfl.wire import WireKeys
 
 SUPPRESSED = -1.0  # sentinel on the wire for a suppressed scalar (never a real value)
 
@@ -91,6 +93,13 @@ class SiteEvalStats:
     dice_sum: float | None = None
     dice_sqsum: float | None = None
     iou_sum: float | None = None
+
+    WIRE: ClassVar[WireKeys] = WireKeys(
+        scalars=("num-examples", "n-correct", "loss-sum", "auroc",
+                 "dice-sum", "dice-sqsum", "iou-sum"),
+        lists=("neg-n", "neg-mean", "neg-var", "pos-n", "pos-mean", "pos-var"),
+        counts=frozenset({"num-examples", "neg-n", "pos-n"}),
+    )
 
     @property
     def dice(self) -> float | None:

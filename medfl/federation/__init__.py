@@ -18,6 +18,9 @@ from medfl.federation.client import (
     ERROR_OTHER,
     egress_guard,
     guarded,
+    model_request,
+    open_site,
+    train_reply,
 )
 from medfl.federation.compression import train_payload
 from medfl.federation.fedbn import check_fedbn, keep_local_norm, with_local_norm
@@ -25,18 +28,15 @@ from medfl.federation.nodes import final_query_nodes, sample_nodes, wait_for_nod
 from medfl.federation.queries import ask, query_audit, query_feature_moments, query_report
 from medfl.federation.recording import Recording, RecordingFedAvg
 from medfl.federation.records import (
-    DP_STATE_KEY,
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
     QUERY_REPORT,
-    answer_once,
+    StateMemory,
     from_array_record,
-    load_dp_state,
     moments_from_metrics,
     moments_to_metrics,
     reply,
     run_key,
-    save_dp_state,
     scaler_from_config,
     scaler_to_config,
     site_of,
@@ -45,14 +45,12 @@ from medfl.federation.records import (
 from medfl.federation.validation import check_update, norm_outliers
 
 __all__ = [
-    "DP_STATE_KEY", "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT",
-    "QUERY_FEATURE_MOMENTS", "QUERY_REPORT", "CentralDP", "Recording", "RecordingFedAvg",
-    "answer_once", "ask", "central_dp_report", "check_fedbn",
-    "check_update", "egress_guard", "final_query_nodes", "from_array_record", "guarded",
-    "keep_local_norm", "load_dp_state", "moments_from_metrics",
-    "moments_to_metrics", "norm_outliers", "query_audit", "query_feature_moments",
-    "query_report", "reply",
-    "run_key", "sample_nodes", "save_dp_state",
-    "scaler_from_config", "scaler_to_config", "site_of", "to_array_record", "wait_for_nodes",
-    "train_payload", "weight_key", "with_central_dp", "with_local_norm",
+    "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT", "QUERY_FEATURE_MOMENTS",
+    "QUERY_REPORT", "ask", "central_dp_report", "CentralDP", "check_fedbn", "check_update",
+    "egress_guard", "final_query_nodes", "from_array_record", "guarded", "keep_local_norm",
+    "model_request", "moments_from_metrics", "moments_to_metrics", "norm_outliers", "open_site",
+    "query_audit", "query_feature_moments", "query_report", "Recording", "RecordingFedAvg",
+    "reply", "run_key", "sample_nodes", "scaler_from_config", "scaler_to_config", "site_of",
+    "StateMemory", "to_array_record", "train_payload", "train_reply", "wait_for_nodes",
+    "weight_key", "with_central_dp", "with_local_norm",
 ]

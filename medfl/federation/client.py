@@ -1,28 +1,87 @@
-"""Client-side wrappers: vetted errors (`guarded`) and the egress guard (a Flower mod)."""
+"""Client-side adapter: open the site for a message, vetted errors (`guarded`), the egress
+guard (a Flower mod), and the train reply."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Any
 
 from flwr.app import (
     ArrayRecord,
+    ConfigRecord,
     Context,
     Error,
     Message,
 )
 
-from medfl import tasks
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError, DataError, MedflError, PrivacyBudgetExceeded
-from medfl.evaluation.subgroups import attributes, cells
-from medfl.federation.records import Handler
+from medfl.federation.compression import train_payload
+from medfl.federation.fedbn import keep_local_norm, with_local_norm
+from medfl.federation.records import (
+    Handler,
+    StateMemory,
+    from_array_record,
+    reply,
+    run_key,
+    scaler_from_config,
+)
 from medfl.privacy.egress import check_reply
-from medfl.site import site_config
-from medfl.site_report import SALIENCY_GRID
+from medfl.site import ModelRequest, Site, reply_bounds, site_config
+from medfl.site.training import FitResult
+from medfl.wire import ReplyBounds
 
 logger = logging.getLogger(__name__)
+
+# --- the site, opened once per message --------------------------------------------------
+
+#: The sites opened while the egress guard handles a message: the guard checks the reply
+#: against the config the handler's site parsed, instead of parsing it a second time.
+_OPENED: ContextVar[list[Site] | None] = ContextVar("medfl_opened_sites", default=None)
+
+
+def _config(msg: Message) -> Mapping[str, Any]:
+    return msg.content.config_records.get("config", ConfigRecord())
+
+
+def open_site(msg: Message, context: Context) -> Site:
+    """This node's site for ``msg`` (parses the run config once; see :meth:`Site.open`)."""
+    site = Site.open(dict(context.run_config), dict(context.node_config),
+                     run_id=context.run_id, run_key=run_key(_config(msg), context.run_id),
+                     memory=StateMemory(context.state))
+    opened = _OPENED.get()
+    if opened is not None:
+        opened.append(site)
+    return site
+
+
+def model_request(msg: Message, context: Context, site: Site) -> ModelRequest:
+    """What ``msg`` asks of the site: the global model, with this site's own FedBN
+    normalisation entries put back in, and the round's settings from its config."""
+    config = _config(msg)
+    cfg = site.config
+    is_train = msg.metadata.message_type == "train"
+    return ModelRequest(
+        weights=with_local_norm(cfg, from_array_record(msg.content.array_records["arrays"]),
+                                context.state),
+        scaler=scaler_from_config(config),
+        # a train message must name its round; the others default to 0
+        server_round=int(config["server-round"] if is_train else config.get("server-round", 0)),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # FedProx sends it
+        run_name=str(config.get("run-name", "")),
+    )
+
+
+def train_reply(msg: Message, context: Context, site: Site, result: FitResult) -> Message:
+    """Keep the site's own FedBN entries, then reply with the (compressed) update."""
+    keep_local_norm(site.config, result.weights, context.state)
+    weights, metrics = train_payload(site.config, msg, result.metrics, result.weights)
+    return reply(msg, site=site.name, metrics=metrics.to_metrics(), weights=weights)
+
 
 # --- egress guard (a client mod) -----------------------------------------------------------
 
@@ -33,40 +92,52 @@ def _shapes(record: ArrayRecord) -> dict[str, tuple[int, ...]]:
     return {name: tuple(arr.shape) for name, arr in record.items()}
 
 
+def _bounds(opened: list[Site], context: Context) -> ReplyBounds:
+    """The handler's site's bounds; a handler that opened none: the run config's."""
+    if opened:
+        return opened[-1].reply_bounds()
+    node = dict(context.node_config)
+    return reply_bounds(site_config(parse_run_config(dict(context.run_config)), node), node)
+
+
+def _violations(msg: Message, reply_msg: Message, bounds: ReplyBounds) -> list[str]:
+    content = reply_msg.content
+    records = {**{n: "metrics" for n in content.metric_records},
+               **{n: "config" for n in content.config_records},
+               **{n: "arrays" for n in content.array_records}}
+    metrics = dict(content["metrics"]) if "metrics" in content.metric_records else {}
+    site = dict(content["site"]) if "site" in content.config_records else None
+    arrays = (_shapes(content.array_records["arrays"]) if "arrays" in content.array_records
+              else None)
+    expected = (_shapes(msg.content.array_records["arrays"])
+                if "arrays" in msg.content.array_records else None)
+    return check_reply(msg.metadata.message_type, records=records, metrics=metrics,
+                       site_record=site, arrays=arrays, expected_arrays=expected,
+                       k=bounds.k, n_numeric=bounds.n_numeric, n_cells=bounds.n_cells,
+                       n_explain=bounds.n_explain, attribute_cells=bounds.attribute_cells)
+
+
 def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
     """Client mod: check the reply against the egress contract; block it if it breaks it.
 
     Fails closed: a reply that cannot be checked is blocked too. The log line and the
     error sent instead name the offending keys, never their values.
     """
-    reply = call_next(msg, context)
-    if reply.has_error():
-        return reply  # errors are already vetted by `guarded`
+    opened: list[Site] = []
+    token = _OPENED.set(opened)
+    try:
+        reply_msg = call_next(msg, context)
+    finally:
+        _OPENED.reset(token)
+    if reply_msg.has_error():
+        return reply_msg  # errors are already vetted by `guarded`
     kind = msg.metadata.message_type
     try:
-        cfg = site_config(parse_run_config(dict(context.run_config)), dict(context.node_config))
-        k = max(cfg.privacy.k_threshold, int(context.node_config.get("min-k", 0)))
-        n_numeric = len(tasks.task_for(cfg).feature_spec().numeric_idx) if cfg.is_tabular else 0
-        cell_list = cells(cfg)
-        n_cells = len(cell_list)
-        n_explain = (len(tasks.task_for(cfg).feature_spec().feature_names) if cfg.is_tabular
-                     else SALIENCY_GRID ** 2)
-        content = reply.content
-        records = {**{n: "metrics" for n in content.metric_records},
-                   **{n: "config" for n in content.config_records},
-                   **{n: "arrays" for n in content.array_records}}
-        metrics = dict(content["metrics"]) if "metrics" in content.metric_records else {}
-        site = dict(content["site"]) if "site" in content.config_records else None
-        arrays = _shapes(content["arrays"]) if "arrays" in content.array_records else None
-        expected = _shapes(msg.content["arrays"]) if "arrays" in msg.content else None
-        violations = check_reply(kind, records=records, metrics=metrics, site_record=site,
-                                 arrays=arrays, expected_arrays=expected, k=k,
-                                 n_numeric=n_numeric, n_cells=n_cells, n_explain=n_explain,
-                                 attribute_cells=list(attributes(cell_list).values()))
+        violations = _violations(msg, reply_msg, _bounds(opened, context))
     except Exception as exc:  # noqa: BLE001 - fail closed
         violations = [f"the reply could not be checked ({type(exc).__name__})"]
     if not violations:
-        return reply
+        return reply_msg
     logger.error("egress guard blocked a %s reply: %s", kind, "; ".join(violations))
     return Message(Error(code=ERROR_EGRESS, reason="EgressBlocked: " + "; ".join(violations)),
                    reply_to=msg)

@@ -13,6 +13,7 @@ Both are post-processing of the DP-SGD output, so they cost no privacy. Non-floa
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from numpy.typing import NDArray
 
 from medfl.config import RunConfig
+from medfl.site.metrics import INT8_SCALES, TrainMetrics
 
-SCALES_KEY = "int8-scales"
+SCALES_KEY = INT8_SCALES
 _LEVELS = 127.0
 
 
@@ -70,9 +72,9 @@ def decode(mode: str, content: RecordDict, global_arrays: dict[str, NDArray[Any]
         decoded = {k: a.astype(np.float32) if a.dtype.kind == "f" else a
                    for k, a in arrays.items()}
     else:
-        sent: Any = metrics.get(SCALES_KEY, [])  # as the site sent it: checked below
-        scales = list(sent)
-        if len(scales) != len(arrays) or set(arrays) != set(global_arrays):
+        scales: Any = metrics.get(SCALES_KEY, [])  # as the site sent it: checked here
+        if not isinstance(scales, list) or len(scales) != len(arrays) \
+                or set(arrays) != set(global_arrays):
             return
         decoded = {}
         for (k, a), scale in zip(arrays.items(), scales, strict=True):
@@ -84,10 +86,13 @@ def decode(mode: str, content: RecordDict, global_arrays: dict[str, NDArray[Any]
     content["arrays"] = ArrayRecord(_tensors(decoded))
 
 
-def train_payload(cfg: RunConfig, msg: Message, metrics: dict, weights: dict[str, torch.Tensor]
-                  ) -> dict:
-    """``reply``'s metrics and weights for a train reply, encoded as configured against
-    the global model as received (not as modified locally, e.g. by FedBN)."""
-    received = dict(msg.content["arrays"].to_torch_state_dict())
+def train_payload(cfg: RunConfig, msg: Message, metrics: TrainMetrics,
+                  weights: dict[str, torch.Tensor]
+                  ) -> tuple[dict[str, torch.Tensor], TrainMetrics]:
+    """A train reply's weights and metrics, encoded as configured against the global model
+    as received (not as modified locally, e.g. by FedBN); int8 adds its scales."""
+    received = dict(msg.content.array_records["arrays"].to_torch_state_dict())
     arrays, extra = encode(cfg.transport.compression, received, weights)
-    return {"metrics": {**metrics, **extra}, "weights": arrays}
+    if SCALES_KEY in extra:
+        metrics = replace(metrics, int8_scales=tuple(extra[SCALES_KEY]))
+    return arrays, metrics

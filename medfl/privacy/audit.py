@@ -13,12 +13,13 @@ bounds every attacker, the audit shows what one realistic attacker achieves.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from medfl.evaluation.stats import SUPPRESSED
+from medfl.wire import WireKeys
 
 LOW_FPR = 0.1
 
@@ -38,6 +39,11 @@ class AuditResult:
     tpr_at_low_fpr: float | None
     members: int | None
     non_members: int | None
+
+    WIRE: ClassVar[WireKeys] = WireKeys(
+        scalars=("attack-auc", "attack-tpr-at-fpr10", "members", "non-members"),
+        counts=frozenset({"members", "non-members"}),
+    )
 
     def to_metrics(self) -> dict[str, float]:
         """Flat numeric form for the wire; suppressed values become ``SUPPRESSED``."""

@@ -10,54 +10,35 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from medfl.evaluation.stats import PERSONAL, SUPPRESSED  # SUPPRESSED: the one sentinel
+from medfl.evaluation.cellstats import ReportStats
+from medfl.evaluation.stats import PERSONAL, SUPPRESSED, SiteEvalStats  # one sentinel
+from medfl.privacy.audit import AuditResult
+from medfl.site.metrics import MOMENTS_WIRE, TrainMetrics
+from medfl.wire import LIST, SCALAR, WireKeys
 
-SCALAR, LIST = "scalar", "list"
+__all__ = ["COUNT_KEYS", "DECLARED", "FIXED_LENGTH", "LIST", "MAX_LENGTH", "REPLIES",
+           "SCALAR", "check_reply"]
 
-#: Declared metrics per message type: key -> "scalar" | "list".
-DECLARED: dict[str, dict[str, str]] = {
-    "query.moments": {"count": SCALAR, "sums": LIST, "sumsq": LIST},
-    "query.audit": {"attack-auc": SCALAR, "attack-tpr-at-fpr10": SCALAR, "members": SCALAR,
-                    "non-members": SCALAR},
-    "train": {
-        "num-examples": SCALAR, "steps": SCALAR, "epsilon": SCALAR, "delta": SCALAR,
-        "noise-multiplier": SCALAR, "sample-rate": SCALAR, "max-grad-norm": SCALAR,
-        "prior-noise-multipliers": LIST, "epsilon-lifetime": SCALAR, "site-weight": SCALAR,
-        "int8-scales": LIST,  # transport.compression = "int8": one scale per array
-    },
-    "evaluate": {
-        "num-examples": SCALAR, "n-correct": SCALAR, "loss-sum": SCALAR, "auroc": SCALAR,
-        "neg-n": LIST, "neg-mean": LIST, "neg-var": LIST,
-        "pos-n": LIST, "pos-mean": LIST, "pos-var": LIST,
-        "dice-sum": SCALAR, "dice-sqsum": SCALAR, "iou-sum": SCALAR,
-    },
-    # (evaluate also carries these keys prefixed PERSONAL: the statistics of the site's
-    # locally fine-tuned model, evaluation.personal-epochs > 0; added below.)
-    # The final report (medfl.evaluation.cellstats): per-cell lists (cell 0 = whole test
-    # set, then each declared subgroup), the score groups, and an explanation vector.
-    "query.report": {
-        "cell-n": LIST, "cell-loss-sum": LIST, "cell-brier-sum": LIST, "cell-auroc": LIST,
-        "g-cell": LIST, "g-class": LIST, "g-n": LIST, "g-mean": LIST, "g-var": LIST,
-        "g-side": LIST,
-        "cell-dice-sum": LIST, "cell-dice-sqsum": LIST, "cell-iou-sum": LIST,
-        "cell-iou-sqsum": LIST, "cell-hd-n": LIST, "cell-hd-sum": LIST, "cell-hd-sqsum": LIST,
-        "explain": LIST, "explain-n": SCALAR,
-    },
+#: What each message type's reply carries, by the wire types that build it. An evaluate
+#: reply also carries its keys prefixed ``personal-``: the statistics of the site's locally
+#: fine-tuned model (``evaluation.personal-epochs`` > 0).
+REPLIES: dict[str, WireKeys] = {
+    "query.moments": MOMENTS_WIRE,
+    "query.audit": AuditResult.WIRE,
+    "train": TrainMetrics.WIRE,
+    "evaluate": SiteEvalStats.WIRE | SiteEvalStats.WIRE.prefixed(PERSONAL),
+    "query.report": ReportStats.WIRE,
 }
-DECLARED["evaluate"].update({PERSONAL + k: v for k, v in DECLARED["evaluate"].items()})
+#: Declared metrics per message type: key -> "scalar" | "list".
+DECLARED: dict[str, dict[str, str]] = {kind: keys.declared() for kind, keys in REPLIES.items()}
 #: Keys whose values count patients: each must be >= k or the suppression sentinel.
-COUNT_KEYS = {"count", "num-examples", "neg-n", "pos-n", "members", "non-members",
-              "cell-n", "g-n", "cell-hd-n", "explain-n",
-              *(PERSONAL + k for k in ("num-examples", "neg-n", "pos-n"))}
-
+COUNT_KEYS: set[str] = {key for keys in REPLIES.values() for key in keys.counts}
 #: Lists whose length is fixed by the model/schema, not by the data.
-FIXED_LENGTH = {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
-                **{f"cell-{x}": "n_cells" for x in (
-                    "n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
-                    "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")},
-                "int8-scales": "n_arrays"}
-#: Lists with a small fixed bound (a site makes at most a few accounted releases a run).
-MAX_LENGTH = {"prior-noise-multipliers": 8}
+FIXED_LENGTH: dict[str, str] = {key: size for keys in REPLIES.values()
+                                for key, size in keys.fixed_length.items()}
+#: Lists with a small fixed bound.
+MAX_LENGTH: dict[str, int] = {key: most for keys in REPLIES.values()
+                              for key, most in keys.max_length.items()}
 
 
 def _is_number(v: Any) -> bool:
@@ -95,6 +76,22 @@ def check_reply(
     """
     if kind not in DECLARED:
         return [f"message type {kind!r} has no egress contract"]
+    out = _check_records(kind, records, site_record)
+    sizes = {"n_numeric": n_numeric, "n_cells": n_cells, "n_explain": n_explain,
+             "n_arrays": len(expected_arrays or {})}
+    for key, value in metrics.items():
+        out += _check_metric(kind, key, value, k=k, sizes=sizes)
+    if kind == "evaluate":
+        out += _check_groups(metrics, k)
+        out += _check_segmentation_sums(metrics, k)
+    if kind == "query.report":
+        out += _check_cells(metrics, k, attribute_cells or [])
+    return out + _check_arrays(kind, arrays, expected_arrays)
+
+
+def _check_records(kind: str, records: dict[str, str],
+                   site_record: dict[str, Any] | None) -> list[str]:
+    """Only a metrics record, the site's name, and (train) the model arrays."""
     out = []
     allowed_records = {"metrics": "metrics", "site": "config"}
     if kind == "train":
@@ -105,44 +102,51 @@ def check_reply(
     if site_record is not None and (set(site_record) != {"name"}
                                     or not isinstance(site_record.get("name"), str)):
         out.append("record 'site' may hold only the site's name")
+    return out
+
+
+def _check_metric(kind: str, key: str, value: Any, *, k: int,
+                  sizes: dict[str, int]) -> list[str]:
+    """One metric: declared, of its declared shape, numeric, counts at k, and its length."""
     declared = DECLARED[kind]
-    for key, value in metrics.items():
-        if key not in declared:
-            out.append(f"metric {key!r} is not declared for {kind} replies")
-            continue
-        values = value if isinstance(value, list) else [value]
-        if (declared[key] == LIST) != isinstance(value, list):
-            out.append(f"metric {key!r} must be a {declared[key]}")
-            continue
-        if not all(_is_number(v) for v in values):
-            out.append(f"metric {key!r} holds a non-numeric value")
-            continue
-        if key in COUNT_KEYS and any(v != SUPPRESSED and (v < k or not math.isfinite(v))
-                                     for v in values):
-            out.append(f"metric {key!r} holds a count below k={k}")
-        sizes = {"n_numeric": n_numeric, "n_cells": n_cells, "n_explain": n_explain,
-                 "n_arrays": len(expected_arrays or {})}
-        if key in FIXED_LENGTH and len(values) != sizes[FIXED_LENGTH[key]] \
-                and not (key == "explain" and not values):
-            out.append(f"metric {key!r} must have {sizes[FIXED_LENGTH[key]]} entries")
-        if key in MAX_LENGTH and len(values) > MAX_LENGTH[key]:
-            out.append(f"metric {key!r} may have at most {MAX_LENGTH[key]} entries")
-    if kind == "evaluate":
-        out += _check_groups(metrics, k)
-        sums = [x for x in ("dice-sum", "dice-sqsum", "iou-sum") if x in metrics]
-        if sums and not (_is_number(metrics.get("num-examples"))
-                         and metrics["num-examples"] >= k):
-            out.append(f"metrics {sums} need 'num-examples' of at least k={k}")
-    if kind == "query.report":
-        out += _check_cells(metrics, k, attribute_cells or [])
+    if key not in declared:
+        return [f"metric {key!r} is not declared for {kind} replies"]
+    values = value if isinstance(value, list) else [value]
+    if (declared[key] == LIST) != isinstance(value, list):
+        return [f"metric {key!r} must be a {declared[key]}"]
+    if not all(_is_number(v) for v in values):
+        return [f"metric {key!r} holds a non-numeric value"]
+    out = []
+    if key in COUNT_KEYS and any(v != SUPPRESSED and (v < k or not math.isfinite(v))
+                                 for v in values):
+        out.append(f"metric {key!r} holds a count below k={k}")
+    if key in FIXED_LENGTH and len(values) != sizes[FIXED_LENGTH[key]] \
+            and not (key == "explain" and not values):
+        out.append(f"metric {key!r} must have {sizes[FIXED_LENGTH[key]]} entries")
+    if key in MAX_LENGTH and len(values) > MAX_LENGTH[key]:
+        out.append(f"metric {key!r} may have at most {MAX_LENGTH[key]} entries")
+    return out
+
+
+def _check_segmentation_sums(m: dict[str, Any], k: int) -> list[str]:
+    """Dice and IoU sums only beside a test-set size of at least k."""
+    sums = [x for x in ("dice-sum", "dice-sqsum", "iou-sum") if x in m]
+    if sums and not (_is_number(m.get("num-examples")) and m["num-examples"] >= k):
+        return [f"metrics {sums} need 'num-examples' of at least k={k}"]
+    return []
+
+
+def _check_arrays(kind: str, arrays: dict[str, tuple[int, ...]] | None,
+                  expected: dict[str, tuple[int, ...]] | None) -> list[str]:
+    """A train reply carries exactly the global model's arrays; other replies none."""
     if kind == "train":
         if arrays is None:
-            out.append("a train reply must carry the model arrays")
-        elif arrays != expected_arrays:
-            out.append("arrays differ from the global model's names or shapes")
+            return ["a train reply must carry the model arrays"]
+        if arrays != expected:
+            return ["arrays differ from the global model's names or shapes"]
     elif arrays is not None:
-        out.append(f"a {kind} reply may not carry arrays")
-    return out
+        return [f"a {kind} reply may not carry arrays"]
+    return []
 
 
 def _check_groups(m: dict[str, Any], k: int) -> list[str]:
@@ -171,16 +175,11 @@ def _check_cells(m: dict[str, Any], k: int, attribute_cells: list[list[int]]) ->
     parts = ("cell", "class", "n", "mean", "var", "side")
     if len({len(m.get(f"g-{p}", [])) for p in parts}) != 1:
         return ["score group lists ('g-*') differ in length"]
-    out = []
+    out: list[str] = []
     sizes = m.get("cell-n", [])
-    per_class: dict[int, list[float]] = {}
-    for c, cls, n, side in zip(m.get("g-cell", []), m.get("g-class", []), m.get("g-n", []),
-                               m.get("g-side", []), strict=True):
-        if not (float(c).is_integer() and 0 <= c < len(sizes)):
-            return ["'g-cell' names a cell that is not declared"]
-        if cls not in (0, 1) or side not in (-1, 0, 1):
-            return ["'g-class' must be 0 or 1 and 'g-side' -1, 0 or 1"]
-        per_class.setdefault(int(c), [0.0, 0.0])[int(cls)] += n
+    per_class = _class_totals(m, len(sizes))
+    if isinstance(per_class, str):
+        return [per_class]
     for c, (neg, pos) in per_class.items():
         if sizes[c] == SUPPRESSED or neg + pos != sizes[c]:
             out.append(f"score groups of cell {c} do not add up to its 'cell-n'")
@@ -189,22 +188,46 @@ def _check_cells(m: dict[str, Any], k: int, attribute_cells: list[list[int]]) ->
     for key in [x for x in m if x.startswith("cell-") and x != "cell-n"]:
         if any(v != SUPPRESSED for v, n in zip(m[key], sizes, strict=False) if n == SUPPRESSED):
             out.append(f"metric {key!r} holds a value for a cell whose size is suppressed")
-    small = (lambda v: 0 < v < k)  # noqa: E731
     for idx in attribute_cells:
-        if not idx or max(idx) >= len(sizes) or not sizes:
-            continue
-        shown = [sizes[i] != SUPPRESSED for i in idx]
-        if any(shown) and not all(shown):
-            out.append(f"cells {idx} show some levels of an attribute but not all")
-        elif all(shown) and sizes[0] != SUPPRESSED and small(sizes[0] - sum(sizes[i] for i in idx)):
-            out.append(f"cells {idx}: the rows in no level number under k={k}")
-        grouped = [i in per_class for i in idx]
-        if any(grouped) and not all(grouped):
-            out.append(f"cells {idx} show some levels' score groups but not all")
-        elif all(grouped) and 0 in per_class:
-            for cls in (0, 1):
-                if small(per_class[0][cls] - sum(per_class[i][cls] for i in idx)):
-                    out.append(f"cells {idx}: class {cls} rows in no level number under k={k}")
+        if idx and sizes and max(idx) < len(sizes):
+            out += _check_attribute(idx, sizes, per_class, k)
     if m.get("explain") and m.get("explain-n", SUPPRESSED) == SUPPRESSED:
         out.append("'explain' needs its count 'explain-n' (at least k)")
+    return out
+
+
+def _class_totals(m: dict[str, Any], n_cells: int) -> dict[int, list[float]] | str:
+    """Cell -> [negatives, positives] summed over its score groups, or what is wrong."""
+    per_class: dict[int, list[float]] = {}
+    for c, cls, n, side in zip(m.get("g-cell", []), m.get("g-class", []), m.get("g-n", []),
+                               m.get("g-side", []), strict=True):
+        if not (float(c).is_integer() and 0 <= c < n_cells):
+            return "'g-cell' names a cell that is not declared"
+        if cls not in (0, 1) or side not in (-1, 0, 1):
+            return "'g-class' must be 0 or 1 and 'g-side' -1, 0 or 1"
+        per_class.setdefault(int(c), [0.0, 0.0])[int(cls)] += n
+    return per_class
+
+
+def _check_attribute(idx: list[int], sizes: list[float], per_class: dict[int, list[float]],
+                     k: int) -> list[str]:
+    """Complementary suppression of one attribute whose levels are cells ``idx``: sizes
+    and score groups of all its levels or none, and the rows in no level 0 or at least k
+    (per class too), so that no suppressed level is the whole minus the others."""
+    def small(v: float) -> bool:
+        return 0 < v < k
+
+    out = []
+    shown = [sizes[i] != SUPPRESSED for i in idx]
+    if any(shown) and not all(shown):
+        out.append(f"cells {idx} show some levels of an attribute but not all")
+    elif all(shown) and sizes[0] != SUPPRESSED and small(sizes[0] - sum(sizes[i] for i in idx)):
+        out.append(f"cells {idx}: the rows in no level number under k={k}")
+    grouped = [i in per_class for i in idx]
+    if any(grouped) and not all(grouped):
+        out.append(f"cells {idx} show some levels' score groups but not all")
+    elif all(grouped) and 0 in per_class:
+        for cls in (0, 1):
+            if small(per_class[0][cls] - sum(per_class[i][cls] for i in idx)):
+                out.append(f"cells {idx}: class {cls} rows in no level number under k={k}")
     return out

@@ -234,9 +234,10 @@ def test_a_site_answers_the_report_query_once_per_run():
     from flwr.app import RecordDict
 
     from medfl.errors import ConfigError
-    from medfl.federation import answer_once
+    from medfl.federation import StateMemory
+    from medfl.site import answer_once
 
     state = RecordDict()
-    answer_once(state, "report")
+    answer_once(StateMemory(state), "report")
     with pytest.raises(ConfigError, match="once per run"):
-        answer_once(state, "report")
+        answer_once(StateMemory(state), "report")

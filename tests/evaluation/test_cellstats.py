@@ -213,9 +213,10 @@ def test_the_final_evaluation_and_the_report_share_one_cut_of_the_scores(tmp_pat
     from conftest import run_config
 
     from medfl import site as site_lib
-    from medfl import site_report, tasks
+    from medfl import tasks
     from medfl.config import parse_run_config
     from medfl.data.scaling import Standardizer
+    from medfl.site import report as site_report
 
     cfg = parse_run_config(run_config(privacy__k_threshold=K))
     data = tasks.task_for(cfg).load_site("cleveland")

@@ -74,7 +74,7 @@ def _fit_rounds(rounds: int, **overrides):
         res = site_lib.fit(cfg, data, weights=weights, scaler=scaler, server_round=r,
                            plan=plan, history=history, seed=r)
         plan, history, weights = res.plan, res.history, res.weights
-        metrics.append(res.metrics)
+        metrics.append(res.metrics.to_metrics())  # what leaves the site
     return cfg, plan, history, metrics, weights, data, scaler
 
 

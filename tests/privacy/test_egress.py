@@ -130,3 +130,38 @@ def test_segmentation_sums_need_a_test_set_of_at_least_k():
     assert any("at least k" in v for v in check({"num-examples": -1.0, **sums}))
     assert any("not declared" in v for v in check({"num-examples": 12,
                                                    "dice-per-image": [0.5] * 12}))
+
+
+def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
+    # The table as it was typed by hand before it was derived from the wire types.
+    from medfl.privacy.egress import COUNT_KEYS, DECLARED, FIXED_LENGTH, MAX_LENGTH
+
+    s, li = "scalar", "list"
+    evaluate = {"num-examples": s, "n-correct": s, "loss-sum": s, "auroc": s,
+                "neg-n": li, "neg-mean": li, "neg-var": li, "pos-n": li, "pos-mean": li,
+                "pos-var": li, "dice-sum": s, "dice-sqsum": s, "iou-sum": s}
+    assert DECLARED == {
+        "query.moments": {"count": s, "sums": li, "sumsq": li},
+        "query.audit": {"attack-auc": s, "attack-tpr-at-fpr10": s, "members": s,
+                        "non-members": s},
+        "train": {"num-examples": s, "steps": s, "epsilon": s, "delta": s,
+                  "noise-multiplier": s, "sample-rate": s, "max-grad-norm": s,
+                  "prior-noise-multipliers": li, "epsilon-lifetime": s, "site-weight": s,
+                  "int8-scales": li},
+        "evaluate": {**evaluate, **{"personal-" + k: v for k, v in evaluate.items()}},
+        "query.report": {
+            "cell-n": li, "cell-loss-sum": li, "cell-brier-sum": li, "cell-auroc": li,
+            "g-cell": li, "g-class": li, "g-n": li, "g-mean": li, "g-var": li, "g-side": li,
+            "cell-dice-sum": li, "cell-dice-sqsum": li, "cell-iou-sum": li,
+            "cell-iou-sqsum": li, "cell-hd-n": li, "cell-hd-sum": li, "cell-hd-sqsum": li,
+            "explain": li, "explain-n": s},
+    }
+    assert COUNT_KEYS == {"count", "num-examples", "neg-n", "pos-n", "members", "non-members",
+                          "cell-n", "g-n", "cell-hd-n", "explain-n", "personal-num-examples",
+                          "personal-neg-n", "personal-pos-n"}
+    cells = ("n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
+             "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")
+    assert FIXED_LENGTH == {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
+                            **{f"cell-{x}": "n_cells" for x in cells},
+                            "int8-scales": "n_arrays"}
+    assert MAX_LENGTH == {"prior-noise-multipliers": 8}

@@ -11,6 +11,7 @@ from medfl.config import parse_run_config
 from medfl.privacy import replay
 from medfl.privacy.dp import DPPlan
 from medfl.privacy.ledger import Ledger
+from medfl.site import DictMemory, SiteAccountant
 from medfl.tasks import task_for
 
 
@@ -58,6 +59,11 @@ def test_the_digest_changes_with_the_model_the_round_and_the_settings():
     assert d != replay.request_digest(2, w, {"seed": 2})
 
 
+def _accountant(cfg, run_key=5):
+    return SiteAccountant.open(cfg, site="va", node_config={}, run_key=run_key,
+                               memory=DictMemory())
+
+
 @pytest.mark.parametrize("crash_before_saving_state", [False, True])
 def test_a_repeated_round_is_answered_from_the_kept_update_without_a_second_spend(
         tmp_path, crash_before_saving_state):
@@ -67,28 +73,27 @@ def test_a_repeated_round_is_answered_from_the_kept_update_without_a_second_spen
     (the second call then starts from the pre-round state)."""
     cfg = _cfg(tmp_path, preprocessing__scaling="site")
     data = task_for(cfg).load_site("va")
-    ledger = Ledger.open(tmp_path / "va", "va")
-    path = site_lib.dp_state_path(cfg, "va", {}, 5)
     torch.manual_seed(0)
     from medfl import tasks
     from medfl.models import state_arrays
 
     weights = state_arrays(tasks.task_for(cfg).build_model())
-    kwargs = {"run_id": 5, "server_round": 1, "limit": 0.0, "weights": weights,
-              "scaler": site_lib.site_scaler(cfg, data, None), "seed": 11, "replay": path}
-    first = site_lib.fit_with_ledger(cfg, data, ledger, plan=None, history=[], **kwargs)
-    plan, history = (None, []) if crash_before_saving_state else (first.plan, first.history)
-    second = site_lib.fit_with_ledger(cfg, data, Ledger.open(tmp_path / "va", "va"),
-                                      plan=plan, history=history, **kwargs)
+    kwargs = {"server_round": 1, "weights": weights,
+              "scaler": site_lib.site_scaler(cfg, data, None), "seed": 11}
+    first = site_lib.train_round(cfg, data, _accountant(cfg), **kwargs)
+    if crash_before_saving_state:  # the DP state file as it was before the round
+        site_lib.dp_state_path(cfg, "va", {}, 5).unlink()
+    second_accountant = _accountant(cfg)
+    assert second_accountant.history == ([] if crash_before_saving_state else first.history)
+    second = site_lib.train_round(cfg, data, second_accountant, **kwargs)
     for k in first.weights:
         assert torch.equal(first.weights[k], second.weights[k])
     assert second.history == first.history and second.plan == first.plan
-    assert second.metrics["epsilon"] == first.metrics["epsilon"]
+    assert second.metrics == first.metrics
+    assert (second_accountant.plan, second_accountant.history) == (first.plan, first.history)
     entries = Ledger.open(tmp_path / "va", "va").entries
     assert [(e["round"], e["status"]) for e in entries] == [(1, "trained")]
     # another model is another request: it trains (and spends) again
     other = {k: v + 0.01 for k, v in weights.items()}
-    third = site_lib.fit_with_ledger(cfg, data, Ledger.open(tmp_path / "va", "va"),
-                                     plan=first.plan, history=first.history,
-                                     **{**kwargs, "weights": other})
-    assert third.metrics["epsilon"] > first.metrics["epsilon"]
+    third = site_lib.train_round(cfg, data, _accountant(cfg), **{**kwargs, "weights": other})
+    assert third.metrics.epsilon > first.metrics.epsilon

@@ -70,11 +70,13 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
                         "training diverged; lower train.lr")
     cell_list = cells(cfg)
     task = tasks.task_for(cfg)
+    explain: list[float] = []
+    explain_n: int | None = None
+    overlays: list[bytes] = []
     if task.segmentation:
         dice, iou, hd = per_image_segmentation(data.y_test, probs, threshold=threshold)
         stats = segmentation_report(dice, iou, hd, data.sensitive_test, cell_list, k=k)
         local = {"Dice": float(dice.mean()), "IoU": float(iou.mean())}
-        explain, explain_n, overlays = (), None, []
     else:
         probs = probs.reshape(-1)
         stats = classification_report(data.y_test, probs, data.sensitive_test, cell_list,

@@ -1,0 +1,193 @@
+"""A site's privacy accountant for one run: its DP plan and history, its lifetime ledger,
+the replay of its last released update, and where all of that persists.
+
+The accountant history (a list of ``(noise_multiplier, sample_rate, steps)``) is the whole
+state of the run's ε. It lives in the node's memory (Flower's ``context.state``, as long as
+the SuperNode process) and in a copy in the site's own state folder, so that a restarted
+SuperNode, or a resumed run (same ``run-key``), continues the same history instead of
+starting a fresh one. The file name and its JSON keys are a stable format: state files
+written by earlier versions keep working.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medfl.config import RunConfig
+from medfl.errors import PrivacyBudgetExceeded
+from medfl.io import atomic_write_json
+from medfl.privacy import replay as replay_lib
+from medfl.privacy.dp import DPPlan, History, epsilon_from_history, extend_history
+from medfl.privacy.ledger import Ledger
+from medfl.site.identity import lifetime_limit, site_state_dir
+from medfl.site.memory import NodeMemory, Record
+from medfl.site.metrics import TrainMetrics
+
+logger = logging.getLogger(__name__)
+
+#: The node-memory key of the run's DP state.
+DP_STATE_KEY = "medfl.dp"
+
+
+def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_key: int) -> Path:
+    """The site's copy of a run's DP plan and accountant history (DP parameters only):
+    a restarted SuperNode or a resumed run continues from it rather than from zero.
+
+    The name carries the run key and a fingerprint of what the DP plan depends on, so a
+    run that reuses a key with other settings (a harness restarting Flower's run ids, a
+    server re-sending an old key) never continues another run's accountant."""
+    p, t = cfg.privacy, cfg.train
+    plan_inputs = (site, cfg.seed, cfg.num_server_rounds, t.local_epochs, t.batch_size,
+                   p.enabled, p.target_epsilon, p.target_delta, p.max_grad_norm, p.accountant,
+                   cfg.preprocessing.stats_noise_multiplier, cfg.task.value, cfg.model.name)
+    tag = hashlib.sha256(repr(plan_inputs).encode()).hexdigest()[:12]
+    return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}-{tag}.json"
+
+
+def state_record(plan: DPPlan | None, history: History) -> Record:
+    """The DP state as a JSON-like record (the node-memory and backup-file format)."""
+    record: Record = {
+        "history-sigma": [float(s) for s, _, _ in history],
+        "history-rate": [float(q) for _, q, _ in history],
+        "history-steps": [int(n) for _, _, n in history],
+    }
+    if plan is not None:
+        record.update({
+            "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate,
+            "steps-per-round": plan.steps_per_round, "rounds": plan.rounds,
+            "max-grad-norm": plan.max_grad_norm, "delta": plan.delta,
+            "accountant": plan.accountant, "target-epsilon": plan.target_epsilon,
+            "prior-sigma": [float(s) for s, _, _ in plan.prior],
+            "prior-rate": [float(q) for _, q, _ in plan.prior],
+            "prior-steps": [int(n) for _, _, n in plan.prior],
+        })
+    return record
+
+
+def state_from_record(r: Record) -> tuple[DPPlan | None, History]:
+    """:func:`state_record`'s form back as the plan (``None`` before planning) and history."""
+    history = list(zip(map(float, r["history-sigma"]), map(float, r["history-rate"]),
+                       map(int, r["history-steps"]), strict=True))
+    if "noise-multiplier" not in r:
+        return None, history
+    prior = tuple(zip(map(float, r["prior-sigma"]), map(float, r["prior-rate"]),
+                      map(int, r["prior-steps"]), strict=True))
+    plan = DPPlan(float(r["noise-multiplier"]), float(r["sample-rate"]),
+                  int(r["steps-per-round"]), int(r["rounds"]), float(r["max-grad-norm"]),
+                  float(r["delta"]), str(r["accountant"]), float(r["target-epsilon"]), prior)
+    return plan, history
+
+
+class SiteAccountant:
+    """One run's privacy state at one site, and the site's lifetime ledger.
+
+    Open with :meth:`open` (loads the state and verifies the ledger). ``check`` refuses a
+    history past the lifetime limit, ``record`` writes a ledger entry, ``save`` persists
+    the plan and history; ``replayed`` / ``keep`` answer a repeated round from the kept
+    update at no privacy cost (:mod:`medfl.privacy.replay`).
+    """
+
+    def __init__(self, cfg: RunConfig, *, ledger: Ledger, run_key: int, limit: float,
+                 path: Path, memory: NodeMemory) -> None:
+        self.cfg, self.ledger, self.run_key, self.limit = cfg, ledger, int(run_key), limit
+        self.path, self.memory = path, memory
+        self.plan: DPPlan | None = None
+        self.history: History = []
+
+    @classmethod
+    def open(cls, cfg: RunConfig, *, site: str, node_config: dict[str, Any], run_key: int,
+             memory: NodeMemory) -> SiteAccountant:
+        """This site's accountant for run ``run_key``, its state loaded (see :meth:`load`)."""
+        accountant = cls(cfg, ledger=Ledger.open(site_state_dir(cfg, site, node_config), site),
+                         run_key=run_key, limit=lifetime_limit(cfg, node_config),
+                         path=dp_state_path(cfg, site, node_config, run_key), memory=memory)
+        accountant.load()
+        return accountant
+
+    # --- the run's state -----------------------------------------------------------------
+
+    def load(self) -> None:
+        """The plan and history from node memory, else from the backup file, else none."""
+        record = self.memory.get(DP_STATE_KEY)
+        if record is None and self.path.is_file():
+            record = json.loads(self.path.read_text())
+        self.plan, self.history = (None, []) if record is None else state_from_record(record)
+
+    def save(self) -> None:
+        """Keep the plan and history in node memory and in the backup file."""
+        record = state_record(self.plan, self.history)
+        self.memory.put(DP_STATE_KEY, record)
+        atomic_write_json(self.path, record)
+
+    def spent(self, history: History | None = None) -> float:
+        """The run's ε after ``history`` (default: the current one) at the run's δ."""
+        p = self.cfg.privacy
+        return epsilon_from_history(self.history if history is None else history,
+                                    delta=p.target_delta, accountant=p.accountant)
+
+    # --- the lifetime ledger -------------------------------------------------------------
+
+    def check(self, history_after: History) -> None:
+        """Refuse (``PrivacyBudgetExceeded``) a history past the lifetime limit."""
+        p = self.cfg.privacy
+        self.ledger.check(run_id=self.run_key, history_after=history_after,
+                          delta=p.target_delta, accountant=p.accountant, limit=self.limit)
+
+    def record(self, status: str, *, server_round: int, history: History,
+               epsilon: float) -> None:
+        """Append one ledger entry for this run (``trained``, ``refused``, ...)."""
+        p = self.cfg.privacy
+        self.ledger.append(run_id=self.run_key, server_round=server_round, status=status,
+                           history=history, epsilon_run=epsilon, delta=p.target_delta,
+                           accountant=p.accountant, limit=self.limit)
+
+    def lifetime_epsilon(self, epsilon_run: float) -> float:
+        """Every run in the ledger composed with this one (whose ε is ``epsilon_run``)."""
+        p = self.cfg.privacy
+        others = any(e["run_id"] != self.run_key for e in self.ledger.entries
+                     if e["status"] != "refused")
+        if not others:
+            return epsilon_run  # one run only: its own ε, without recomputing it
+        return self.ledger.lifetime_epsilon(delta=p.target_delta, accountant=p.accountant)
+
+    def release_moments(self) -> None:
+        """Account the Gaussian release of the feature moments before it leaves the site.
+
+        Refuses when the release alone would pass this run's target ε or the lifetime
+        limit, records it in the ledger (status ``released``) and saves the new history.
+        """
+        p = self.cfg.privacy
+        after = extend_history(self.history, self.cfg.preprocessing.stats_noise_multiplier,
+                               1.0, 1)
+        eps = self.spent(after)
+        if eps >= p.target_epsilon:
+            raise PrivacyBudgetExceeded(
+                f"the feature-moment release alone would spend ε={eps:.3f} of this run's "
+                f"target ε={p.target_epsilon}; raise preprocessing.stats-noise-multiplier")
+        self.check(after)
+        self.record("released", server_round=0, history=after, epsilon=eps)
+        self.history = after
+        self.save()
+
+    # --- the replay of the last released round -------------------------------------------
+
+    def replayed(self, digest: str) -> tuple[dict[str, torch.Tensor], TrainMetrics] | None:
+        """The kept update and metrics when the last released round had ``digest``; the
+        plan and history then become those after that round."""
+        kept = replay_lib.find(self.path, digest)
+        if kept is None:
+            return None
+        weights, metrics, self.plan, self.history = kept
+        return weights, TrainMetrics.from_metrics(metrics)
+
+    def keep(self, digest: str, weights: dict[str, torch.Tensor],
+             metrics: TrainMetrics) -> None:
+        """Keep this round's released update with the plan and history after it."""
+        replay_lib.keep(self.path, digest, weights, metrics.to_metrics(), plan=self.plan,
+                        history=self.history)

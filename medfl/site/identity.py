@@ -1,0 +1,127 @@
+"""Who this site is, how it applies the run config, and what its own policy allows.
+
+The run config comes from the server, so a site does not trust it blindly: its node
+config names the site and its files, and may bound what any run asks of it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any
+
+from medfl import tasks
+from medfl.config import RunConfig
+from medfl.data.types import SiteData
+from medfl.errors import ConfigError
+
+#: node-config keys a hospital sets to bound what any run may ask of it.
+SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp", "lifetime-epsilon")
+
+
+def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
+    """The site this node serves.
+
+    Deployment: ``node_config`` names it (``site='cleveland'``). Simulation: Flower sets
+    ``partition-id`` / ``num-partitions``, and partition *i* is the task's *i*-th site
+    (heart disease: the *i*-th hospital; tabular: the CSV's sites in sorted order; imaging:
+    the manifest's sites in sorted order, or ``part-<i+1>`` under ``data.partition``).
+    """
+    if "site" in node_config:
+        site = str(node_config["site"])
+        tasks.task_for(cfg).check_site_name(site)
+        if not site or not all(c.isalnum() or c in "-_." for c in site):
+            raise ConfigError("node-config site must be a name of letters, digits, '-', '_' "
+                              "or '.'")
+        return site
+    if "partition-id" not in node_config:
+        raise ConfigError("node-config needs site='<name>' (deployment) or partition-id "
+                          "(simulation); neither was given")
+    pid, num = int(node_config["partition-id"]), int(node_config.get("num-partitions", 0))
+    names = tasks.task_for(cfg).sites(num_partitions=num)
+    if num != len(names):
+        raise ConfigError(
+            f"the {cfg.task.value} data has {len(names)} sites but the federation has {num} "
+            f"supernodes; run with --federation-config 'num-supernodes={len(names)}'"
+        )
+    return names[pid]
+
+
+def site_config(cfg: RunConfig, node_config: dict[str, Any]) -> RunConfig:
+    """The run config as this site applies it.
+
+    A deployed site (node-config ``site``) reads only files its own node-config names:
+    ``data-path`` (its image manifest or tabular CSV) and, for ``task = "tabular"``,
+    ``schema-path`` (its copy of the consortium's schema). The run config's
+    ``data.manifest`` and ``data.schema`` are paths on the researcher's machine, chosen by
+    the server, so they apply in simulation only.
+    """
+    if "site" in node_config and cfg.attack.kind != "none":
+        raise ConfigError("attack.kind is a simulation option; a deployed site refuses a run "
+                          "that asks it to corrupt its update")
+    if "site" not in node_config:
+        return cfg
+    return tasks.task_for(cfg).deployed_config(node_config)
+
+
+def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:
+    """Where this site keeps its privacy ledger.
+
+    Deployment: ``node_config`` ``site-dir``. Simulation: ``<state-dir>/<site>/`` with
+    ``state-dir`` from the run config, by default ``<project>/state``.
+    """
+    if "site-dir" in node_config:
+        return Path(str(node_config["site-dir"]))
+    return tasks.state_root(cfg) / site
+
+
+def lifetime_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
+    """The lifetime ε limit in force: the tighter of the site's own (node-config
+    ``lifetime-epsilon``) and the run's ``privacy.lifetime-epsilon``; 0 means none. The run
+    config comes from the server, so it can tighten a site's limit, never loosen it."""
+    limits = [v for v in (float(node_config.get("lifetime-epsilon", 0)),
+                          cfg.privacy.lifetime_epsilon) if v > 0]
+    return min(limits) if limits else 0.0
+
+
+def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
+    """Refuse a run whose privacy settings are weaker than this site's own policy.
+
+    The run config comes from the server, so a site must not trust it blindly:
+    ``max-epsilon`` caps ``privacy.target-epsilon``, ``min-k`` floors
+    ``privacy.k-threshold``, ``require-dp`` (default true when either is set) demands
+    DP-SGD with secure noise. Without these keys (simulation) the run config is taken as is.
+    """
+    if not any(k in node_config for k in SITE_POLICY_KEYS):
+        return
+    p = cfg.privacy
+    if "max-epsilon" in node_config and p.target_epsilon > float(node_config["max-epsilon"]):
+        raise ConfigError(f"privacy.target-epsilon={p.target_epsilon} exceeds this site's "
+                          f"max-epsilon={float(node_config['max-epsilon'])}")
+    if "min-k" in node_config and p.k_threshold < int(node_config["min-k"]):
+        raise ConfigError(f"privacy.k-threshold={p.k_threshold} is below this site's "
+                          f"min-k={int(node_config['min-k'])}")
+    if bool(node_config.get("require-dp", True)) and not (p.enabled and p.secure_noise):
+        raise ConfigError("this site requires DP-SGD with secure noise (privacy.enabled=true, "
+                          "privacy.secure-noise=true)")
+
+
+def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,
+              verify: bool = True, num_partitions: int | None = None) -> SiteData:
+    """This site's data (see :meth:`medfl.tasks.Task.load_site`)."""
+    return tasks.task_for(cfg).load_site(site, data_path=data_path, verify=verify,
+                                         num_partitions=num_partitions)
+
+
+def load_node_site(cfg: RunConfig, site: str, node: dict[str, Any]) -> SiteData:
+    """This site's data as its node config places it (``data-path``, ``verify-checksum``,
+    and in simulation ``num-partitions``)."""
+    return load_site(cfg, site, data_path=str(node["data-path"]) if "data-path" in node else None,
+                     verify=bool(node.get("verify-checksum", True)),
+                     num_partitions=(int(node["num-partitions"]) if "num-partitions" in node
+                                     else None))
+
+
+def round_seed(cfg: RunConfig, site: str, server_round: int) -> int:
+    """A seed distinct per site and round, reproducible from the run's seed."""
+    return cfg.seed * 1_000_003 + zlib.crc32(site.encode()) % 10_007 * 10_007 + server_round

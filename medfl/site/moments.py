@@ -1,0 +1,59 @@
+"""A site's share of the feature statistics, and the standardiser it applies.
+
+Under ``preprocessing.scaling = "federated"`` each site sends the clipped moments of its
+numeric training features (optionally Gaussian-noised: an accounted release, see
+:meth:`medfl.site.accountant.SiteAccountant.release_moments`), and the server sends back
+one standardiser for all sites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfl import tasks
+from medfl.config import RunConfig
+from medfl.data.scaling import FeatureMoments, Standardizer, local_standardizer, site_moments
+from medfl.data.types import SiteData
+from medfl.errors import ConfigError, DataError
+from medfl.privacy.dp import dp_seed
+from medfl.site.identity import round_seed
+
+
+def moments_rng(cfg: RunConfig, site: str) -> np.random.Generator:
+    """The generator of the feature moments' noise: OS entropy under secure noise."""
+    return np.random.default_rng(dp_seed(round_seed(cfg, site, 0),
+                                         secure=cfg.privacy.secure_noise))
+
+
+def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:
+    """This site's clipped (and optionally noised) moments of the numeric features."""
+    if data.n_train < cfg.privacy.k_threshold:
+        raise DataError(
+            f"site has fewer training rows than privacy.k-threshold="
+            f"{cfg.privacy.k_threshold}; it cannot share feature statistics"
+        )
+    spec = tasks.task_for(cfg).feature_spec()
+    return site_moments(
+        data.x_train[:, list(spec.numeric_idx)].astype(np.float64), bounds=spec.bounds,
+        noise_multiplier=cfg.preprocessing.stats_noise_multiplier, rng=rng,
+    )
+
+
+def noised_release(cfg: RunConfig) -> bool:
+    """Whether the moments are a Gaussian release to account (DP on, noise above 0)."""
+    return cfg.privacy.enabled and cfg.preprocessing.stats_noise_multiplier > 0
+
+
+def site_scaler(cfg: RunConfig, data: SiteData, received: Standardizer | None) -> Standardizer:
+    """The standardiser this site applies, per ``preprocessing.scaling`` (tabular only:
+    images are normalised one by one, per ``data.intensity``)."""
+    if not cfg.is_tabular:
+        return Standardizer((), (), ())
+    if cfg.preprocessing.scaling == "federated":
+        if received is None:
+            raise ConfigError("scaling 'federated' but the server sent no standardiser")
+        return received
+    if cfg.preprocessing.scaling == "site":
+        return local_standardizer(data.x_train,
+                                  columns=tasks.task_for(cfg).feature_spec().numeric_idx)
+    return Standardizer((), (), ())

@@ -1,0 +1,162 @@
+"""One hospital, opened once per message: who it is, the run config as it applies it, its
+data and its privacy accountant. The Flower adapter opens a :class:`Site` from plain values
+and calls one method per message; nothing here knows about Flower.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+
+from medfl import tasks
+from medfl.config import RunConfig, parse_run_config
+from medfl.data.scaling import Standardizer
+from medfl.data.types import SiteData
+from medfl.errors import ConfigError
+from medfl.evaluation.cellstats import ReportStats
+from medfl.evaluation.subgroups import attributes, cells
+from medfl.privacy.audit import AuditResult
+from medfl.site import evaluation, report
+from medfl.site.accountant import SiteAccountant
+from medfl.site.identity import (
+    enforce_site_policy,
+    load_node_site,
+    resolve_site,
+    round_seed,
+    site_config,
+    site_state_dir,
+)
+from medfl.site.memory import NodeMemory
+from medfl.site.metrics import moments_to_metrics
+from medfl.site.moments import feature_stats, moments_rng, noised_release, site_scaler
+from medfl.site.training import FitResult, train_round
+from medfl.wire import ReplyBounds
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What a message carrying the global model asks: the model (with this site's own
+    FedBN entries already in), the standardiser the server sent (federated scaling), and
+    the round's settings (``server-round``, FedProx's ``proximal-mu``, ``run-name``)."""
+
+    weights: dict[str, torch.Tensor]
+    scaler: Standardizer | None = None
+    server_round: int = 0
+    proximal_mu: float = 0.0
+    run_name: str = ""
+
+
+def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
+    """The sizes the egress contract checks this site's replies against."""
+    task = tasks.task_for(cfg)
+    cell_list = cells(cfg)
+    return ReplyBounds(
+        k=max(cfg.privacy.k_threshold, int(node_config.get("min-k", 0))),
+        n_numeric=len(task.feature_spec().numeric_idx) if cfg.is_tabular else 0,
+        n_cells=len(cell_list),
+        n_explain=(len(task.feature_spec().feature_names) if cfg.is_tabular
+                   else report.SALIENCY_GRID ** 2),
+        attribute_cells=list(attributes(cell_list).values()),
+    )
+
+
+def answer_once(memory: NodeMemory, what: str) -> None:
+    """Refuse a second request of ``what`` in this run (the node's memory is per run):
+    a site answers the final report query once, whatever arrays it is sent."""
+    key = f"medfl.once.{what}"
+    if memory.get(key) is not None:
+        raise ConfigError(f"this site already answered this run's {what} query; it answers "
+                          "once per run")
+    memory.put(key, {"answered": 1})
+
+
+class Site:
+    """This node's site for one message (open with :meth:`open`)."""
+
+    def __init__(self, config: RunConfig, node_config: dict[str, Any], *, name: str,
+                 run_id: int, run_key: int, memory: NodeMemory) -> None:
+        self.config, self.node_config, self.name = config, node_config, name
+        self.run_id, self.run_key, self.memory = run_id, run_key, memory
+
+    @classmethod
+    def open(cls, run_config: dict[str, Any], node_config: dict[str, Any], *, run_id: int,
+             run_key: int, memory: NodeMemory) -> Site:
+        """Parse the run config once, apply it as this site does, resolve the site's name
+        and refuse a run weaker than the site's own policy (``ConfigError``).
+
+        ``run_key`` is the run's identity at the site (the server's ``run-key``, kept when
+        a run is resumed, else ``run_id``, Flower's run id).
+        """
+        cfg = site_config(parse_run_config(run_config), node_config)
+        name = resolve_site(cfg, node_config)
+        enforce_site_policy(cfg, node_config)
+        return cls(cfg, node_config, name=name, run_id=run_id, run_key=run_key, memory=memory)
+
+    @cached_property
+    def data(self) -> SiteData:
+        """This site's data, loaded on first use."""
+        return load_node_site(self.config, self.name, self.node_config)
+
+    @cached_property
+    def accountant(self) -> SiteAccountant:
+        """This run's privacy accountant, opened on first use."""
+        return SiteAccountant.open(self.config, site=self.name, node_config=self.node_config,
+                                   run_key=self.run_key, memory=self.memory)
+
+    def scaler(self, received: Standardizer | None) -> Standardizer:
+        """The standardiser this site applies (see :func:`site_scaler`)."""
+        return site_scaler(self.config, self.data, received)
+
+    def reply_bounds(self) -> ReplyBounds:
+        """The sizes the egress contract checks this site's replies against."""
+        return reply_bounds(self.config, self.node_config)
+
+    # --- one method per message ----------------------------------------------------------
+
+    def moments(self) -> dict[str, Any]:
+        """This site's clipped (optionally noised) feature moments, in wire form; a noised
+        release is accounted (a Gaussian mechanism on the whole vector, once) first."""
+        moments = feature_stats(self.config, self.data, rng=moments_rng(self.config, self.name))
+        if noised_release(self.config):
+            self.accountant.release_moments()
+        return moments_to_metrics(moments)
+
+    def train(self, request: ModelRequest) -> FitResult:
+        """One ledger-checked DP-SGD round (see :func:`train_round`)."""
+        scaler = self.scaler(request.scaler)
+        result = train_round(
+            self.config, self.data, self.accountant, server_round=request.server_round,
+            weights=request.weights, scaler=scaler,
+            seed=round_seed(self.config, self.name, request.server_round),
+            proximal_mu=request.proximal_mu)
+        logger.info("site %s round %d: trained, epsilon %.3f", self.name,
+                    request.server_round, result.metrics.epsilon)
+        return result
+
+    def evaluate(self, request: ModelRequest) -> dict[str, Any]:
+        """The evaluate reply's metrics (see :func:`evaluation.evaluation_metrics`)."""
+        return evaluation.evaluation_metrics(
+            self.config, self.data, weights=request.weights,
+            scaler=self.scaler(request.scaler),
+            seed=round_seed(self.config, self.name, request.server_round))
+
+    def audit(self, request: ModelRequest) -> AuditResult:
+        """Membership-inference audit of the global model on this site's own data."""
+        scaler = self.scaler(request.scaler)
+        return evaluation.audit(self.config, self.data, weights=request.weights, scaler=scaler)
+
+    def report(self, request: ModelRequest) -> ReportStats:
+        """The final model's report statistics (suppressed at k), answered once per run;
+        the site-local report goes to ``<state dir>/reports/<run>``."""
+        data = self.data
+        answer_once(self.memory, "report")
+        local = report.local_dir(site_state_dir(self.config, self.name, self.node_config),
+                                 request.run_name, run_id=self.run_id)
+        return report.report(self.config, data, weights=request.weights, local_dir=local,
+                             scaler=self.scaler(request.scaler))

@@ -1,0 +1,251 @@
+"""A site's training round: DP-SGD on its own rows, checked and recorded in its ledger.
+
+:func:`fit` trains the global model locally (Opacus DP-SGD when ``privacy.enabled``);
+:func:`train_round` is the round a site actually runs: it answers a repeated request from
+the kept update, refuses a round past the run's or the lifetime budget, and records every
+round, trained or refused, in the site's ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn, optim
+from torch.utils.data import DataLoader
+
+from medfl import attack, tasks
+from medfl.config import RunConfig
+from medfl.data.augment import build_augmentation
+from medfl.data.scaling import Standardizer
+from medfl.data.types import SiteData
+from medfl.errors import DataError, PrivacyBudgetExceeded
+from medfl.models import state_arrays
+from medfl.privacy import replay as replay_lib
+from medfl.privacy.dp import (
+    DPPlan,
+    History,
+    attach_dp,
+    choose_grad_sample_mode,
+    dp_generator,
+    dp_seed,
+    epsilon_from_history,
+    extend_history,
+    make_dp_compatible,
+)
+from medfl.site.accountant import SiteAccountant
+from medfl.site.metrics import TrainMetrics
+from medfl.training import make_loader, make_optimizer, resolve_device, train_epochs
+
+logger = logging.getLogger(__name__)
+
+
+def model_from(cfg: RunConfig, weights: dict[str, torch.Tensor] | None) -> nn.Module:
+    """The task's model, with ``weights`` loaded strictly when given."""
+    model = tasks.task_for(cfg).build_model()
+    if weights is not None:
+        model.load_state_dict(weights, strict=True)
+    return model
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a training round produced; ``metrics`` is what may leave the site."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: TrainMetrics
+    plan: DPPlan | None
+    history: History
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """A round's model, optimiser and loader before DP is attached."""
+
+    model: nn.Module
+    optimizer: optim.Optimizer
+    loader: DataLoader[tuple[torch.Tensor, ...]]
+    device: torch.device
+    noise_seed: int
+
+
+def _setup(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+           scaler: Standardizer, seed: int) -> _Setup:
+    """Seed, build the model (DP-compatible under DP), its optimiser and its loader."""
+    p = cfg.privacy
+    torch.manual_seed(seed)
+    device = resolve_device(cfg.device)
+    model = model_from(cfg, weights)
+    if p.enabled:
+        model = make_dp_compatible(model)
+    model = model.to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    x = scaler.transform(data.x_train)
+    # Under DP the batch sampling and the noise come from two independent secret seeds
+    # (see dp_seed); seeded mode derives both from the run seed.
+    sampling_seed = dp_seed(seed, secure=p.secure_noise) if p.enabled else seed
+    noise_seed = dp_seed(seed + 1, secure=p.secure_noise)
+    augment = build_augmentation(cfg.train.augment, seed=sampling_seed + 7,
+                                 segmentation=tasks.task_for(cfg).segmentation)
+    loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
+                         seed=sampling_seed, transform=augment)
+    return _Setup(model, optimizer, loader, device, noise_seed)
+
+
+def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: History,
+               server_round: int) -> tuple[DPPlan, History, float]:
+    """The run's DP plan (made on the first round), the history this round would leave,
+    and its ε; ``PrivacyBudgetExceeded`` when that ε passes the run's target."""
+    p = cfg.privacy
+    if plan is None:
+        plan = DPPlan.make(
+            n_train=data.n_train, batch_size=cfg.train.batch_size,
+            local_epochs=cfg.train.local_epochs, rounds=cfg.num_server_rounds,
+            target_epsilon=p.target_epsilon, delta=p.target_delta,
+            max_grad_norm=p.max_grad_norm, accountant=p.accountant, prior=history,
+        )
+    after = extend_history(history, plan.noise_multiplier, plan.sample_rate,
+                           plan.steps_per_round)
+    eps_after = epsilon_from_history(after, delta=plan.delta, accountant=plan.accountant)
+    if eps_after > plan.target_epsilon:
+        spent = epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant)
+        raise PrivacyBudgetExceeded(
+            f"round {server_round} would raise ε from {spent:.3f} to {eps_after:.3f}, "
+            f"past this run's target ε={plan.target_epsilon}"
+        )
+    return plan, after, eps_after
+
+
+def _dp_metrics(plan: DPPlan, history: History, *, epsilon: float,
+                num_examples: int) -> TrainMetrics:
+    sgd = (plan.noise_multiplier, plan.sample_rate)
+    return TrainMetrics(
+        num_examples=num_examples, epsilon=epsilon, delta=plan.delta,
+        noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+        max_grad_norm=plan.max_grad_norm,
+        steps=sum(n for s, q, n in history if (s, q) == sgd),
+        prior_noise_multipliers=tuple(float(s) for s, q, n in plan.prior))
+
+
+def fit(
+    cfg: RunConfig,
+    data: SiteData,
+    *,
+    weights: dict[str, torch.Tensor],
+    scaler: Standardizer,
+    server_round: int,
+    plan: DPPlan | None,
+    history: History,
+    seed: int,
+    before_train: Callable[[History], None] | None = None,
+    proximal_mu: float = 0.0,
+) -> FitResult:
+    """Train the global model locally for ``train.local-epochs`` epochs.
+
+    With DP on, the first call plans the run's noise (``plan`` None) and every call
+    restores the accountant ``history``; a round that would push ε past the target is
+    refused with ``PrivacyBudgetExceeded`` before any training. ``before_train`` receives
+    the history this round would leave (e.g. for the lifetime ledger) and may refuse.
+    """
+    if data.n_train < cfg.privacy.k_threshold:
+        raise DataError(f"site has fewer training rows than privacy.k-threshold="
+                        f"{cfg.privacy.k_threshold}; its example count may not leave the site")
+    data = attack.poison_data(cfg, data)
+    setup = _setup(cfg, data, weights=weights, scaler=scaler, seed=seed)
+    model, optimizer, loader = setup.model, setup.optimizer, setup.loader
+    if not cfg.privacy.enabled:
+        result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
+                              device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
+                              proximal_mu=proximal_mu)
+        metrics = TrainMetrics(num_examples=data.n_train, epsilon=float("inf"), delta=0.0,
+                               noise_multiplier=0.0, sample_rate=0.0, max_grad_norm=0.0,
+                               steps=result.steps)
+        return _finish(cfg, data, weights, state_arrays(model), metrics, plan, history,
+                       loss=result.mean_loss, steps=result.steps)
+    plan, after, eps_after = plan_round(cfg, data, plan=plan, history=history,
+                                        server_round=server_round)
+    if before_train is not None:
+        before_train(after)
+    model, optimizer, loader, engine = attach_dp(
+        model, optimizer, loader, plan=plan, history=history,
+        noise_generator=dp_generator(setup.noise_seed),
+        grad_sample_mode=choose_grad_sample_mode(model, cfg.privacy.grad_sample_mode),
+        secure_mode=cfg.privacy.secure_mode,
+    )
+    result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
+                          device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
+                          proximal_mu=proximal_mu)
+    history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+    epsilon = (eps_after if history == after else
+               epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant))
+    # Opacus wraps the model (and torch.compile would too): strip their name prefixes.
+    trained = {k.removeprefix("_module.").removeprefix("_orig_mod."): v
+               for k, v in state_arrays(model).items()}
+    metrics = _dp_metrics(plan, history, epsilon=epsilon, num_examples=data.n_train)
+    return _finish(cfg, data, weights, trained, metrics, plan, history,
+                   loss=result.mean_loss, steps=result.steps)
+
+
+def _finish(cfg: RunConfig, data: SiteData, received: dict[str, torch.Tensor],
+            trained: dict[str, torch.Tensor], metrics: TrainMetrics, plan: DPPlan | None,
+            history: History, *, loss: float, steps: int) -> FitResult:
+    # The training loss stays at the site: it is computed on the raw batches, outside the
+    # DP-SGD mechanism, so sending it would leak around the (ε, δ) guarantee.
+    logger.debug("local training loss %.4f over %d steps", loss, steps)
+    trained = attack.corrupt_update(cfg, data.name, received, trained)
+    return FitResult(trained, metrics, plan, history)
+
+
+def _fit_recorded(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
+                  server_round: int, weights: dict[str, torch.Tensor], scaler: Standardizer,
+                  seed: int, proximal_mu: float) -> FitResult:
+    """:func:`fit` from the accountant's state, checked against the lifetime limit before
+    training; the round is recorded in the ledger whether it trains or is refused."""
+    p = cfg.privacy
+    try:
+        if not p.enabled and accountant.limit > 0:
+            raise PrivacyBudgetExceeded(f"DP-SGD is off (infinite ε) but this site has a "
+                                        f"lifetime limit ε={accountant.limit}")
+        result = fit(cfg, data, weights=weights, scaler=scaler, server_round=server_round,
+                     plan=accountant.plan, history=accountant.history, seed=seed,
+                     before_train=accountant.check if p.enabled else None,
+                     proximal_mu=proximal_mu)
+    except PrivacyBudgetExceeded:
+        spent = accountant.spent() if p.enabled else 0.0
+        accountant.record("refused", server_round=server_round, history=accountant.history,
+                          epsilon=spent)
+        raise
+    accountant.record("trained" if p.enabled else "no-dp", server_round=server_round,
+                      history=result.history if p.enabled else [],
+                      epsilon=float(result.metrics.epsilon))
+    return result
+
+
+def train_round(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
+                server_round: int, weights: dict[str, torch.Tensor], scaler: Standardizer,
+                seed: int, proximal_mu: float = 0.0) -> FitResult:
+    """The round a site runs: :func:`fit` checked and recorded by ``accountant``.
+
+    The reply gains ``epsilon-lifetime``: every run in the ledger composed with this one.
+    A request identical to the last released round (a resumed server asking again) gets
+    that round's update back at no privacy cost (:mod:`medfl.privacy.replay`). Either way
+    the accountant's new plan and history are saved.
+    """
+    digest = replay_lib.request_digest(server_round, weights, {
+        "scaler": scaler.to_dict(), "seed": seed, "proximal_mu": proximal_mu})
+    kept = accountant.replayed(digest)
+    if kept is not None:
+        logger.info("round %d: the same request as the last released round; its update "
+                    "is sent again (no new privacy spend)", server_round)
+        accountant.save()
+        return FitResult(kept[0], kept[1], accountant.plan, accountant.history)
+    result = _fit_recorded(cfg, data, accountant, server_round=server_round, weights=weights,
+                           scaler=scaler, seed=seed, proximal_mu=proximal_mu)
+    lifetime = accountant.lifetime_epsilon(float(result.metrics.epsilon))
+    metrics = replace(result.metrics, epsilon_lifetime=lifetime)
+    accountant.plan, accountant.history = result.plan, result.history
+    accountant.keep(digest, result.weights, metrics)
+    accountant.save()
+    return FitResult(result.weights, metrics, result.plan, result.history)
