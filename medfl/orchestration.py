@@ -25,6 +25,7 @@ from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
 from medfl.serving.bundle import save_bundle
 from medfl.serving.signing import sign_bundle
+from medfl.site.metrics import TrainMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def finish_run(
     *,
     weights: dict[str, torch.Tensor],
     scaler: Standardizer | None,
-    train: dict[str, dict[str, Any]],
+    train: dict[str, TrainMetrics],
     evaluation: dict[str, SiteEvalStats],
     rounds_trained: dict[str, list[int]],
     audits: dict[str, AuditResult] | None = None,

@@ -34,6 +34,7 @@ from medfl.federation.client import ERROR_CODES
 from medfl.federation.nodes import wait_for_nodes
 from medfl.federation.records import site_of
 from medfl.federation.validation import check_update, finite, norm_outliers
+from medfl.site.metrics import TrainMetrics
 
 if TYPE_CHECKING:
     # The mixin always sits before one of Flower's FedAvg-family strategies.
@@ -84,7 +85,8 @@ class Recording(_StrategyBase):
         self.node_sites: dict[int, str] = dict(node_sites or {})
         self.final_site_stats: dict[str, SiteEvalStats] = {}
         self.final_personal_stats: dict[str, SiteEvalStats] = {}
-        self.final_train: dict[str, dict[str, Any]] = {}
+        #: each site's last train metrics, rejected updates included (ε is cumulative)
+        self.final_train: dict[str, TrainMetrics] = {}
         self.rounds_trained: dict[str, list[int]] = {}
 
     def run_round(self, server_round: int) -> int:
@@ -97,7 +99,8 @@ class Recording(_StrategyBase):
 
     def records(self) -> dict[str, Any]:
         """The per-site records a resumed run continues (JSON-ready)."""
-        return {"rounds_trained": self.rounds_trained, "final_train": self.final_train,
+        return {"rounds_trained": self.rounds_trained,
+                "final_train": {k: v.to_metrics() for k, v in self.final_train.items()},
                 "final_site_stats": {k: v.to_metrics() for k, v in
                                      self.final_site_stats.items()},
                 "final_personal_stats": {k: v.to_metrics() for k, v in
@@ -107,7 +110,8 @@ class Recording(_StrategyBase):
         """Continue after ``completed_rounds`` rounds recorded as ``records``."""
         self.round_offset = completed_rounds
         self.rounds_trained = {k: list(v) for k, v in records.get("rounds_trained", {}).items()}
-        self.final_train = dict(records.get("final_train", {}))
+        self.final_train = {k: TrainMetrics.from_metrics(v) for k, v in
+                            records.get("final_train", {}).items()}
         self.final_site_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
                                  records.get("final_site_stats", {}).items()}
         self.final_personal_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
@@ -182,13 +186,11 @@ class Recording(_StrategyBase):
             compression.decode(self._compression, rep.content, self._global)
         # A rejected update has still left its site: the privacy it cost counts in the
         # summary (a site's ε is cumulative, so its latest report is its spend).
-        spent = {site_of(rep): dict(rep.content["metrics"]) for rep in ok
-                 if "metrics" in rep.content}
+        spent = {site_of(rep): m for rep in ok if (m := _train_metrics(rep)) is not None}
         valid = self._validated(run_round, ok, problems, spent)
         train: dict[str, dict[str, Any]] = {}
         for rep in valid:
-            metrics = rep.content["metrics"]
-            train[site_of(rep)] = {k: metrics[k] for k in metrics}
+            train[site_of(rep)] = spent[site_of(rep)].to_metrics()
             self.rounds_trained.setdefault(site_of(rep), []).append(run_round)
         self.final_train.update(spent)
         self._current = {"round": run_round, "train": train, "train_problems": problems}
@@ -206,13 +208,15 @@ class Recording(_StrategyBase):
                 f"every site refused round {run_round}; first reason: {refused[0]['reason']}")
 
     def _validated(self, run_round: int, ok: list[Message], problems: list[dict[str, Any]],
-                   spent: dict[str, dict[str, Any]]) -> list[Message]:
+                   spent: dict[str, TrainMetrics]) -> list[Message]:
         """The updates that pass :func:`check_update` and :func:`norm_outliers`; each
         rejected one is logged and added to ``problems`` with the ε it cost its site."""
         valid: list[Message] = []
         rejected: list[tuple[Message, str]] = []
         for rep in ok:
             reason = check_update(rep.content, self._expected)
+            if reason is None and site_of(rep) not in spent:
+                reason = "the train metrics are missing a declared key or are not numbers"
             if reason is None:
                 valid.append(rep)
             else:
@@ -222,7 +226,7 @@ class Recording(_StrategyBase):
             site = site_of(rep)
             logger.warning("round %d: rejected the update of %s: %s", run_round, site, reason)
             problems.append({"site": site, "status": "rejected", "reason": reason,
-                             "epsilon": finite(spent.get(site, {}).get("epsilon"))})
+                             "epsilon": finite(spent[site].epsilon if site in spent else None)})
         outlying = {id(rep) for rep, _ in outliers}
         return [rep for rep in valid if id(rep) not in outlying]
 
@@ -318,6 +322,15 @@ def _site_figures(stats: dict[str, SiteEvalStats]) -> dict[str, dict[str, Any]]:
     return figures
 
 
+def _train_metrics(rep: Message) -> TrainMetrics | None:
+    """A train reply's metrics, typed; None when they do not parse (a site sent a malformed
+    record: its update is rejected, and the server does not fail on it)."""
+    try:
+        return TrainMetrics.from_metrics(rep.content.metric_records["metrics"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Training examples this round and the largest ε any site has spent (sites do not
     share their training loss: it is outside the DP-SGD mechanism)."""
@@ -326,7 +339,7 @@ def _aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metr
                                   for r in records]
     out: dict[str, MetricRecordValues] = {
         "num-examples": sum(int(m[weight_key]) for m in rows)}
-    eps = [float(m["epsilon"]) for m in rows]
+    eps = [TrainMetrics.from_metrics(m).epsilon for m in rows]
     if all(math.isfinite(e) for e in eps):
         out["max-epsilon"] = max(eps)
     return MetricRecord(out)

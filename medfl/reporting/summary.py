@@ -16,23 +16,24 @@ from medfl.reporting.summary_schema import (
     SiteSummary,
     Summary,
 )
+from medfl.site.metrics import TrainMetrics
 from medfl.tasks import task_for
 
 
-def _site_privacy(cfg: RunConfig, t: dict[str, Any]) -> dict[str, Any]:
+def _site_privacy(cfg: RunConfig, t: TrainMetrics | None) -> dict[str, Any]:
     """The DP-SGD parameters a site reported, and every other accounted release, so that
     its ε can be recomputed from ``accountant_history`` with the named accountant."""
-    if not cfg.privacy.enabled or not t:
+    if not cfg.privacy.enabled or t is None:
         return {"delta": None, "noise_multiplier": None, "sample_rate": None,
                 "max_grad_norm": None, "accountant": None, "other_releases": [],
                 "accountant_history": []}
-    priors = [float(s) for s in t.get("prior-noise-multipliers", [])]
-    sgd = [float(t["noise-multiplier"]), float(t["sample-rate"]), int(t["steps"])]
+    priors = list(t.prior_noise_multipliers)
+    sgd = [t.noise_multiplier, t.sample_rate, t.steps]
     return {
-        "delta": float(t["delta"]),
-        "noise_multiplier": sgd[0],
-        "sample_rate": sgd[1],
-        "max_grad_norm": float(t["max-grad-norm"]),
+        "delta": t.delta,
+        "noise_multiplier": t.noise_multiplier,
+        "sample_rate": t.sample_rate,
+        "max_grad_norm": t.max_grad_norm,
         "accountant": cfg.privacy.accountant,
         "other_releases": [{"mechanism": "Gaussian, feature moments", "noise_multiplier": s,
                             "sample_rate": 1.0, "steps": 1} for s in priors],
@@ -93,7 +94,7 @@ def build_summary(
     cfg: RunConfig,
     *,
     site_order: list[str],
-    train: dict[str, dict[str, Any]],
+    train: dict[str, TrainMetrics],
     evaluation: dict[str, SiteEvalStats],
     rounds_trained: dict[str, list[int]],
     run_name: str,
@@ -109,7 +110,7 @@ def build_summary(
     locally fine-tuned copy (personalised evaluation), reported beside the global ones.
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
-    sites = [_site(cfg, name, train.get(name, {}), evaluation.get(name),
+    sites = [_site(cfg, name, train.get(name), evaluation.get(name),
                    rounds_trained.get(name, []), personal) for name in site_order]
     pooled = pool_site_stats(list(evaluation.values()))
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
@@ -143,16 +144,16 @@ def build_summary(
     )
 
 
-def _site(cfg: RunConfig, name: str, t: dict[str, Any], e: SiteEvalStats | None,
+def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | None,
           trained: list[int], personal: dict[str, SiteEvalStats] | None) -> SiteSummary:
     """One site's entry: sizes, privacy spent, rounds, metrics."""
     return SiteSummary(
         name=name,
-        n_train=int(t["num-examples"]) if "num-examples" in t else None,
+        n_train=t.num_examples if t is not None else None,
         n_test=e.n if e else None,
-        epsilon=float(t["epsilon"]) if "epsilon" in t else None,
-        epsilon_lifetime=float(t["epsilon-lifetime"]) if "epsilon-lifetime" in t else None,
-        steps=int(t["steps"]) if "steps" in t else None,
+        epsilon=t.epsilon if t is not None else None,
+        epsilon_lifetime=t.epsilon_lifetime if t is not None else None,
+        steps=t.steps if t is not None else None,
         **_site_privacy(cfg, t),
         rounds_trained=len(trained),
         last_round_trained=max(trained) if trained else None,
