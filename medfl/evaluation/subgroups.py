@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from medfl.config import RunConfig
-
 ALL = "all"
 
 
@@ -103,12 +101,9 @@ def cut_cells(column: str, cuts: list[float]) -> list[Cell]:
             for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def cells(cfg: RunConfig) -> list[Cell]:
-    """The run's evaluation cells, in wire order (cell 0 is the whole test set, then the
-    task's declared subgroups)."""
-    from medfl.tasks import task_for
-
-    return [Cell(ALL, ALL, _everyone), *task_for(cfg).subgroups()]
+def whole_test_set() -> Cell:
+    """Cell 0: every row of a site's test set."""
+    return Cell(ALL, ALL, _everyone)
 
 
 def attributes(cell_list: list[Cell]) -> dict[str, list[int]]:

@@ -20,7 +20,7 @@ from medfl import tasks
 from medfl.config import RunConfig
 from medfl.evaluation import population as pop
 from medfl.evaluation.cellstats import CellStats, ReportStats
-from medfl.evaluation.subgroups import Cell, attributes, cells
+from medfl.evaluation.subgroups import Cell, attributes
 from medfl.reporting.methods import report_methods
 from medfl.reporting.population_schema import (
     Comparison,
@@ -57,7 +57,7 @@ class _Populations:
 
     def __init__(self, cfg: RunConfig, stats: dict[str, ReportStats], order: list[str]):
         self.cfg, self.stats, self.order = cfg, stats, [s for s in order if s in stats]
-        self.cells: list[Cell] = cells(cfg)
+        self.cells: list[Cell] = tasks.task_for(cfg).cells()
         self.kind = "segmentation" if tasks.task_for(cfg).segmentation else "classification"
         t = cfg.evaluation.threshold
         self.cut = math.log(t) - math.log1p(-t)

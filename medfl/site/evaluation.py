@@ -21,7 +21,6 @@ from medfl.evaluation.stats import (
     segmentation_stats,
     site_eval_stats,
 )
-from medfl.evaluation.subgroups import cells
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.site.training import model_from
@@ -39,7 +38,8 @@ def evaluate(
         return segmentation_stats(data.y_test, scores, threshold=cfg.evaluation.threshold,
                                   k=cfg.privacy.k_threshold)
     threshold, k = cfg.evaluation.threshold, cfg.privacy.k_threshold
-    whole = classification_report(data.y_test, scores, data.sensitive_test, cells(cfg),
+    cell_list = tasks.task_for(cfg).cells()
+    whole = classification_report(data.y_test, scores, data.sensitive_test, cell_list,
                                   threshold=threshold, k=k)[0]
     # the report's whole-test-set groups: one cut of these scores, never two (stats.py)
     groups = None

@@ -34,7 +34,6 @@ from medfl.evaluation.cellstats import (
     segmentation_report,
 )
 from medfl.evaluation.population import score_table
-from medfl.evaluation.subgroups import cells
 from medfl.io import atomic_write_text
 from medfl.training import predict_proba, resolve_device
 
@@ -68,8 +67,8 @@ def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     if not np.all(np.isfinite(probs)):
         raise DataError("the global model's predictions are not finite (NaN or infinity): "
                         "training diverged; lower train.lr")
-    cell_list = cells(cfg)
     task = tasks.task_for(cfg)
+    cell_list = task.cells()
     explain: list[float] = []
     explain_n: int | None = None
     overlays: list[bytes] = []

@@ -18,7 +18,7 @@ from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError
 from medfl.evaluation.cellstats import ReportStats
-from medfl.evaluation.subgroups import attributes, cells
+from medfl.evaluation.subgroups import attributes
 from medfl.privacy.audit import AuditResult
 from medfl.site import evaluation, report
 from medfl.site.accountant import SiteAccountant
@@ -55,7 +55,7 @@ class ModelRequest:
 def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
     """The sizes the egress contract checks this site's replies against."""
     task = tasks.task_for(cfg)
-    cell_list = cells(cfg)
+    cell_list = task.cells()
     return ReplyBounds(
         k=max(cfg.privacy.k_threshold, int(node_config.get("min-k", 0))),
         n_numeric=len(task.feature_spec().numeric_idx) if cfg.is_tabular else 0,

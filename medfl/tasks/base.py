@@ -14,6 +14,7 @@ from torch import nn
 
 from medfl.config import RunConfig, TaskName
 from medfl.errors import ConfigError
+from medfl.evaluation.subgroups import whole_test_set
 
 if TYPE_CHECKING:
     from medfl.data.scaling import Standardizer
@@ -142,6 +143,11 @@ class Task(ABC):
     @abstractmethod
     def subgroups(self) -> list[Cell]:
         """The declared subgroup cells (without cell 0, the whole test set)."""
+
+    def cells(self) -> list[Cell]:
+        """The run's evaluation cells, in wire order: cell 0 is the whole test set, then
+        the task's declared subgroups."""
+        return [whole_test_set(), *self.subgroups()]
 
     @abstractmethod
     def dataset_id(self) -> str:

@@ -212,9 +212,9 @@ class SegmentationTask(ImagingTask):
 
 def task_for_imaging(cfg: RunConfig) -> ImagingTask:
     """The imaging task of ``cfg`` (used by the module's cached loaders)."""
-    from medfl.tasks import task_for
-
-    task = task_for(cfg)
-    if not isinstance(task, ImagingTask):
+    imaging: dict[TaskName, type[ImagingTask]] = {
+        TaskName.IMAGE_CLASSIFICATION: ImageClassificationTask,
+        TaskName.SEGMENTATION: SegmentationTask}
+    if cfg.task not in imaging:
         raise ConfigError(f"task {cfg.task.value!r} is not an imaging task")
-    return task
+    return imaging[cfg.task](cfg)

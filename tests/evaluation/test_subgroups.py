@@ -13,7 +13,8 @@ from medfl.config import parse_run_config
 from medfl.data.heart import load_heart_site
 from medfl.data.tabular import TabularSchema
 from medfl.errors import ConfigError
-from medfl.evaluation.subgroups import attributes, cells
+from medfl.evaluation.subgroups import attributes
+from medfl.tasks import task_for
 
 SCHEMA = {
     "label": {"column": "y", "names": ["no", "yes"], "negative": "0", "positive": "1"},
@@ -25,7 +26,7 @@ SCHEMA = {
 
 def test_heart_cells_count_the_uci_coding_by_hand():
     cfg = parse_run_config(run_config())
-    cs = cells(cfg)
+    cs = task_for(cfg).cells()
     assert [(c.attribute, c.level) for c in cs] == [
         ("all", "all"), ("sex", "male"), ("sex", "female"),
         ("age band", "under 55"), ("age band", "55 and over")]
@@ -39,7 +40,7 @@ def test_heart_cells_count_the_uci_coding_by_hand():
 
 def test_imaging_cells_read_manifest_sex_and_age_and_tolerate_a_missing_column():
     cfg = parse_run_config(run_config(task="image-classification", model__name="resnet"))
-    cs = cells(cfg)
+    cs = task_for(cfg).cells()
     frame = pd.DataFrame({"sex": ["M", "f", "F", "m"], "age": [30, 64.9, 65, "n/a"]})
     picked = {c.level: c.select(frame).tolist() for c in cs[1:]}
     assert picked == {"male": [True, False, False, True], "female": [False, True, True, False],
@@ -54,7 +55,7 @@ def test_tabular_schema_declares_levels_and_cuts_and_bare_names_are_not_reported
     schema.write_text(json.dumps(SCHEMA))
     cfg = parse_run_config(run_config(task="tabular", model__name="logreg",
                                       data__schema=str(schema), data__manifest="t.csv"))
-    cs = cells(cfg)
+    cs = task_for(cfg).cells()
     assert [(c.attribute, c.level) for c in cs] == [
         ("all", "all"), ("sex", "M"), ("sex", "F"), ("age band", "under 50"),
         ("age band", "50 to under 65"), ("age band", "65 and over")]
