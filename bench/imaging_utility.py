@@ -40,6 +40,7 @@ SCENARIOS = {"imaging-classification": "auroc", "segmentation": "dice"}
 
 
 def scenario_config(name: str) -> dict:
+    """The defaults fused with ``simulations/<name>.toml``, as Flower builds them."""
     from flwr.common.config import parse_config_args
 
     cfg = inprocess.default_run_config()
@@ -48,6 +49,7 @@ def scenario_config(name: str) -> dict:
 
 
 def pooled(parts: list[SiteData]) -> SiteData:
+    """All sites' rows as one site (the centralised baseline's data)."""
     return SiteData(
         name="pooled",
         x_train=np.concatenate([p.x_train for p in parts]),
@@ -60,6 +62,7 @@ def pooled(parts: list[SiteData]) -> SiteData:
 
 
 def score(cfg, data: SiteData, weights: dict[str, torch.Tensor], metric: str) -> float:
+    """``metric`` (auroc or dice) of ``weights`` on ``data``'s test split."""
     stats = site_lib.evaluate(cfg, data, weights=weights,
                               scaler=site_lib.site_scaler(cfg, data, None))
     return float(stats.auroc if metric == "auroc" else stats.dice)
@@ -93,6 +96,7 @@ def centralised(cfg, data: SiteData, seed: int, metric: str) -> tuple[float, flo
 
 def run_one(name: str, metric: str, seed: int, tmp: str) -> tuple[float, float, float, float,
                                                                    float, float]:
+    """One seed of scenario ``name``: federated and centralised figures."""
     raw = scenario_config(name)
     raw.update({"seed": seed, "output-dir": tmp, "run-name": f"{name}-{seed}",
                 "state-dir": str(Path(tmp) / "state")})
@@ -123,6 +127,7 @@ def scenario_args(description: str, *, seeds: int) -> argparse.Namespace:
 
 
 def main() -> None:
+    """Run every scenario for each seed and write the table (see the module docstring)."""
     args = scenario_args(__doc__, seeds=3)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -171,6 +171,7 @@ def _rows(label: str, dp: str, runs: list[dict[str, float]]) -> list[tuple[str, 
 
 
 def main() -> None:
+    """Run the table's configurations for each seed and write BENCHMARKS.md's section."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=inprocess.ROOT / "BENCHMARKS.md")
