@@ -7,7 +7,7 @@ MONAI's ``create_test_image_2d``; blurs and resizes are MONAI transforms.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 from monai.data.synthetic import create_test_image_2d
@@ -19,12 +19,21 @@ from medfl.data.synthetic_profiles import SiteProfile
 __all__ = ["LESION_CONTRAST", "OLDER_AGE", "OLDER_CONTRAST_FACTOR", "draw_person", "filters",
            "render"]
 
+
+class _Structure(TypedDict):
+    """Background discs of one kind: radius (pixels at 64x64), contrast and count ranges."""
+
+    radius: tuple[int, int]
+    contrast: tuple[float, float]
+    count: tuple[int, int]
+
+
 # Anatomy in tissue units (before the scanner). Radii are pixels at 64x64, scaled with size.
 AIR, BODY, TEXTURE_AMPLITUDE = 0.05, 0.45, 0.025
 LESION_CONTRAST, OLDER_AGE, OLDER_CONTRAST_FACTOR = 0.35, 65, 0.6
 LESION_RADIUS = {"image-classification": (3, 6), "segmentation": (4, 8)}  # inclusive
-LARGE_STRUCTURE = {"radius": (6, 11), "contrast": (0.04, 0.10), "count": (2, 4)}
-SMALL_STRUCTURE = {"radius": (2, 4), "contrast": (0.02, 0.05), "count": (1, 2)}
+LARGE_STRUCTURE: _Structure = {"radius": (6, 11), "contrast": (0.04, 0.10), "count": (2, 4)}
+SMALL_STRUCTURE: _Structure = {"radius": (2, 4), "contrast": (0.02, 0.05), "count": (1, 2)}
 
 
 def filters(size: int) -> tuple[GaussianSmooth, GaussianSmooth, GaussianSmooth]:

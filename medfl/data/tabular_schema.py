@@ -26,7 +26,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -219,11 +219,13 @@ class TabularSchema:
     def columns(self) -> list[dict[str, Any]]:
         """The raw input columns, as a bundle's ``input_schema["columns"]``."""
         out = []
-        for f in self.features:
+        for f in self.features:  # _feature sets bounds on numeric, levels on categorical
             if f.type == "numeric":
-                out.append({"name": f.name, "type": "numeric", "bounds": list(f.bounds)})
+                bounds = cast(tuple[float, float], f.bounds)
+                out.append({"name": f.name, "type": "numeric", "bounds": list(bounds)})
             else:
-                levels = list(f.levels) if f.type == "categorical" else [0, 1]
+                levels = (list(cast(tuple[Any, ...], f.levels)) if f.type == "categorical"
+                          else [0, 1])
                 out.append({"name": f.name, "type": f.type, "levels": levels})
         return out
 

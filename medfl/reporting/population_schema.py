@@ -31,9 +31,9 @@ class Figure:
         anything but an object reads as a figure with no value."""
         if not isinstance(data, Mapping):
             return Figure(None)
-        base = {"value": data.get("value"), "ci": data.get("ci"),
-                "suppressed": bool(data.get("suppressed")),
-                "estimated": bool(data.get("estimated"))}
+        base: dict[str, Any] = {"value": data.get("value"), "ci": data.get("ci"),
+                                "suppressed": bool(data.get("suppressed")),
+                                "estimated": bool(data.get("estimated"))}
         if "flagged" in data:
             return Gap(**base, flagged=bool(data["flagged"]))
         if "images" in data:

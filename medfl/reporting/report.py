@@ -11,7 +11,7 @@ from ``report.json`` with :meth:`Report.from_dict`).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -71,12 +71,12 @@ class _Populations:
         rows = [(s, c) for s, c in self._cell(sites, i) if c.groups]
         if not rows:
             return None, []
-        groups = [(j, g) for j, (_, c) in enumerate(rows) for g in c.groups]
+        groups = [(j, g) for j, (_, c) in enumerate(rows) for g in c.groups or ()]
         exact: dict[str, float] = {}
         if len(rows) == 1 and rows[0][1].auroc is not None:
             exact["auroc"] = rows[0][1].auroc
         if all(c.brier_sum is not None for _, c in rows):
-            exact["brier"] = sum(c.brier_sum for _, c in rows) / sum(c.n for _, c in rows)
+            exact["brier"] = _pooled_brier([c for _, c in rows])
         a = pop.analyse(pop.expand(groups, cut=self.cut),
                         threshold=self.cfg.evaluation.threshold, rng=self.rng, exact=exact)
         return a, [s for s, _ in rows]
@@ -92,8 +92,7 @@ class _Populations:
             out = pop.suppressed_metrics(pop.CLASSIFICATION)
             shown = [c for _, c in self._cell(sites, i) if c.brier_sum is not None]
             if shown:  # sums over >= k patients are shared even when a class is under k
-                out["brier"] = pop.metric(sum(c.brier_sum for c in shown)
-                                          / sum(c.n for c in shown))
+                out["brier"] = pop.metric(_pooled_brier(shown))
             return out, [], None
         return pop.classification_metrics(a), used, a
 
@@ -152,6 +151,12 @@ class _Populations:
         return out
 
 
+def _pooled_brier(cells: list[CellStats]) -> float:
+    """Mean Brier score over ``cells``, each sharing its Brier sum (so its ``n`` too)."""
+    return (sum(cast(float, c.brier_sum) for c in cells)
+            / sum(cast(int, c.n) for c in cells))
+
+
 def _figures(records: dict[str, dict]) -> dict[str, Figure]:
     return {name: Figure.from_dict(record) for name, record in records.items()}
 
@@ -165,8 +170,9 @@ def _explanations(cfg: RunConfig, stats: dict[str, ReportStats],
                                    "answer, reported through Dice, IoU and HD95")
     if not shown:
         return Explanations()
-    total = sum(st.explain_n for st in shown.values())
-    pooled = sum(np.asarray(st.explain) * st.explain_n for st in shown.values()) / total
+    total = sum(cast(int, st.explain_n) for st in shown.values())  # shown: explain_n set
+    pooled = np.asarray(sum(np.asarray(st.explain) * cast(int, st.explain_n)
+                            for st in shown.values()) / total)
     if task.is_tabular:
         names = task.feature_spec().feature_names
         feats = [Feature(name=n, mean_abs_shap=float(pooled[j]),

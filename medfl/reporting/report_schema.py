@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medfl.reporting.population_schema import Population, plain
 from medfl.reporting.schema import check_version, records, section, strings
 from medfl.reporting.summary_schema import Metrics
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 SCHEMA_VERSION = 1
 REPORT_VERSIONS = (1,)
 
 
-def _fields(cls: type, data: Mapping[str, Any] | None) -> Any:
+def _fields(cls: type[DataclassInstance], data: Mapping[str, Any] | None) -> Any:
     """An instance of the flat dataclass ``cls`` from ``data`` (missing keys read None)."""
     if data is None:
         return None

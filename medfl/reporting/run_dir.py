@@ -56,7 +56,7 @@ def jsonable(value: Any) -> Any:
 
 def environment() -> dict[str, Any]:
     """Library versions and hardware, for reproducibility (no user or host names)."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for lib in LIBRARIES:
         try:
             versions[lib] = metadata.version(lib)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
@@ -112,7 +112,7 @@ def build_summary(
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = [_site(cfg, name, train.get(name), evaluation.get(name),
                    rounds_trained.get(name, []), personal) for name in site_order]
-    pooled = pool_site_stats(list(evaluation.values()))
+    pooled = pool_site_stats(list(evaluation.values()))  # its counts are always ints
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
     sampled = cfg.strategy.fraction_evaluate < 1.0
@@ -130,13 +130,13 @@ def build_summary(
         sites=sites,
         pooled=PooledSummary(
             metrics=_pooled_metrics(pooled),
-            n_test=pooled["n"],
+            n_test=cast(int, pooled["n"]),
             auroc_method=(
                 "estimated from pooled per-class score groups (size, mean, variance of >= "
                 f"k={cfg.privacy.k_threshold} consecutive sorted scores, each taken as a "
                 "normal distribution); sites with a class under k are left out"),
-            auroc_sites_excluded=pooled["auroc_sites_excluded"],
-            sites_suppressed=pooled["sites_suppressed"]),
+            auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
+            sites_suppressed=cast(int, pooled["sites_suppressed"])),
         mean_site_accuracy=_site_mean([s.metrics for s in evaluated], "accuracy"),
         mean_site_dice=_site_mean([s.metrics for s in evaluated], "dice"),
         sites_evaluated=len(evaluated) if sampled else None,
@@ -192,7 +192,7 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
 def _personal(cfg: RunConfig, sites: list[SiteSummary],
               personal: dict[str, SiteEvalStats]) -> PersonalSummary:
     """The personalised evaluation's headline, in the global block's terms."""
-    pooled = pool_site_stats(list(personal.values()))
+    pooled = pool_site_stats(list(personal.values()))  # its counts are always ints
     blocks = [s.personal_metrics for s in sites if s.personal_metrics is not None]
     return PersonalSummary(
         method=(f"each site fine-tunes the final global model for "
@@ -202,7 +202,7 @@ def _personal(cfg: RunConfig, sites: list[SiteSummary],
         mean_site_accuracy=_site_mean(blocks, "accuracy"),
         mean_site_dice=_site_mean(blocks, "dice"),
         metrics=_pooled_metrics(pooled),
-        auroc_sites_excluded=pooled["auroc_sites_excluded"],
+        auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
     )
 
 

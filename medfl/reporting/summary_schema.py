@@ -168,7 +168,7 @@ class PrivacySummary:
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacySummary:
         """Read a block written by :meth:`to_dict`."""
         audit = section(data, "audit")
-        plain = {key: data.get(key) for key in cls._PLAIN}
+        plain: dict[str, Any] = {key: data.get(key) for key in cls._PLAIN}
         plain |= {"non_dp_releases": strings(data, "non_dp_releases"),
                   "mechanisms": strings(data, "mechanisms"),
                   "k_threshold": int(require(data, "k_threshold", where="summary.json privacy"))}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
-from medfl.reporting.population_schema import Figure, Population
+from medfl.reporting.population_schema import Figure, Population, Subgroup
 from medfl.reporting.report_schema import Report
 
 __all__ = ["EST", "GAPS", "HEADLINE", "METRICS", "PRIMARY", "as_float", "format_delta",
@@ -145,7 +145,7 @@ def _exclusions(report: Report) -> list[str]:
     return out
 
 
-def _is_int(x: Any) -> bool:
+def _is_int(x: Any) -> TypeGuard[int]:
     return isinstance(x, int)
 
 
@@ -158,7 +158,8 @@ def known_limitations(report: Report) -> list[str]:
                for g, v in f.gaps.items() if v.flagged]
     if flagged:
         out.append("Fairness gaps whose 95% CI excludes 0: " + "; ".join(flagged) + ".")
-    records = [*report.populations, *(s for p in report.populations for s in p.subgroups)]
+    records: list[Population | Subgroup] = [
+        *report.populations, *(s for p in report.populations for s in p.subgroups)]
     if any(m.estimated for r in records for m in r.metrics.values()):
         out.append(f"Values marked {EST} are estimated, not computed exactly (see Methods).")
     if report.privacy is not None and report.privacy.dp_sgd is False:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+
+from matplotlib.ticker import MaxNLocator
 
 from medfl.reporting.plots.style import (
     FLAG,
@@ -29,21 +31,21 @@ def roc_svg(curves: Mapping[str, Mapping[str, Any] | None] | None, *,
     emphasis : str, optional
         The label drawn as a thick black line (the pooled population).
     """
-    valid = {}
+    valid: dict[str, tuple[list[float], list[float]]] = {}
     for name, c in (curves or {}).items():
         if not isinstance(c, Mapping):
             continue
         fpr, tpr = [finite(v) for v in c.get("fpr") or []], [finite(v) for v in c.get("tpr") or []]
         if len(fpr) >= 2 and len(fpr) == len(tpr) and None not in fpr and None not in tpr:
-            valid[name] = (fpr, tpr)
+            valid[name] = (cast(list[float], fpr), cast(list[float], tpr))  # no None left
     if not valid:
         return ""
     colour = series_colours(list(valid), emphasis)
     with styled_figure(4.2, 3.9) as fig:
         ax = fig.add_subplot()
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color=MUTED, label="chance")
-        for name, (fpr, tpr) in valid.items():
-            ax.plot(fpr, tpr, color=colour[name], lw=2.4 if name == emphasis else 1.4,
+        for name, (x, y) in valid.items():
+            ax.plot(x, y, color=colour[name], lw=2.4 if name == emphasis else 1.4,
                     label=literal(name), zorder=3 if name == emphasis else 2)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False-positive rate (1 − specificity)",
                ylabel="True-positive rate (sensitivity)", title=literal(title), aspect="equal")
@@ -114,19 +116,20 @@ def training_svg(rounds: Sequence[Mapping[str, Any]] | None, *, panel: str = "me
         lines = {(labels or {}).get(k, k): series(lambda r, k=k: (r.get("metrics") or {})
                                                   .get(k)) for k in keys}
         ylabel, title = "pooled value", f"Pooled {panel} per round"
-    lines = {name: s for name, s in lines.items() if s is not None}
-    if not lines:
+    drawn = {name: s for name, s in lines.items() if s is not None}
+    if not drawn:
         return ""
-    colour = series_colours(list(lines), None if panel == "epsilon" else next(iter(lines)))
+    colour = series_colours(list(drawn), None if panel == "epsilon" else next(iter(drawn)))
     with styled_figure(4.2, 3.2) as fig:
         ax = fig.add_subplot()
-        for name, s in lines.items():
+        for name, s in drawn.items():
             ax.plot(xs, s, marker="o", ms=3.5, color=colour[name], label=name)
         ax.set(xlabel="round", ylabel=ylabel, title=title)
         if panel != "loss":
             ax.set_ylim(0, 1.02 if panel == "metrics" else None)
             ax.legend(frameon=False, loc="lower right" if panel == "metrics" else "upper left")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        # A linear axis's default locator is an AutoLocator, a MaxNLocator.
+        cast(MaxNLocator, ax.xaxis.get_major_locator()).set_params(integer=True)
         return to_svg(fig, title)
 
 
@@ -150,8 +153,8 @@ def epsilon_svg(sites: Sequence[Mapping[str, Any]] | None, *, target: float | No
             ax.text(x, h - top * 0.03 if inside else h + top * 0.02, text, ha="center",
                     va="top" if inside else "bottom", fontsize=9,
                     color="white" if inside else "black", fontweight="bold")
-        if finite(target) is not None:
-            ax.axhline(target, ls="--", lw=1.2, color=FLAG, label=f"target ε = {target:g}")
+        if (line := finite(target)) is not None:
+            ax.axhline(line, ls="--", lw=1.2, color=FLAG, label=f"target ε = {target:g}")
             ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         ax.set_xticks(range(len(sites)), [literal(s.get("name", "?")) for s in sites],
                       rotation=25 if len(sites) > 4 else 0, ha="right" if len(sites) > 4

@@ -16,14 +16,14 @@ def feature_importance_svg(features: Sequence[Mapping[str, Any]] | None, *, top:
     """Horizontal bars of mean |SHAP| for the ``top`` most important features."""
     rows = [(str(f.get("name", "?")), finite(f.get("mean_abs_shap"))) for f in features or []
             if isinstance(f, Mapping)]
-    rows = sorted([r for r in rows if r[1] is not None], key=lambda r: -r[1])[:top]
-    if not rows:
+    shown = sorted([(name, v) for name, v in rows if v is not None], key=lambda r: -r[1])[:top]
+    if not shown:
         return ""
-    with styled_figure(4.6, 0.9 + 0.27 * len(rows)) as fig:
+    with styled_figure(4.6, 0.9 + 0.27 * len(shown)) as fig:
         ax = fig.add_subplot()
-        ys = range(len(rows))
-        ax.barh(ys, [r[1] for r in rows], color=PALETTE[0], height=0.65)
-        ax.set_yticks(ys, [literal(r[0]) for r in rows])
+        ys = range(len(shown))
+        ax.barh(ys, [r[1] for r in shown], color=PALETTE[0], height=0.65)
+        ax.set_yticks(ys, [literal(r[0]) for r in shown])
         ax.invert_yaxis()
         ax.grid(axis="y", visible=False)
         ax.set(xlabel="mean |SHAP value|", title=title)

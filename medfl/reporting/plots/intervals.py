@@ -86,9 +86,9 @@ def forest_svg(rows: Sequence[Mapping[str, Any]] | None, *, metric: str, k: int,
             points += [value, *(ci or ())]
         for y, text in notes:
             write_note(ax, y, text)
-        if finite(reference) is not None:
-            ax.axvline(reference, ls="--", lw=0.8, color=MUTED)
-            points.append(reference)
+        if (ref := finite(reference)) is not None:
+            ax.axvline(ref, ls="--", lw=0.8, color=MUTED)
+            points.append(ref)
         layout_rows(ax, [_row_label(r) for r in rows], points)
         ax.set(xlabel=f"{literal(label)} (95% CI)", title=literal(title))
         if other:

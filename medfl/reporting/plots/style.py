@@ -9,12 +9,15 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import matplotlib as mpl
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies; black is kept
 # for the emphasised series (the pooled population).
@@ -23,7 +26,7 @@ EMPHASIS = "#000000"
 FLAG = "#D55E00"
 MUTED = "#666666"
 
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "medfl-report",  # deterministic clip-path ids
     "font.family": "sans-serif",
@@ -82,7 +85,8 @@ def to_svg(fig: Figure, label: str) -> str:
     svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m[1]}"', svg)
     svg = re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m[1]}"', svg)
     svg = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m[1]})", svg)
-    natural = float(re.search(r'width="([\d.]+)pt"', svg)[1]) * 4 / 3  # pt -> CSS px
+    size = cast(re.Match[str], re.search(r'width="([\d.]+)pt"', svg))  # savefig writes it
+    natural = float(size[1]) * 4 / 3  # pt -> CSS px
     aria = label.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
     svg = re.sub(r'width="[\d.]+pt" height="[\d.]+pt"',
                  f'width="100%" style="max-width:{natural:.0f}px;height:auto" '
