@@ -28,6 +28,11 @@ SYNTHETIC_SEED = 2026
 #: Per-site train/test split seed for manifests without a split column.
 SPLIT_SEED = 43
 
+#: The report's dataset card for a consortium's own files (``data.manifest``).
+CONSORTIUM_DATA_CARD: dict[str, Any] = {
+    "name": "the consortium's own data (data.manifest)",
+    "provenance": "declared by the consortium", "licence": None}
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
