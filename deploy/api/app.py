@@ -21,8 +21,8 @@ from deploy.api.settings import Settings
 from medfl import DISCLAIMER, __version__
 from medfl.serving import ImageModel, InputError, TabularModel, load_bundle
 from medfl.serving.admission import ImageTooLarge
+from medfl.serving.attachments import served_attachments
 from medfl.serving.exposure import is_loopback
-from medfl.serving.signing import served_attachments
 
 logger = logging.getLogger("medfl.api")
 

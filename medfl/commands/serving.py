@@ -32,8 +32,8 @@ def serve(
 
     from medfl.errors import MedflError
     from medfl.serving import load_bundle
+    from medfl.serving.attachments import served_attachments
     from medfl.serving.exposure import is_loopback
-    from medfl.serving.signing import served_attachments
 
     if not os.environ.get("MEDFL_API_KEY") and not is_loopback(host):
         typer.echo(f"error: refusing to serve on {host} without an API key: anyone who can "

@@ -4,8 +4,8 @@ The signature covers ``manifest.json`` byte for byte. The manifest carries the w
 sha256 and, from signing on, ``signed_files``: the sha256 of the run's ``report.json`` and
 ``MODEL_CARD.md`` (the files served beside the model), so one signature binds all of them.
 ``load_bundle(..., public_key=...)`` refuses a bundle whose signature is missing or does
-not verify; :func:`served_attachments` refuses a report or card that does not match its
-signed sha256 and, with a key, withholds one the signature does not cover.
+not verify; ``medfl.serving.attachments`` refuses a report or card that does not match
+its signed sha256 and, with a key, withholds one the signature does not cover.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -23,13 +22,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from medfl.errors import BundleError
 from medfl.io import atomic_write_bytes, atomic_write_json
-from medfl.serving.bundle import MANIFEST, Bundle
 
 SIGNATURE = "signature.ed25519"
 PRIVATE, PUBLIC = "bundle-signing.key", "bundle-signing.pub"
 #: Files of the run folder (the bundle's parent) that the service serves, and so signs.
 ATTACHMENTS = ("report.json", "MODEL_CARD.md")
-logger = logging.getLogger(__name__)
 
 
 def generate_keypair(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
@@ -78,46 +75,14 @@ def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
     """
     bundle_dir = Path(bundle_dir)
     key = _load_private(private_key)  # a bad key fails before the manifest is rewritten
-    manifest = json.loads((bundle_dir / MANIFEST).read_bytes())
+    manifest = json.loads((bundle_dir / "manifest.json").read_bytes())
     manifest["signed_files"] = {
         name: hashlib.sha256((bundle_dir.parent / name).read_bytes()).hexdigest()
         for name in ATTACHMENTS if (bundle_dir.parent / name).is_file()}
-    atomic_write_json(bundle_dir / MANIFEST, manifest)
-    signature = base64.b64encode(key.sign((bundle_dir / MANIFEST).read_bytes()))
+    atomic_write_json(bundle_dir / "manifest.json", manifest)
+    signature = base64.b64encode(key.sign((bundle_dir / "manifest.json").read_bytes()))
     atomic_write_bytes(bundle_dir / SIGNATURE, signature + b"\n")
     return bundle_dir / SIGNATURE
-
-
-def served_attachments(bundle: Bundle, *, signed_only: bool) -> dict[str, bytes]:
-    """The run's ``report.json`` and ``MODEL_CARD.md`` to serve, read once, by name.
-
-    A file listed in the manifest's ``signed_files`` must match its sha256, else
-    ``BundleError``. With ``signed_only`` (a verification key is configured, so the listing
-    is authenticated) a file not listed is withheld: a bundle signed before the reports
-    were covered serves its model but not its report or card until it is signed again.
-    Without it, unlisted files are served as they are (nothing is verified then).
-    """
-    listed = bundle.manifest.get("signed_files", {})
-    if not isinstance(listed, dict):
-        raise BundleError(f"{MANIFEST}: signed_files must map file names to sha256 digests")
-    served = {}
-    for name in ATTACHMENTS:
-        path = bundle.path.parent / name
-        if not path.is_file():
-            continue
-        data = path.read_bytes()
-        if name in listed:
-            if hashlib.sha256(data).hexdigest() != listed[name]:
-                raise BundleError(f"{name} does not match the sha256 that the bundle's "
-                                  f"manifest records for it: it was changed after the run "
-                                  "was signed (rebuild it, or sign the run again with "
-                                  "`medfl sign` if the change is yours)")
-            served[name] = data
-        elif signed_only:
-            logger.warning("%s is not covered by the bundle's signature: not served", name)
-        else:
-            served[name] = data
-    return served
 
 
 def verify_manifest(bundle_dir: Path, manifest: bytes, public_key: Path) -> None:
