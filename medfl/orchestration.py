@@ -96,9 +96,6 @@ def finish_run(
     from medfl.reporting.run_dir import jsonable
 
     save_bundle(run_dir.path / "model", weights, jsonable(manifest))
-    signing_key = os.environ.get("MEDFL_SIGNING_KEY")
-    if signing_key:  # the consortium's key, held by the server: serving can then verify
-        sign_bundle(run_dir.path / "model", Path(signing_key))
     run_dir.write_json("summary.json", summary.to_dict())
     run_dir.write_json(EVALUATION_FILE, report_stats or {})
     try:
@@ -106,5 +103,9 @@ def finish_run(
     except Exception:  # noqa: BLE001 - the model and summary stand; the report can be rebuilt
         logger.exception("writing the report failed; rebuild it with `medfl report %s`",
                          run_dir.path.name)
+    signing_key = os.environ.get("MEDFL_SIGNING_KEY")
+    if signing_key:  # the consortium's key, held by the server: serving can then verify
+        # After the reports: the signature also covers the served report.json and card.
+        sign_bundle(run_dir.path / "model", Path(signing_key))
     run_dir.mark_latest()
     return json.loads((run_dir.path / "summary.json").read_text())

@@ -1,9 +1,12 @@
-"""App factory: settings in, FastAPI app out. The model is loaded (and its bundle
-verified) in the lifespan; routers per concern; errors mapped to 401/413/415/422."""
+"""App factory: settings in, FastAPI app out. The model is loaded (and its bundle, report
+and model card verified) in the lifespan; routers per concern; errors mapped to
+401/403/413/415/422/503."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import logging
 import time
 import uuid
@@ -17,6 +20,9 @@ from deploy.api.routers import health, model, predict
 from deploy.api.settings import Settings
 from medfl import DISCLAIMER, __version__
 from medfl.serving import ImageModel, InputError, TabularModel, load_bundle
+from medfl.serving.admission import ImageTooLarge
+from medfl.serving.attachments import served_attachments
+from medfl.serving.exposure import is_loopback
 
 logger = logging.getLogger("medfl.api")
 
@@ -26,7 +32,11 @@ class Guard:
 
     With an API key configured every path but ``/health`` (docs and schema included)
     answers 401 without the right ``X-API-Key`` (constant-time comparison), before the
-    body is read. The body is then read up to ``limit`` bytes, whether or not the client
+    body is read. Without one, every path but ``/health`` answers 403 to a request that
+    arrived on a network (non-loopback) address: a service started by plain ``uvicorn
+    --host 0.0.0.0`` is no more open than ``medfl serve``, which refuses to start so.
+
+    The body is then read up to ``limit`` bytes, whether or not the client
     declared its length, and replayed to the app; past the limit the answer is 413.
     """
 
@@ -46,6 +56,9 @@ class Guard:
         if self.key is not None and scope["path"] != "/health":
             if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.key):
                 return await _reply(send, 401, "missing or wrong X-API-Key")
+        if self.key is None and scope["path"] != "/health" and _over_network(scope):
+            return await _reply(send, 403, "this service has no API key, so it answers only "
+                                "over loopback; set MEDFL_API_KEY to serve the network")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _reply(send, 413, f"request body larger than {self.limit} bytes")
@@ -72,6 +85,17 @@ class Guard:
         await self.app(scope, replay, send)
 
 
+def _over_network(scope) -> bool:
+    """Whether the connection's local address is an IP that is not loopback (a real
+    server reports an IP; test transports report a name and are local)."""
+    host = str((scope.get("server") or (None,))[0])
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False  # no socket address (a unix socket), or a test transport's name
+    return not is_loopback(host)
+
+
 async def _reply(send, status: int, detail: str) -> None:
     body = JSONResponse({"detail": detail}, status).body
     headers = [(b"content-type", b"application/json"),
@@ -91,8 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bundle = load_bundle(settings.bundle, public_key=settings.public_key)
         image = bundle.manifest.get("input_schema", {}).get("type") == "image"
         app.state.model = (ImageModel if image else TabularModel).from_bundle(bundle)
-        app.state.run_dir = (settings.bundle if (settings.bundle / "model").is_dir()
-                             else settings.bundle.parent)
+        app.state.run_dir = bundle.path.parent
+        # Read once and verified now: what is served is what was signed, whatever the
+        # files on disk become later.
+        app.state.attachments = served_attachments(
+            bundle, signed_only=settings.public_key is not None)
         logger.info("serving model %s", app.state.model.version)
         yield
 
@@ -103,6 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.decode_slots = asyncio.Semaphore(settings.max_concurrent_decodes)
 
     @app.middleware("http")
     async def log_requests(request: Request, call_next):
@@ -114,6 +142,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     request.url.path, response.status_code, 1000 * (time.perf_counter() - start))
         response.headers["X-Request-ID"] = request_id
         return response
+
+    @app.exception_handler(ImageTooLarge)
+    async def image_too_large(request: Request, exc: ImageTooLarge):
+        return JSONResponse({"detail": str(exc), "field": exc.field}, status_code=413)
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError):

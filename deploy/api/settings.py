@@ -9,9 +9,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed),
-    ``MEDFL_MAX_BODY_BYTES``, ``MEDFL_MAX_BATCH``, ``MEDFL_MAX_IMAGES``,
-    ``MEDFL_PUBLIC_KEY``."""
+    """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed,
+    but then only requests that arrive over loopback are answered), ``MEDFL_MAX_BODY_BYTES``,
+    ``MEDFL_MAX_BATCH``, ``MEDFL_MAX_IMAGES``, ``MEDFL_PUBLIC_KEY``, and the image-decoding
+    bounds ``MEDFL_DECODE_BUDGET_MB``, ``MEDFL_MAX_CONCURRENT_DECODES``,
+    ``MEDFL_DECODE_WAIT_S``."""
 
     model_config = SettingsConfigDict(env_prefix="MEDFL_", extra="ignore")
 
@@ -24,5 +26,17 @@ class Settings(BaseSettings):
                                             "DICOM slice is about 0.5 MB)")
     max_batch: int = Field(default=256, gt=0, description="records per /predict request")
     max_images: int = Field(default=16, gt=0, description="uploaded files per request")
+    decode_budget_mb: int = Field(
+        default=256, gt=0,
+        description="memory one request may use to decode an image: an upload whose header "
+                    "declares more pixels than this holds (40 bytes per pixel: 256 MiB is "
+                    "about 6.7 million pixels, e.g. 2590 x 2590) gets 413 before decoding")
+    max_concurrent_decodes: int = Field(
+        default=2, gt=0,
+        description="imaging requests decoded and predicted at once (per worker process); "
+                    "others wait for a slot")
+    decode_wait_s: float = Field(
+        default=30.0, ge=0,
+        description="how long an imaging request waits for a decoding slot before 503")
     public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM): serve only bundles it verifies")

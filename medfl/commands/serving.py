@@ -12,13 +12,19 @@ __all__ = ["keygen", "predict", "serve", "sign"]
 
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="a run folder (or its model/ bundle)")],
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        help="interface to listen on; other than loopback only with MEDFL_API_KEY set")]
+    = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    limit_concurrency: Annotated[int, typer.Option(
+        help="open connections per worker before new ones get 503")] = 64,
 ) -> None:
     """Serve a run's model over HTTP (FastAPI: /predict, /explain, /model, /docs).
 
-    Set MEDFL_API_KEY to require an X-API-Key header on every route but /health.
+    Set MEDFL_API_KEY to require an X-API-Key header on every route but /health; without
+    it the service listens on loopback only (a network --host is refused). With
+    MEDFL_PUBLIC_KEY, only a bundle (and report and model card) it verifies is served.
     """
     import os
 
@@ -26,9 +32,18 @@ def serve(
 
     from medfl.errors import MedflError
     from medfl.serving import load_bundle
+    from medfl.serving.attachments import served_attachments
+    from medfl.serving.exposure import is_loopback
 
-    try:
-        load_bundle(run_dir)  # fail here, with a clear message, before uvicorn starts
+    if not os.environ.get("MEDFL_API_KEY") and not is_loopback(host):
+        typer.echo(f"error: refusing to serve on {host} without an API key: anyone who can "
+                   "reach that interface could query the model. Set MEDFL_API_KEY (16+ "
+                   "characters) or listen on 127.0.0.1 (the default)", err=True)
+        raise typer.Exit(2)
+    public_key = os.environ.get("MEDFL_PUBLIC_KEY")
+    try:  # fail here, with a clear message, before uvicorn starts
+        bundle = load_bundle(run_dir, public_key=Path(public_key) if public_key else None)
+        served_attachments(bundle, signed_only=bool(public_key))
     except MedflError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -43,7 +58,8 @@ def serve(
                     "uvicorn.error": {"handlers": ["out"], "level": "INFO"}},
     }
     uvicorn.run("deploy.api.app:create_app", factory=True, host=host, port=port,
-                workers=workers, access_log=False, log_config=log_config)
+                workers=workers, access_log=False, log_config=log_config,
+                limit_concurrency=limit_concurrency)
 
 
 def predict(

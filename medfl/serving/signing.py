@@ -1,13 +1,18 @@
 """Ed25519 signatures on model bundles (``cryptography``).
 
-The signature covers ``manifest.json`` byte for byte; the manifest carries the weights'
-sha256, so one signature binds both. ``load_bundle(..., public_key=...)`` refuses a bundle
-whose signature is missing or does not verify.
+The signature covers ``manifest.json`` byte for byte. The manifest carries the weights'
+sha256 and, from signing on, ``signed_files``: the sha256 of the run's ``report.json`` and
+``MODEL_CARD.md`` (the files served beside the model), so one signature binds all of them.
+``load_bundle(..., public_key=...)`` refuses a bundle whose signature is missing or does
+not verify; ``medfl.serving.attachments`` refuses a report or card that does not match
+its signed sha256 and, with a key, withholds one the signature does not cover.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -16,10 +21,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from medfl.errors import BundleError
-from medfl.io import atomic_write_bytes
+from medfl.io import atomic_write_bytes, atomic_write_json
 
 SIGNATURE = "signature.ed25519"
 PRIVATE, PUBLIC = "bundle-signing.key", "bundle-signing.pub"
+#: Files of the run folder (the bundle's parent) that the service serves, and so signs.
+ATTACHMENTS = ("report.json", "MODEL_CARD.md")
 
 
 def generate_keypair(directory: Path, *, force: bool = False) -> tuple[Path, Path]:
@@ -60,9 +67,20 @@ def _load_public(path: Path) -> Ed25519PublicKey:
 
 
 def sign_bundle(bundle_dir: Path, private_key: Path) -> Path:
-    """Sign ``bundle_dir/manifest.json``; write ``signature.ed25519`` (base64) beside it."""
-    manifest = (bundle_dir / "manifest.json").read_bytes()
-    signature = base64.b64encode(_load_private(private_key).sign(manifest))
+    """Record the sha256 of the run's served files (``report.json``, ``MODEL_CARD.md``,
+    those present beside ``bundle_dir``) in ``manifest.json`` as ``signed_files``, then sign
+    the manifest; write ``signature.ed25519`` (base64) beside it.
+
+    Sign after the reports are written; re-sign after rebuilding them (``medfl report``).
+    """
+    bundle_dir = Path(bundle_dir)
+    key = _load_private(private_key)  # a bad key fails before the manifest is rewritten
+    manifest = json.loads((bundle_dir / "manifest.json").read_bytes())
+    manifest["signed_files"] = {
+        name: hashlib.sha256((bundle_dir.parent / name).read_bytes()).hexdigest()
+        for name in ATTACHMENTS if (bundle_dir.parent / name).is_file()}
+    atomic_write_json(bundle_dir / "manifest.json", manifest)
+    signature = base64.b64encode(key.sign((bundle_dir / "manifest.json").read_bytes()))
     atomic_write_bytes(bundle_dir / SIGNATURE, signature + b"\n")
     return bundle_dir / SIGNATURE
 

@@ -206,3 +206,46 @@ def test_openapi_schema_has_no_dangling_references(client):
     assert refs <= set(schema["components"]["schemas"])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
+
+
+def test_without_a_key_only_loopback_requests_are_answered(run_dir):
+    # The local address a real server reports (scope["server"]): a network interface gets
+    # 403 without a key, loopback is answered, /health always.
+    import asyncio
+
+    import httpx
+
+    app = create_app(Settings(bundle=run_dir))
+
+    async def status(host: str, path: str) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{host}:8000") as c:
+            return (await c.get(path)).status_code
+
+    assert asyncio.run(status("10.1.2.3", "/model")) == 403
+    assert asyncio.run(status("10.1.2.3", "/health")) == 200
+    assert asyncio.run(status("[::ffff:10.1.2.3]", "/openapi.json")) == 403
+    assert asyncio.run(status("127.0.0.1", "/openapi.json")) == 200
+
+
+def test_a_signed_runs_report_and_card_are_served_as_signed(run_dir, tmp_path):
+    import hashlib
+    import json
+    import shutil
+
+    from medfl.serving.signing import generate_keypair, sign_bundle
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    priv, pub = generate_keypair(tmp_path / "keys")
+    sign_bundle(copy / "model", priv)
+    listed = json.loads((copy / "model" / "manifest.json").read_text())["signed_files"]
+    for name in ("report.json", "MODEL_CARD.md"):  # hashlib as the reference
+        assert listed[name] == hashlib.sha256((copy / name).read_bytes()).hexdigest()
+    card = (copy / "MODEL_CARD.md").read_text()
+    with TestClient(create_app(Settings(bundle=copy, public_key=pub,
+                                        api_key=SecretStr(KEY["X-API-Key"])))) as c:
+        (copy / "MODEL_CARD.md").write_text("# edited after start-up\n")
+        r = c.get("/model-card", headers=KEY)
+        assert r.status_code == 200 and r.text == card  # what was verified, not the disk
+        assert c.get("/model", headers=KEY).json()["metrics_with_ci"]

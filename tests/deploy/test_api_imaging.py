@@ -163,3 +163,39 @@ def test_concurrent_explanations_and_predictions_do_not_mix(image_run):
             np.testing.assert_allclose(r, heat[i % 6], atol=1e-5)
         else:
             assert r == pytest.approx(probs[i % 6])
+
+
+def _dicom_declaring(rows: int, columns: int, frames: int = 1) -> bytes:
+    """The real CT file with its header's dimensions changed (the pixel data is not)."""
+    import pydicom
+
+    ds = pydicom.dcmread(CT)
+    ds.Rows, ds.Columns = rows, columns
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def _jpeg(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("blob, declared", [
+    (lambda: _jpeg(300), "300 x 300 = 90000 pixels"),
+    (lambda: _dicom_declaring(4096, 4096), "4096 x 4096 x 1 = 16777216 pixels"),
+    (lambda: _dicom_declaring(128, 128, frames=8), "128 x 128 x 8 = 131072 pixels"),
+])
+def test_an_image_over_the_decoding_budget_is_413_naming_its_declared_size(image_run, blob,
+                                                                           declared):
+    # 1 MiB at 40 bytes per pixel: 26214 pixels, so the 128 x 128 CT itself is admitted.
+    with _client(image_run[0], decode_budget_mb=1) as client:
+        r = client.post("/predict", files=_files(open(CT, "rb").read(), blob()), headers=KEY)
+        assert r.status_code == 413, r.text
+        assert r.json()["field"] == "files[1]" and declared in r.json()["detail"]
+        assert "at most 26214 pixels" in r.json()["detail"]
+        assert client.post("/predict", files=_files(open(CT, "rb").read()),
+                           headers=KEY).status_code == 200

@@ -1,4 +1,7 @@
-"""What is being served: version, schema, metrics, privacy, and the model card."""
+"""What is being served: version, schema, metrics, privacy, and the model card.
+
+The report and card come from ``app.state.attachments``: read once at start-up and, with a
+verification key, only those the bundle's signature covers (``served_attachments``)."""
 
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ router = APIRouter(tags=["model"])
 
 def _report_figures(request: Request) -> dict | None:
     """Pooled and per-site headline metrics with 95% CIs, from the run's report.json."""
-    path = request.app.state.run_dir / "report.json"
-    if not path.is_file():
+    data = request.app.state.attachments.get("report.json")
+    if data is None:
         return None
     try:
-        report = json.loads(path.read_text())
+        report = json.loads(data)
         return {p["name"]: {k: {"value": v["value"], "ci": v["ci"],
                                 "suppressed": v["suppressed"], "estimated": v["estimated"]}
                             for k, v in p["metrics"].items()}
@@ -51,8 +54,13 @@ def describe(request: Request, model: ModelDep) -> dict:
 
 @router.get("/model-card", response_class=PlainTextResponse)
 def model_card(request: Request) -> str:
-    """The run's ``MODEL_CARD.md`` as Markdown text; 404 when the run has none."""
-    card = request.app.state.run_dir / "MODEL_CARD.md"
-    if not card.is_file():
-        raise HTTPException(status_code=404, detail="this run has no MODEL_CARD.md")
-    return card.read_text()
+    """The run's ``MODEL_CARD.md`` as Markdown text; 404 when the run has none, or when a
+    verification key is configured and the bundle's signature does not cover it."""
+    card = request.app.state.attachments.get("MODEL_CARD.md")
+    if card is not None:
+        return card.decode("utf-8", errors="replace")
+    if (request.app.state.run_dir / "MODEL_CARD.md").is_file():
+        raise HTTPException(status_code=404, detail="MODEL_CARD.md is not covered by the "
+                            "bundle's signature, so it is not served; sign the run again "
+                            "(`medfl sign RUN KEY`) after its reports are written")
+    raise HTTPException(status_code=404, detail="this run has no MODEL_CARD.md")

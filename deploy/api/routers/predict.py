@@ -3,7 +3,9 @@
 A tabular model takes ``application/json`` records; an imaging model takes
 ``multipart/form-data`` uploads (one or more ``files`` fields: PNG, JPEG, DICOM or NIfTI).
 The body is parsed here (not by FastAPI's signature) so that one path serves both; the
-CPU-bound work runs in the threadpool, off the event loop.
+CPU-bound work runs in the threadpool, off the event loop. Images are admitted by their
+headers' declared size before any is decoded (413 past ``decode_budget_mb``), and decoded
+in one of ``max_concurrent_decodes`` slots (503 after ``decode_wait_s`` without one).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from deploy.api.deps import ModelDep
+from deploy.api.deps import ModelDep, decode_slot
 from deploy.api.schemas import (
     ExplainResponse,
     ImageExplainResponse,
@@ -27,6 +29,7 @@ from deploy.api.schemas import (
     PredictResponse,
 )
 from medfl.serving import TabularModel
+from medfl.serving.admission import admit_images
 
 router = APIRouter(tags=["predict"])
 
@@ -105,6 +108,19 @@ async def _images(request: Request) -> list[bytes]:
     return blobs
 
 
+async def _on_images(request: Request, method: Any) -> list[dict[str, Any]]:
+    """Read the uploads, then in a decoding slot: admit them by their headers, decode and
+    run ``method`` (``model.predict`` or ``model.explain``) in the threadpool."""
+    blobs = await _images(request)
+    budget = request.app.state.settings.decode_budget_mb << 20
+
+    def run() -> list[dict[str, Any]]:
+        return method(admit_images(blobs, budget_bytes=budget))
+
+    async with decode_slot(request):
+        return await run_in_threadpool(run)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -119,7 +135,7 @@ async def predict(request: Request, model: ModelDep) -> dict:
     if isinstance(model, TabularModel):
         out = await run_in_threadpool(model.predict, await _records(request))
     else:
-        out = await run_in_threadpool(model.predict, await _images(request))
+        out = await _on_images(request, model.predict)
         for o in out:
             o.pop("mask", None)  # the RLE carries it
     return {"predictions": out, "threshold": model.threshold, "model_version": model.version}
@@ -134,7 +150,7 @@ async def explain(request: Request, model: ModelDep) -> dict:
     if isinstance(model, TabularModel):
         out = await run_in_threadpool(model.explain, await _records(request))
         return {"explanations": out, "model_version": model.version}
-    out = await run_in_threadpool(model.explain, await _images(request))
+    out = await _on_images(request, model.explain)
     return {"explanations": [{"shape": o["shape"], "heatmap_png": _b64(o["heatmap_png"]),
                               "overlay_png": _b64(o["overlay_png"])} for o in out],
             "model_version": model.version}
