@@ -126,8 +126,8 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
         assert status[fed.node_ids["cleveland"]] == "online"
         # the CLI without TLS cannot talk to the SuperLink
         (fed.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "plain"\n\n[superlink.plain]\naddress = "{fed.address}"\n'
-            'insecure = true\n')
+            '[superlink]\ndefault = "plain"\n\n[superlink.plain]\n'
+            f'address = "{fed.control_address}"\ninsecure = true\n')
         plain = fed.flwr("run", str(Path(__file__).resolve().parents[2]), "plain")
         assert plain.returncode != 0
         assert "unavailable" in (plain.stdout + plain.stderr).lower()
