@@ -5,13 +5,11 @@ before unpacking or importing it."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

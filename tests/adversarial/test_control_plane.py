@@ -1,10 +1,11 @@
 """The coordinator's control plane: only the operator on the SuperLink's host submits runs
 and registers sites. A real TLS SuperLink started by deploy/start-superlink.sh; an outsider
 holds the consortium's CA certificate (public) and an EC key of its own, and reaches the
-address the SuperNodes use (marked slow: real processes, ~15 s)."""
+address the SuperNodes use (the deployment test is marked slow: real processes)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -18,8 +19,44 @@ import pytest
 
 from medfl.deployment import certs
 from medfl.deployment.local import ROOT, free_port, stop_tree
+from medfl.errors import MedflError
+from medfl.federation.superlink import FleetOnly, check_loopback, fleet_paths
 
-pytestmark = pytest.mark.slow
+
+def _status(app: FleetOnly, path: str) -> int:
+    """The HTTP status ``app`` answers a POST to ``path`` with."""
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": path}, receive, send))
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+def test_the_sites_listener_answers_only_the_fleet_api():
+    async def flower(scope, receive, send):  # stands for Flower's whole SuperLink app
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = FleetOnly(flower, fleet_paths())
+    assert _status(app, "/v1/fleet/pull-messages") == 200
+    assert _status(app, "/v1/fleet/register-node") == 200  # a registered key's session
+    for path in ("/v1/control/register-node", "/v1/control/start-run",
+                 "/v1/runtime/push-messages", "/v1/fleet/../control/start-run",
+                 "/v1/fleet", "/docs", "/openapi.json", "//v1/control/start-run"):
+        assert _status(app, path) == 404, path
+
+
+def test_the_control_api_may_not_listen_on_a_network_address():
+    for host in ("0.0.0.0", "::", "203.0.113.10", "fl.example.org"):
+        with pytest.raises(MedflError, match="must listen on a loopback address"):
+            check_loopback(host)
+    check_loopback("127.0.0.1")
+    check_loopback("::1")
 
 
 def _listening(port: int) -> list[str]:
@@ -70,6 +107,7 @@ def _wait_listening(port: int, proc: subprocess.Popen, log: Path) -> None:
     raise AssertionError(f"the SuperLink did not listen on {port}: {log.read_text()[-3000:]}")
 
 
+@pytest.mark.slow
 def test_an_outsider_with_the_ca_cannot_register_a_site_or_submit_a_run(tmp_path):
     folder = tmp_path / "certs"
     certs.init_ca(folder)
