@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -168,15 +169,21 @@ def test_a_site_refuses_a_modified_app_and_trains_the_approved_one(tmp_path, mon
     out = tmp_path / "out"
     with LocalFederation(tmp_path / "fed", sites=("cleveland",)) as fed:
         fed.start()  # builds, signs and approves this project's FAB at the site
-        refused = fed.flwr("run", str(tampered), "medfl", "--stream", "--run-config",
-                           f"{TINY} output-dir='{out}' run-name='tampered' "
-                           "strategy.min-nodes=1", timeout=300)
-        assert not marker.exists()
-        assert "not approved at this site" in refused.stdout + refused.stderr, \
-            (refused.stdout + refused.stderr)[-3000:]
-        assert not (out / "tampered" / "summary.json").exists()
-        ok = fed.run(f"{TINY} output-dir='{out}' run-name='approved'", timeout=300)
+        # both runs at once (the site answers each): the modified app's, then the approved
+        args = fed.run_args(f"{TINY} output-dir='{out}' run-name='tampered'")
+        args[args.index(str(ROOT))] = str(tampered)  # `flwr run <the modified project>`
+        with open(tmp_path / "tampered.log", "w") as log:
+            refused = subprocess.Popen(args, env=fed.env(), cwd=fed.workdir, stdout=log,
+                                       stderr=subprocess.STDOUT)
+            try:
+                ok = fed.run(f"{TINY} output-dir='{out}' run-name='approved'", timeout=300)
+                refused.wait(timeout=300)
+            finally:
+                refused.kill()
         assert ok.returncode == 0, (ok.stdout + ok.stderr)[-3000:]
+    assert not marker.exists()
+    reply = (tmp_path / "tampered.log").read_text()
+    assert "not approved at this site" in reply, reply[-3000:]
+    assert not (out / "tampered" / "summary.json").exists()
     summary = json.loads((out / "approved" / "summary.json").read_text())
     assert [s["rounds_trained"] for s in summary["sites"]] == [1]
-    assert not marker.exists()
