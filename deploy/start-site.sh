@@ -5,8 +5,10 @@
 #   CA_CERT            the federation's CA certificate       (default /keys/ca.crt)
 #   SITE_KEY           this site's private key (0600)         (default /keys/site.key)
 #   DATA_PATH          this site's data: a folder (heart disease) or a CSV (default /data)
-#   STATE_DIR          privacy ledger and DP state, writable (default /state)
+#   STATE_DIR          privacy ledger, DP state and the approved apps, writable (default /state)
 #   MAX_EPSILON, MIN_K, LIFETIME_EPSILON   this site's own privacy policy
+# Only app code this site approved runs here (`medfl site approve`, deploy/README.md): a
+# task for any other app bundle is refused before its code is unpacked.
 # Stop it with Ctrl-C or `docker stop`; it exits 1 (Flower code 305) if the SuperLink
 # refuses its key or it cannot verify the SuperLink's certificate.
 set -eu
@@ -14,7 +16,7 @@ set -eu
 : "${SUPERLINK:?set SUPERLINK to host:port of the SuperLink}"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_TELEMETRY_ENABLED=0 \
     FLWR_DISABLE_UPDATE_CHECK=1
-exec flower-supernode \
+exec medfl site supernode --state-dir "${STATE_DIR:-/state}" \
     --superlink "$SUPERLINK" \
     --root-certificates "${CA_CERT:-/keys/ca.crt}" \
     --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \

@@ -1,7 +1,8 @@
 """The ``medfl`` command line (typer + rich).
 
 This module assembles the app: the run commands (``medfl.commands.runs``), the serving
-commands (``medfl.commands.serving``), the privacy officer's ``budget`` and ``audit`` (here)
+commands (``medfl.commands.serving``), the app-approval and launcher commands
+(``medfl.commands.apps``), the privacy officer's ``budget`` and ``audit`` (here)
 and the deployment commands (``medfl.deployment.cli``). No command module imports this one.
 """
 
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 import medfl
-from medfl.commands import runs, serving
+from medfl.commands import apps, runs, serving
 from medfl.commands.display import format_epsilon as _eps
 from medfl.commands.display import format_value as _fmt
 from medfl.deployment import cli as deployment
@@ -141,6 +142,9 @@ for _command in (runs.report, runs.show, budget, audit, serving.serve, serving.p
     app.command()(_command)
 app.add_typer(deployment.certs_app, name="certs")
 app.command("local-federation")(deployment.local_federation)
+app.add_typer(apps.app_app, name="app")
+app.add_typer(apps.site_app, name="site")
+app.command("superlink", context_settings=apps.PASS_THROUGH)(apps.superlink)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,22 @@ def certs_add_site(
                f"{keys.public_key} <connection>)")
 
 
+@certs_app.command("app-key")
+def certs_app_key(
+    directory: Annotated[Path, typer.Argument(help="the operator's folder for CA and keys")],
+    force: Annotated[bool, typer.Option(help="replace the existing app-signing key")] = False,
+) -> None:
+    """Create the consortium's Ed25519 app-signing key: sites approve only apps it signed."""
+    from medfl.site.approval import generate_app_key
+
+    try:
+        priv, pub = generate_app_key(directory, force=force)
+    except MedflError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"app-signing key: {priv} (the operator only: medfl app build --sign-key)\n"
+               f"public key:      {pub} (to every site: medfl site approve --publisher-key)")
+
+
 def local_federation(
     workdir: Annotated[Path | None, typer.Option(
         help="folder for certificates, logs, site folders and outputs (default: a new "

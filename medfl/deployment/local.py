@@ -8,11 +8,12 @@ everything it started, on exit, on error and on Ctrl-C.
 
 Layout of ``workdir``::
 
-    certs/                  CA, SuperLink certificate, sites/<site>.key|.pub (medfl certs)
+    certs/                  CA, SuperLink certificate, site keys, app-signing key pair
+    app/medfl-app.fab(.sig) the app bundle `flwr run` submits, signed (medfl app build)
     superlink/              the SuperLink's database and log
     flwr-home/config.toml   the CLI's connection: address + the CA to verify it
     sites/<site>/data/      what that hospital holds (a copy of its own file only)
-    sites/<site>/state/     its privacy ledger and DP state (node-config site-dir)
+    sites/<site>/state/     its privacy ledger, DP state and approved apps (site-dir)
     sites/<site>/supernode.log
 """
 
@@ -120,21 +121,29 @@ class LocalFederation:
     workdir: Path
     sites: Sequence[str] = ("cleveland", "hungarian", "switzerland", "va")
     port: int = 0
+    control_port: int = 0
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir).resolve()
         self.port = self.port or free_port()
+        self.control_port = self.control_port or free_port()
         self.certs = self.workdir / "certs"
         self.flwr_home = self.workdir / "flwr-home"
+        self.fab = self.workdir / "app" / "medfl-app.fab"  # what every site approves
 
     # --- environment ----------------------------------------------------------------------
 
     @property
     def address(self) -> str:
-        """The SuperLink's address."""
+        """The SuperLink's address for the SuperNodes (Fleet API only)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """The operator's address (Control API, loopback only): the flwr CLI's."""
+        return f"127.0.0.1:{self.control_port}"
 
     def env(self) -> dict[str, str]:
         """The Flower processes' environment: this federation's Flower home, no telemetry,
@@ -159,10 +168,25 @@ class LocalFederation:
                 certs.add_site(self.certs, site, force=True)
             self.site_dir(site).joinpath("state").mkdir(parents=True, exist_ok=True)
             self._copy_site_data(site)
+        self._approve_app()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\nroot-certificates = "{self.certs / certs.CA_CERT}"\n')
+            f'address = "{self.control_address}"\n'
+            f'root-certificates = "{self.certs / certs.CA_CERT}"\n')
+
+    def _approve_app(self) -> None:
+        """The operator signs this project's app bundle; every site approves it."""
+        from medfl.federation.fab import write_fab
+        from medfl.site import approval
+
+        if not (self.certs / approval.APP_KEY).exists():
+            approval.generate_app_key(self.certs, force=True)
+        write_fab(ROOT, self.fab)
+        signature = approval.sign_fab(self.fab, self.certs / approval.APP_KEY)
+        for site in self.sites:
+            approval.approve(self.site_dir(site) / "state", self.fab, signature=signature,
+                             public_key=self.certs / approval.APP_PUB)
 
     def site_dir(self, site: str) -> Path:
         """One hospital's folder (its data and its state)."""
@@ -189,13 +213,16 @@ class LocalFederation:
         return proc
 
     def start_superlink(self, *, timeout: float = 60.0) -> None:
-        """Start the TLS SuperLink (site authentication on) and wait until it listens."""
+        """Start the TLS SuperLink (site authentication on) as deploy/start-superlink.sh
+        does: the Fleet API on ``port``, the Control API on loopback ``control_port``; wait
+        until both listen."""
         c = self.certs
         self._spawn("superlink", [
-            flower_bin("flower-superlink"), "--ssl-ca-certfile", str(c / certs.CA_CERT),
+            sys.executable, "-m", "medfl.cli", "superlink", "--fleet-address", self.address,
+            "--ssl-ca-certfile", str(c / certs.CA_CERT),
             "--ssl-certfile", str(c / certs.SERVER_CERT),
             "--ssl-keyfile", str(c / certs.SERVER_KEY), "--enable-supernode-auth",
-            "--host", "127.0.0.1", "--port", str(self.port),
+            "--host", "127.0.0.1", "--port", str(self.control_port),
             "--database", str(self.workdir / "superlink" / "state.db"),
             "--disable-runtime-dependency-installation",
         ], self.workdir / "superlink" / "superlink.log")
@@ -205,8 +232,9 @@ class LocalFederation:
                 raise MedflError("the SuperLink exited at start; see "
                                  f"{self.workdir / 'superlink' / 'superlink.log'}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                for port in (self.control_port, self.port):
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
             except OSError:
                 time.sleep(0.5)
         raise MedflError(f"the SuperLink did not listen on port {self.port} within {timeout} s")
@@ -245,10 +273,13 @@ class LocalFederation:
 
     def start_supernode(self, site: str, *, key: Path | None = None, ca: bool = True,
                         name: str | None = None) -> subprocess.Popen:
-        """One hospital's SuperNode (own key, own data folder, own state folder)."""
+        """One hospital's SuperNode (own key, own data folder, own state folder), started
+        as deploy/start-site.sh does: through the site launcher, which runs only the apps
+        the site approved."""
         name = name or site
         verify = ["--root-certificates", str(self.certs / certs.CA_CERT)] if ca else []
-        cmd = [flower_bin("flower-supernode"), "--superlink", self.address, *verify,
+        cmd = [sys.executable, "-m", "medfl.cli", "site", "supernode", "--state-dir",
+               str(self.site_dir(site) / "state"), "--superlink", self.address, *verify,
                "--auth-supernode-private-key",
                str(key or certs.site_keys(self.certs, site).private_key),
                "--port", str(free_port()), "--node-config", self.node_config(site)]

@@ -119,15 +119,20 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
         assert "CERTIFICATE_VERIFY_FAILED" in (fed.site_dir("cleveland") / "no-ca.log").read_text()
         # a registered site connects and stays up
         ok = fed.start_supernode("cleveland")
-        time.sleep(8)
+
+        def online() -> bool:
+            listing = fed.flwr("supernode", "list", "medfl", "--format", "json")
+            nodes = json.loads(listing.stdout)["nodes"]
+            return {int(n["node-id"]): n["status"] for n in nodes}.get(
+                fed.node_ids["cleveland"]) == "online"
+
+        _wait_for(online, timeout=120, what="the registered site to be online")
+        time.sleep(3)
         assert ok.poll() is None
-        listing = fed.flwr("supernode", "list", "medfl", "--format", "json")
-        status = {int(n["node-id"]): n["status"] for n in json.loads(listing.stdout)["nodes"]}
-        assert status[fed.node_ids["cleveland"]] == "online"
         # the CLI without TLS cannot talk to the SuperLink
         (fed.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "plain"\n\n[superlink.plain]\naddress = "{fed.address}"\n'
-            'insecure = true\n')
+            '[superlink]\ndefault = "plain"\n\n[superlink.plain]\n'
+            f'address = "{fed.control_address}"\ninsecure = true\n')
         plain = fed.flwr("run", str(Path(__file__).resolve().parents[2]), "plain")
         assert plain.returncode != 0
         assert "unavailable" in (plain.stdout + plain.stderr).lower()
