@@ -87,9 +87,9 @@ def test_check_refuses_past_the_limit_naming_spent_requested_and_limit(tmp_path)
     spent = _eps(H1)
     with pytest.raises(PrivacyBudgetExceeded, match=rf"spent ε={spent:.3f}.*limit "
                                                     r"privacy.lifetime-epsilon=3.5"):
-        ledger.check(run_id=2, history_after=H2, delta=1e-3, accountant="rdp", limit=3.5)
+        ledger.check(spend=H2, delta=1e-3, accountant="rdp", limit=3.5)
     # no limit: never refuses
-    ledger.check(run_id=2, history_after=H2 * 50, delta=1e-3, accountant="rdp", limit=0.0)
+    ledger.check(spend=H2 * 50, delta=1e-3, accountant="rdp", limit=0.0)
 
 
 def test_a_round_without_dp_makes_the_lifetime_infinite(tmp_path):
