@@ -183,3 +183,26 @@ def test_budget_command_on_a_damaged_ledger_says_so(tmp_path):
     result = CliRunner().invoke(cli, ["budget", str(tmp_path)])
     assert result.exit_code == 2
     assert "unreadable" in result.output
+
+
+def test_a_ledger_written_before_spends_were_kept_still_counts_and_continues(tmp_path):
+    """Old entries (cumulative histories, no ``spend``) stay valid; an attempt reserved
+    after them adds its own spend, whatever run key it carries."""
+    from medfl.privacy.ledger import Attempt
+
+    ledger = Ledger.open(tmp_path, "va")
+    _append(ledger, 1, 1, "trained", [(1.2, 0.1, 25)])
+    _append(ledger, 1, 2, "trained", H1)  # the old format: supersedes round 1
+    attempt = Attempt(run_id=1, run_tag="run-1-abc", server_round=3, status="reserved",
+                      delta=1e-4, site_delta=1e-3, accountant="rdp", limit=0.0)
+    after = Ledger.open(tmp_path, "va").reserve(
+        attempt, lambda before: ([(1.5, 0.2, 30)], 1.0), fallback=[])
+    assert after == [(1.5, 0.2, 30)]
+    again = Ledger.open(tmp_path, "va")
+    assert again.lifetime_epsilon(delta=1e-3, accountant="rdp") == pytest.approx(
+        _eps(H1, [(1.5, 0.2, 30)]))
+    # the same run key again, from another run: composed, never folded into the first
+    Ledger.open(tmp_path, "va").reserve(
+        attempt, lambda before: ([(1.5, 0.2, 30)], 1.0), fallback=[])
+    assert Ledger.open(tmp_path, "va").lifetime_epsilon(delta=1e-3, accountant="rdp") == \
+        pytest.approx(_eps(H1, [(1.5, 0.2, 60)]))
