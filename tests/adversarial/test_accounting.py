@@ -101,12 +101,12 @@ def _rdp(releases: list[tuple[float, float, int]], delta: float) -> float:
     return acc.get_epsilon(delta=delta)
 
 
-def _release(reply: Message, batch_size: int) -> tuple[float, float, int]:
+def _release(reply: Message, batch_size: int, epochs: int = 1) -> tuple[float, float, int]:
     """The mechanism one train reply released: its σ and q, and one round's steps
-    (one epoch of ceil(n / batch) Poisson steps)."""
+    (``epochs`` epochs of ceil(n / batch) Poisson steps)."""
     m = reply.content.metric_records["metrics"]
     return (float(m["noise-multiplier"]), float(m["sample-rate"]),
-            math.ceil(int(m["num-examples"]) / batch_size))
+            epochs * math.ceil(int(m["num-examples"]) / batch_size))
 
 
 def _ledger_eps(site_dir: Path) -> float:
@@ -145,23 +145,28 @@ def test_a_row_dependent_non_finite_loss_is_no_oracle_and_every_probe_is_spent(t
 
 # --- races --------------------------------------------------------------------------------
 
-def test_concurrent_runs_sharing_a_run_key_compose_and_stay_within_the_limit(tmp_path):
-    """Eight runs at once (distinct Flower runs, one run key the server chose): every
-    release that left is composed in the ledger, and the lifetime limit holds."""
+@pytest.mark.parametrize("shared_key", [True, False], ids=["one-run-key", "distinct-keys"])
+def test_concurrent_runs_compose_every_release_and_stay_within_the_limit(tmp_path,
+                                                                         shared_key):
+    """Eight runs at once (distinct Flower runs; one run key the server chose, or one
+    each): every release that left is composed in the ledger, and the lifetime limit
+    holds although every run was checked while the others were training."""
     limit = 1.5
-    raw = _raw(num_server_rounds=10)
+    # rounds long enough that every run is checked while the others are still training
+    raw = _raw(num_server_rounds=10, train__local_epochs=3, train__batch_size=32)
     node = _node(tmp_path / "site", **{"lifetime-epsilon": limit})
     base = _weights(raw)
 
     def one(i: int) -> Message:
         sent = {k: v + 1e-3 * i for k, v in base.items()}  # eight distinct requests
-        return _send(raw, node, _train_message(sent, run_key=77), run_id=100 + i)
+        key = 77 if shared_key else 200 + i
+        return _send(raw, node, _train_message(sent, run_key=key), run_id=100 + i)
 
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(one, range(8)))
     ok = [r for r in replies if not r.has_error()]
     refused = [r for r in replies if r.has_error()]
-    left = _rdp([_release(r, 128) for r in ok], SITE_DELTA)
+    left = _rdp([_release(r, 32, epochs=3) for r in ok], SITE_DELTA)
     recorded = _ledger_eps(tmp_path / "site")
     assert recorded >= left * (1 - 1e-9)
     assert left <= limit and recorded <= limit
