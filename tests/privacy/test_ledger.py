@@ -206,3 +206,20 @@ def test_a_ledger_written_before_spends_were_kept_still_counts_and_continues(tmp
         attempt, lambda before: ([(1.5, 0.2, 30)], 1.0), fallback=[])
     assert Ledger.open(tmp_path, "va").lifetime_epsilon(delta=1e-3, accountant="rdp") == \
         pytest.approx(_eps(H1, [(1.5, 0.2, 60)]))
+
+
+def test_budget_command_reads_reserved_spends_at_the_sites_delta(tmp_path):
+    from medfl.privacy.ledger import Attempt
+
+    for key in (1, 2):
+        attempt = Attempt(run_id=key, run_tag=f"run-{key}-abc", server_round=1,
+                          status="reserved", delta=1e-5, site_delta=1e-3, accountant="rdp",
+                          limit=5.0)
+        Ledger.open(tmp_path, "va").reserve(attempt, lambda before: (H1, _eps(H1, delta=1e-5)),
+                                            fallback=[])
+    result = CliRunner().invoke(cli, ["budget", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["delta"] == 1e-3
+    assert data["lifetime_epsilon"] == pytest.approx(_eps(H1, H1, delta=1e-3))
+    assert [r["rounds_trained"] for r in data["runs"]] == [1, 1]
