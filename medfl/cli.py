@@ -47,7 +47,8 @@ def budget(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     last = ledger.entries[-1] if ledger.entries else None
-    delta = last["delta"] if last else None
+    # the site's δ, which the ledger composes at (entries before it was kept: the run's)
+    delta = last.get("site_delta", last["delta"]) if last else None
     total = (ledger.lifetime_epsilon(delta=delta, accountant=last["accountant"])
              if last else 0.0)
     limit = last["lifetime_limit"] if last else None

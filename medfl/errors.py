@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["MedflError", "ConfigError", "DataError", "PrivacyBudgetExceeded", "BundleError"]
+__all__ = ["MedflError", "ConfigError", "DataError", "PrivacyBudgetExceeded", "BundleError",
+           "AttemptFailed"]
 
 
 class MedflError(Exception):
@@ -23,3 +24,15 @@ class PrivacyBudgetExceeded(MedflError):
 
 class BundleError(MedflError, ValueError):
     """A model bundle is incomplete, tampered with, or does not match its manifest."""
+
+
+class AttemptFailed(MedflError):
+    """An attempt failed after its privacy spend was reserved.
+
+    Its message is one fixed text: whatever failed, nothing about the data may leave."""
+
+    MESSAGE = ("the attempt failed after its privacy spend was reserved; the spend stays "
+               "in the site's ledger (details are in the site's own log)")
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)

@@ -77,7 +77,8 @@ class TrainResult:
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                  epochs: int, device: torch.device,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 proximal_mu: float = 0.0) -> TrainResult:
+                 proximal_mu: float = 0.0,
+                 before_step: Callable[[], None] | None = None) -> TrainResult:
     """Run ``epochs`` passes of training; one optimizer step per batch.
 
     ``criterion(logits, targets)`` defaults to binary cross-entropy on one logit.
@@ -90,6 +91,11 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     Works with plain and Opacus-wrapped model/optimizer/loader. Under Poisson sampling a
     batch may be empty: the step is still taken (Opacus adds noise and the accountant
     counts it), with a zero loss.
+
+    ``before_step`` runs between each ``backward()`` and ``optimizer.step()``; under DP it
+    drops non-finite per-sample gradients (:func:`medfl.privacy.dp.drop_nonfinite_samples`),
+    and a non-finite loss is then no error: the loss stays at the site, and a round must
+    not fail or succeed depending on a row's value. Without it a non-finite loss raises.
     """
     model.train()
     if criterion is None:
@@ -107,6 +113,8 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
             logits = model(xb)
             loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             if anchors:
                 pull = optimizer.param_groups[0]["lr"] * proximal_mu
@@ -114,11 +122,11 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
                     for p, a in zip(params, anchors, strict=True):
                         p.sub_(pull * (p - a))
             steps += 1
-            if len(yb):
+            if len(yb) and (before_step is None or math.isfinite(float(loss.item()))):
                 loss_sum += float(loss.item()) * len(yb)
                 loss_n += len(yb)
     mean_loss = loss_sum / loss_n if loss_n else math.nan
-    if not math.isfinite(mean_loss) and loss_n:
+    if not math.isfinite(mean_loss) and loss_n and before_step is None:
         raise FloatingPointError("training loss is not finite; lower train.lr")
     return TrainResult(steps=steps, mean_loss=mean_loss)
 

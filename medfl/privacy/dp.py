@@ -203,6 +203,31 @@ def _contiguous_conv_grads(model: nn.Module) -> None:
             module.register_forward_hook(lambda _m, _i, out: _ContiguousGrad.apply(out))
 
 
+def drop_nonfinite_samples(optimizer: optim.Optimizer) -> None:
+    """Zero the per-sample gradients of every sample whose gradient is not finite.
+
+    Called between ``backward()`` and Opacus' ``optimizer.step()``: a sample whose loss or
+    gradient overflows (weights a server crafted to probe a row's value) then adds nothing
+    to the clipped sum, and the step still adds the noise, so a failing row changes only a
+    noised update, never whether the round answers. Zeroing a sample's gradient is within
+    the mechanism: clipping already allows any per-sample gradient of norm up to C.
+    """
+    params = [p for p in getattr(optimizer, "params", [])
+              if getattr(p, "grad_sample", None) is not None]
+    flats = [torch.cat(p.grad_sample, dim=0) if isinstance(p.grad_sample, list)
+             else p.grad_sample for p in params]
+    if not flats or len(flats[0]) == 0:
+        return
+    bad = torch.zeros(len(flats[0]), dtype=torch.bool, device=flats[0].device)
+    for g in flats:
+        bad |= ~torch.isfinite(g.reshape(len(g), -1)).all(dim=1).to(bad.device)
+    if not bool(bad.any()):
+        return
+    for p, g in zip(params, flats, strict=True):
+        p.grad_sample = torch.where(bad.to(g.device).reshape(-1, *[1] * (g.ndim - 1)),
+                                    torch.zeros_like(g), g)
+
+
 @dataclass(frozen=True)
 class DPPlan:
     """What a site decided, once, for the whole run.

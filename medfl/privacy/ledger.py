@@ -1,24 +1,34 @@
-"""A site's lifetime privacy ledger: every training round's spend, across runs.
+"""A site's lifetime privacy ledger: every release's spend, across runs.
 
-One JSON file per site (``<site-dir>/privacy-ledger.json``). Each entry records a round
-of one run: the run's cumulative accountant history after that round, its ε and δ, the
-accountant, the time, and whether the round was trained or refused. Entries are chained
-by sha256 (each names the previous entry's hash) and the file is rewritten atomically,
-so a crash mid-write leaves the previous ledger intact and an edited ledger is refused,
-never silently reset.
+One JSON file per site (``<site-dir>/privacy-ledger.json``). Every attempt that reads
+training rows under DP (a training round, a noised feature-moment release) is *reserved*
+here before it runs (:meth:`Ledger.reserve`): under an exclusive lock on
+``privacy-ledger.json.lock`` the ledger is re-read and verified, the lifetime ε with this
+attempt composed is checked against the limit, and the entry is appended before the lock
+is released. The entry stays whatever happens next (an exception, a crash, a kill): an
+attempt is spent when it is reserved, never rolled back.
 
-Lifetime ε composes every distinct release history (each run's cumulative history, plus
-any earlier history a run lost by restarting) with the same accountant at the current δ:
-sound, and tighter than adding the ε's. The chain detects an edited, reordered or removed
-entry; removing the *last* entries cannot be detected without an outside anchor.
+Each entry records its own ``spend`` (the accountant history of this attempt alone), the
+run's cumulative ``history`` after it, its ε at the run's δ, and the site's δ. Entries are
+chained by sha256 (each names the previous entry's hash) and the file is rewritten
+atomically, so a crash mid-write leaves the previous ledger intact and an edited ledger is
+refused, never silently reset.
+
+Lifetime ε composes every entry's spend, whatever run key the server sent, with the same
+accountant at the *site's* δ. Entries written before spends were recorded (no ``spend``
+key) hold cumulative histories: the last history of each run, and any earlier history a
+run lost by restarting, are composed as before. The chain detects an edited, reordered or
+removed entry; removing the *last* entries cannot be detected without an outside anchor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +36,7 @@ from typing import Any
 
 from medfl.errors import DataError, PrivacyBudgetExceeded
 from medfl.io import atomic_write_json
-from medfl.privacy.dp import History, epsilon_from_history
+from medfl.privacy.dp import History, epsilon_from_history, extend_history
 
 LEDGER_FILE = "privacy-ledger.json"
 FORMAT = "medfl-privacy-ledger/1"
@@ -108,9 +118,10 @@ class Ledger:
     # --- reading ---------------------------------------------------------------------
 
     def segments(self) -> tuple[list[History], dict[int, History]]:
-        """Every distinct release history: finished ones, and each run's current one.
+        """Every distinct release history of the entries written before spends were
+        recorded (no ``spend`` key): finished ones, and each run's current one.
 
-        A run's entries are cumulative, so each one supersedes the previous when it
+        Those entries are cumulative, so each one supersedes the previous when it
         continues it. When it does not (the node restarted and lost its state, or a run
         id was reused), the earlier history is kept as a finished segment: what left the
         site then is still spent. Refused and released entries count too.
@@ -119,7 +130,7 @@ class Ledger:
         current: dict[int, History] = {}
         for e in self.entries:
             history = [tuple(h) for h in e["history"]]
-            if e["status"] == "no-dp" or not history:
+            if "spend" in e or e["status"] == "no-dp" or not history:
                 continue
             run = e["run_id"]
             if run in current and not _extends(current[run], history):
@@ -127,70 +138,106 @@ class Ledger:
             current[run] = history
         return closed, current
 
-    def lifetime_epsilon(self, *, delta: float, accountant: str, run_id: int | None = None,
+    def spends(self) -> list[History]:
+        """The spend of every entry that records one: each attempt on its own."""
+        return [[(float(s), float(q), int(n)) for s, q, n in e["spend"]]
+                for e in self.entries if e.get("spend")]
+
+    def run_history(self, run_tag: str, fallback: History) -> History:
+        """The run's cumulative history after its last recorded attempt (``run_tag``
+        names the run's DP state), else ``fallback`` (the run's own saved state)."""
+        for e in reversed(self.entries):
+            if "spend" in e and e.get("run_tag") == run_tag:
+                return [(float(s), float(q), int(n)) for s, q, n in e["history"]]
+        return list(fallback)
+
+    def lifetime_epsilon(self, *, delta: float, accountant: str,
                          extra: History | None = None) -> float:
-        """ε of every recorded release composed, plus ``extra`` (what run ``run_id`` would
-        have released after a round about to run; it supersedes that run's current
-        history when it continues it)."""
+        """ε at ``delta`` of every recorded release composed, plus ``extra`` (the spend
+        of an attempt about to be reserved)."""
         if any(e["status"] == "no-dp" for e in self.entries):
             return math.inf  # a round trained without DP has no finite ε
         closed, current = self.segments()
-        histories = list(closed)
-        for run, history in current.items():
-            if not (run == run_id and extra is not None and _extends(history, extra)):
-                histories.append(history)
-        if extra:
-            histories.append(list(extra))
+        histories = [*closed, *current.values(), *self.spends(), list(extra or [])]
         return epsilon_from_history([h for hist in histories for h in hist], delta=delta,
                                     accountant=accountant)
 
-    def check(self, *, run_id: int, history_after: History, delta: float, accountant: str,
-              limit: float) -> None:
-        """Refuse (``PrivacyBudgetExceeded``) if this run's history becoming
-        ``history_after`` would take the lifetime ε past ``limit``.
+    def check(self, *, spend: History, delta: float, accountant: str, limit: float) -> None:
+        """Refuse (``PrivacyBudgetExceeded``) if ``spend`` composed with every recorded
+        release would take the lifetime ε at ``delta`` past ``limit``.
 
         ``limit`` <= 0 or infinite means no lifetime limit (simulation default).
         """
         if not 0 < limit < math.inf:
             return
-        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, run_id=run_id,
-                                    extra=history_after)
+        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, extra=spend)
         if eps > limit:
             spent = self.lifetime_epsilon(delta=delta, accountant=accountant)
             raise PrivacyBudgetExceeded(
-                f"lifetime budget: spent ε={spent:.3f}, this round would bring it to "
+                f"lifetime budget: spent ε={spent:.3f}, this attempt would bring it to "
                 f"ε={eps:.3f}, limit privacy.lifetime-epsilon={limit}"
             )
 
     # --- writing ---------------------------------------------------------------------
 
-    def append(self, *, run_id: int, server_round: int, status: str, history: History,
-               epsilon_run: float, delta: float, accountant: str, limit: float) -> None:
-        """Add one entry and rewrite the file atomically.
-
-        Under an exclusive lock the ledger is re-read (and re-verified) first, so that two
-        runs writing at once both keep their entries.
-        """
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the site's exclusive ledger lock, the entries re-read and verified."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(LEDGER_FILE + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
             self.entries = Ledger.open(self.path.parent, self.site).entries
-            self._append_locked(run_id=run_id, server_round=server_round, status=status,
-                                history=history, epsilon_run=epsilon_run, delta=delta,
-                                accountant=accountant, limit=limit)
+            yield
 
-    def _append_locked(self, *, run_id: int, server_round: int, status: str,
-                       history: History, epsilon_run: float, delta: float, accountant: str,
-                       limit: float) -> None:
+    def reserve(self, attempt: Attempt, decide: Decide, *, fallback: History) -> History:
+        """Check and record one attempt atomically, before it reads any training row.
+
+        Under the lock: the ledger is re-read and verified; the run's history before this
+        attempt is the last one recorded for ``attempt.run_tag`` (else ``fallback``);
+        ``decide(before)`` gives this attempt's spend and the run's ε after it, or raises
+        ``PrivacyBudgetExceeded`` (a run-level refusal); the lifetime ε at the site's δ
+        with the spend composed must stay within the limit. A refusal is recorded (status
+        ``refused``, nothing spent) and raised; otherwise the entry is appended, and it
+        stays whatever happens next. Returns the run's history after this attempt.
+        """
+        with self._locked():
+            before = self.run_history(attempt.run_tag, fallback)
+            try:
+                spend, epsilon_run = decide(before)
+                self.check(spend=spend, delta=attempt.site_delta,
+                           accountant=attempt.accountant, limit=attempt.limit)
+            except PrivacyBudgetExceeded:
+                self._append_locked(attempt.entry("refused", [], before, math.nan))
+                raise
+            after = list(before)
+            for sigma, rate, steps in spend:
+                after = extend_history(after, sigma, rate, steps)
+            self._append_locked(attempt.entry(attempt.status, spend, after, epsilon_run))
+        return after
+
+    def record(self, attempt: Attempt, *, status: str, history: History,
+               epsilon_run: float) -> None:
+        """Append one entry that spends nothing (``refused``, ``no-dp``) under the lock."""
+        with self._locked():
+            self._append_locked(attempt.entry(status, [], history, epsilon_run))
+
+    def append(self, *, run_id: int, server_round: int, status: str, history: History,
+               epsilon_run: float, delta: float, accountant: str, limit: float) -> None:
+        """Add one entry in the format written before spends were recorded (a cumulative
+        ``history`` superseding the run's previous one), under the lock."""
         entry = {
             "run_id": int(run_id), "round": int(server_round), "status": status,
-            "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "history": [[float(s), float(q), int(n)] for s, q, n in history],
             "epsilon_run": float(epsilon_run) if math.isfinite(epsilon_run) else None,
             "delta": float(delta), "accountant": accountant,
             "lifetime_limit": float(limit) if 0 < limit < math.inf else None,
-            "previous": self.entries[-1]["hash"] if self.entries else GENESIS,
         }
+        with self._locked():
+            self._append_locked(entry)
+
+    def _append_locked(self, entry: dict[str, Any]) -> None:
+        entry = {**entry, "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "previous": self.entries[-1]["hash"] if self.entries else GENESIS}
         entry["hash"] = _entry_hash(entry)
         atomic_write_json(self.path, {"format": FORMAT, "site": self.site,
                                       "entries": [*self.entries, entry]})
@@ -199,7 +246,9 @@ class Ledger:
     # --- reporting -------------------------------------------------------------------
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run: rounds trained/refused, ε of the run, δ, accountant, times."""
+        """One row per run: rounds trained/refused, ε of the run, δ, accountant, times.
+
+        A reserved round counts as trained: it was spent whether or not it finished."""
         rows: dict[int, dict[str, Any]] = {}
         for e in self.entries:
             r = rows.setdefault(e["run_id"], {
@@ -207,9 +256,44 @@ class Ledger:
                 "rounds_refused": 0, "epsilon": 0.0, "delta": e["delta"],
                 "accountant": e["accountant"]})
             r["last_utc"] = e["time_utc"]
-            if e["status"] in ("trained", "no-dp"):
+            if e["status"] in ("trained", "reserved", "no-dp"):
                 r["rounds_trained"] += 1
-                r["epsilon"] = e["epsilon_run"] if e["status"] == "trained" else math.inf
+                r["epsilon"] = e["epsilon_run"] if e["status"] != "no-dp" else math.inf
             elif e["status"] == "refused":
                 r["rounds_refused"] += 1
         return list(rows.values())
+
+
+Decide = Callable[[History], tuple[History, float]]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Who spends in a ledger entry, and under which limit.
+
+    ``run_tag`` names the run's DP state (its key and settings), so that only an attempt
+    that continues that very state continues its history; ``site_delta`` is the δ the
+    lifetime ε is composed at; ``delta`` the run's own δ (its ``epsilon_run``)."""
+
+    run_id: int
+    run_tag: str
+    server_round: int
+    status: str
+    delta: float
+    site_delta: float
+    accountant: str
+    limit: float
+
+    def entry(self, status: str, spend: History, history: History,
+              epsilon_run: float) -> dict[str, Any]:
+        """The entry body (without time and chain) for this attempt."""
+        return {
+            "run_id": int(self.run_id), "run_tag": self.run_tag,
+            "round": int(self.server_round), "status": status,
+            "spend": [[float(s), float(q), int(n)] for s, q, n in spend],
+            "history": [[float(s), float(q), int(n)] for s, q, n in history],
+            "epsilon_run": float(epsilon_run) if math.isfinite(epsilon_run) else None,
+            "delta": float(self.delta), "site_delta": float(self.site_delta),
+            "accountant": self.accountant,
+            "lifetime_limit": float(self.limit) if 0 < self.limit < math.inf else None,
+        }

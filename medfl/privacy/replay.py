@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from medfl.io import atomic_write_bytes
 from medfl.privacy.dp import DPPlan, History
@@ -60,6 +61,10 @@ def find(base: Path, digest: str) -> tuple[dict[str, torch.Tensor], dict[str, An
         if info.get("digest") != digest:
             return None
         history = [(float(s), float(q), int(n)) for s, q, n in info["history"]]
+        with safe_open(str(arrays), framework="pt") as fh:
+            paired = (fh.metadata() or {}).get("digest", digest)  # older files: no digest
+        if paired != digest:
+            return None  # another writer's arrays: not this round's update
         return load_file(str(arrays)), dict(info["metrics"]), _plan_from(info["plan"]), history
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -69,11 +74,10 @@ def keep(base: Path, digest: str, weights: dict[str, torch.Tensor], metrics: dic
          *, plan: DPPlan | None, history: History) -> None:
     """Keep this round's released update (arrays first, then the record that names them)."""
     arrays, meta = _paths(base)
-    arrays.parent.mkdir(parents=True, exist_ok=True)
-    tmp = arrays.with_name(arrays.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
-    atomic_write_bytes(arrays, tmp.read_bytes())
-    tmp.unlink()
+    # In memory, then one unique temporary file and a rename: concurrent writers never
+    # share a temporary name. The digest inside the arrays pairs them with their record.
+    atomic_write_bytes(arrays, save({k: v.detach().cpu().contiguous()
+                                     for k, v in weights.items()}, metadata={"digest": digest}))
     record = {"digest": digest, "metrics": metrics, "history": [list(h) for h in history],
               "plan": dataclasses.asdict(plan) if plan is not None else None}
     # Python's JSON: ε is infinite without DP, and only this module reads the file back

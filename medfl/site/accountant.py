@@ -20,14 +20,15 @@ from typing import Any
 import torch
 
 from medfl.config import RunConfig
-from medfl.errors import PrivacyBudgetExceeded
+from medfl.errors import ConfigError, PrivacyBudgetExceeded
 from medfl.io import atomic_write_json
 from medfl.privacy import replay as replay_lib
 from medfl.privacy.dp import DPPlan, History, epsilon_from_history, extend_history
-from medfl.privacy.ledger import Ledger
+from medfl.privacy.ledger import Attempt, Decide, Ledger
 from medfl.site.identity import lifetime_limit, site_state_dir
 from medfl.site.memory import NodeMemory, Record
 from medfl.site.metrics import TrainMetrics
+from medfl.site.policy import SitePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +88,19 @@ def state_from_record(r: Record) -> tuple[DPPlan | None, History]:
 class SiteAccountant:
     """One run's privacy state at one site, and the site's lifetime ledger.
 
-    Open with :meth:`open` (loads the state and verifies the ledger). ``check`` refuses a
-    history past the lifetime limit, ``record`` writes a ledger entry, ``save`` persists
-    the plan and history; ``replayed`` / ``keep`` answer a repeated round from the kept
-    update at no privacy cost (:mod:`medfl.privacy.replay`).
+    Open with :meth:`open` (loads the state and verifies the ledger). :meth:`reserve`
+    checks and records an attempt in the ledger, under the site's lock, before it reads
+    any training row; :meth:`save` persists the plan and history; ``replayed`` / ``keep``
+    answer a repeated round from the kept update at no privacy cost
+    (:mod:`medfl.privacy.replay`). The lifetime ε is composed at the site's δ
+    (:meth:`site_delta`), never at the δ a run asks for.
     """
 
     def __init__(self, cfg: RunConfig, *, ledger: Ledger, run_key: int, limit: float,
-                 path: Path, memory: NodeMemory) -> None:
+                 path: Path, memory: NodeMemory, policy: SitePolicy | None = None) -> None:
         self.cfg, self.ledger, self.run_key, self.limit = cfg, ledger, int(run_key), limit
         self.path, self.memory = path, memory
+        self.policy = policy or SitePolicy.from_node_config({})
         self.plan: DPPlan | None = None
         self.history: History = []
 
@@ -106,7 +110,8 @@ class SiteAccountant:
         """This site's accountant for run ``run_key``, its state loaded (see :meth:`load`)."""
         accountant = cls(cfg, ledger=Ledger.open(site_state_dir(cfg, site, node_config), site),
                          run_key=run_key, limit=lifetime_limit(cfg, node_config),
-                         path=dp_state_path(cfg, site, node_config, run_key), memory=memory)
+                         path=dp_state_path(cfg, site, node_config, run_key), memory=memory,
+                         policy=SitePolicy.from_node_config(node_config))
         accountant.load()
         return accountant
 
@@ -131,49 +136,68 @@ class SiteAccountant:
         return epsilon_from_history(self.history if history is None else history,
                                     delta=p.target_delta, accountant=p.accountant)
 
-    # --- the lifetime ledger -------------------------------------------------------------
+    # --- δ and the lifetime ledger -------------------------------------------------------
 
-    def check(self, history_after: History) -> None:
-        """Refuse (``PrivacyBudgetExceeded``) a history past the lifetime limit."""
+    def site_delta(self, n_train: int) -> float:
+        """The δ this site accepts and composes its ledger at: the policy's
+        (``max-delta``, else 1/(10·n)) when deployed or when ``max-delta`` is set; in a
+        simulation without it, the run's own δ (the researcher runs every site)."""
+        if self.policy.deployed or self.policy.max_delta is not None:
+            return self.policy.delta_for(n_train)
+        return self.cfg.privacy.target_delta
+
+    def require_delta(self, n_train: int) -> None:
+        """Refuse (``ConfigError``) a DP run whose δ exceeds the site's, before any row
+        is read: its ε would be meaningless at the δ the site answers for."""
+        p, site_delta = self.cfg.privacy, self.site_delta(n_train)
+        if p.enabled and p.target_delta > site_delta:
+            raise ConfigError(f"privacy.target-delta={p.target_delta:g} exceeds this site's "
+                              f"δ={site_delta:g} (node-config max-delta, or 1/(10·n) for its "
+                              "n training rows); ask for a δ at most that")
+
+    def attempt(self, status: str, *, server_round: int, n_train: int) -> Attempt:
+        """The ledger's view of one attempt of this run."""
         p = self.cfg.privacy
-        self.ledger.check(run_id=self.run_key, history_after=history_after,
-                          delta=p.target_delta, accountant=p.accountant, limit=self.limit)
+        return Attempt(run_id=self.run_key, run_tag=self.path.stem, server_round=server_round,
+                       status=status, delta=p.target_delta, site_delta=self.site_delta(n_train),
+                       accountant=p.accountant, limit=self.limit)
 
-    def record(self, status: str, *, server_round: int, history: History,
-               epsilon: float) -> None:
-        """Append one ledger entry for this run (``trained``, ``refused``, ...)."""
-        p = self.cfg.privacy
-        self.ledger.append(run_id=self.run_key, server_round=server_round, status=status,
-                           history=history, epsilon_run=epsilon, delta=p.target_delta,
-                           accountant=p.accountant, limit=self.limit)
-
-    def lifetime_epsilon(self, epsilon_run: float) -> float:
-        """Every run in the ledger composed with this one (whose ε is ``epsilon_run``)."""
-        p = self.cfg.privacy
-        others = any(e["run_id"] != self.run_key for e in self.ledger.entries
-                     if e["status"] != "refused")
-        if not others:
-            return epsilon_run  # one run only: its own ε, without recomputing it
-        return self.ledger.lifetime_epsilon(delta=p.target_delta, accountant=p.accountant)
-
-    def release_moments(self) -> None:
-        """Account the Gaussian release of the feature moments before it leaves the site.
-
-        Refuses when the release alone would pass this run's target ε or the lifetime
-        limit, records it in the ledger (status ``released``) and saves the new history.
-        """
-        p = self.cfg.privacy
-        after = extend_history(self.history, self.cfg.preprocessing.stats_noise_multiplier,
-                               1.0, 1)
-        eps = self.spent(after)
-        if eps >= p.target_epsilon:
-            raise PrivacyBudgetExceeded(
-                f"the feature-moment release alone would spend ε={eps:.3f} of this run's "
-                f"target ε={p.target_epsilon}; raise preprocessing.stats-noise-multiplier")
-        self.check(after)
-        self.record("released", server_round=0, history=after, epsilon=eps)
-        self.history = after
+    def reserve(self, attempt: Attempt, decide: Decide) -> History:
+        """Reserve one attempt in the ledger (:meth:`Ledger.reserve`: under the site's
+        lock, checked against the lifetime limit at the site's δ, kept whatever happens
+        next) and save the run's history after it, which is returned."""
+        self.history = self.ledger.reserve(attempt, decide, fallback=self.history)
         self.save()
+        return self.history
+
+    def refuse(self, attempt: Attempt) -> None:
+        """Record a refusal that spent nothing."""
+        self.ledger.record(attempt, status="refused", history=self.history,
+                           epsilon_run=self.spent() if self.cfg.privacy.enabled else 0.0)
+
+    def lifetime_epsilon(self, n_train: int) -> float:
+        """Every release in the ledger composed, at the site's δ."""
+        return self.ledger.lifetime_epsilon(delta=self.site_delta(n_train),
+                                            accountant=self.cfg.privacy.accountant)
+
+    def release_moments(self, n_train: int) -> None:
+        """Reserve the Gaussian release of the feature moments before they are computed.
+
+        Refuses when the release would pass this run's target ε or the lifetime limit;
+        otherwise the ledger records it (status ``released``) and the history is saved.
+        """
+        p, sigma = self.cfg.privacy, self.cfg.preprocessing.stats_noise_multiplier
+        self.require_delta(n_train)
+
+        def decide(before: History) -> tuple[History, float]:
+            eps = self.spent(extend_history(before, sigma, 1.0, 1))
+            if eps >= p.target_epsilon:
+                raise PrivacyBudgetExceeded(
+                    f"the feature-moment release would spend ε={eps:.3f} of this run's "
+                    f"target ε={p.target_epsilon}; raise preprocessing.stats-noise-multiplier")
+            return [(sigma, 1.0, 1)], eps
+
+        self.reserve(self.attempt("released", server_round=0, n_train=n_train), decide)
 
     # --- the replay of the last released round -------------------------------------------
 

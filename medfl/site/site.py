@@ -122,9 +122,9 @@ class Site:
     def moments(self) -> dict[str, Any]:
         """This site's clipped (optionally noised) feature moments, in wire form; a noised
         release is accounted (a Gaussian mechanism on the whole vector, once) first."""
+        if noised_release(self.config):  # reserved in the ledger before any row is read
+            self.accountant.release_moments(self.data.n_train)
         moments = feature_stats(self.config, self.data, rng=moments_rng(self.config, self.name))
-        if noised_release(self.config):
-            self.accountant.release_moments()
         return moments_to_metrics(moments)
 
     def train(self, request: ModelRequest) -> FitResult:

@@ -8,7 +8,9 @@ round, trained or refused, in the site's ledger.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -21,7 +23,7 @@ from medfl.config import RunConfig
 from medfl.data.augment import build_augmentation
 from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
-from medfl.errors import DataError, PrivacyBudgetExceeded
+from medfl.errors import AttemptFailed, DataError, PrivacyBudgetExceeded
 from medfl.models import state_arrays
 from medfl.privacy import replay as replay_lib
 from medfl.privacy.dp import (
@@ -31,6 +33,7 @@ from medfl.privacy.dp import (
     choose_grad_sample_mode,
     dp_generator,
     dp_seed,
+    drop_nonfinite_samples,
     epsilon_from_history,
     extend_history,
     make_dp_compatible,
@@ -176,7 +179,8 @@ def fit(
     )
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
                           device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
-                          proximal_mu=proximal_mu)
+                          proximal_mu=proximal_mu,
+                          before_step=functools.partial(drop_nonfinite_samples, optimizer))
     history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
     epsilon = (eps_after if history == after else
                epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant))
@@ -198,40 +202,68 @@ def _finish(cfg: RunConfig, data: SiteData, received: dict[str, torch.Tensor],
     return FitResult(trained, metrics, plan, history)
 
 
-def _fit_recorded(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
-                  server_round: int, weights: dict[str, torch.Tensor], scaler: Standardizer,
-                  seed: int, proximal_mu: float) -> FitResult:
-    """:func:`fit` from the accountant's state, checked against the lifetime limit before
-    training; the round is recorded in the ledger whether it trains or is refused."""
+def _reserve_round(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
+                   server_round: int) -> tuple[DPPlan | None, History]:
+    """Reserve this round in the ledger before any row is read; the plan and the run's
+    history *before* the round (the ledger's, under its lock) are returned.
+
+    Without DP the round is recorded as ``no-dp`` (an infinite ε), refused when the site
+    has a lifetime limit."""
     p = cfg.privacy
-    try:
-        if not p.enabled and accountant.limit > 0:
+    if data.n_train < p.k_threshold:
+        raise DataError(f"site has fewer training rows than privacy.k-threshold="
+                        f"{p.k_threshold}; its example count may not leave the site")
+    if not p.enabled:
+        attempt = accountant.attempt("no-dp", server_round=server_round, n_train=data.n_train)
+        if accountant.limit > 0:
+            accountant.refuse(attempt)
             raise PrivacyBudgetExceeded(f"DP-SGD is off (infinite ε) but this site has a "
                                         f"lifetime limit ε={accountant.limit}")
+        accountant.ledger.record(attempt, status="no-dp", history=[], epsilon_run=math.inf)
+        return accountant.plan, accountant.history
+    accountant.require_delta(data.n_train)
+    planned: list[tuple[DPPlan, History]] = []
+
+    def decide(before: History) -> tuple[History, float]:
+        plan, _, eps_after = plan_round(cfg, data, plan=accountant.plan, history=before,
+                                        server_round=server_round)
+        accountant.plan = plan  # saved with the history once the round is reserved
+        planned.append((plan, before))
+        return [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)], eps_after
+
+    accountant.reserve(accountant.attempt("reserved", server_round=server_round,
+                                          n_train=data.n_train), decide)
+    return planned[-1]
+
+
+def _fit_reserved(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
+                  server_round: int, weights: dict[str, torch.Tensor], scaler: Standardizer,
+                  seed: int, proximal_mu: float) -> FitResult:
+    """:func:`fit` after the round is reserved. Any failure past the reservation is one
+    fixed ``AttemptFailed``: the spend stays, and the server learns nothing of why."""
+    plan, before = _reserve_round(cfg, data, accountant, server_round=server_round)
+    reserved = accountant.history
+    try:
         result = fit(cfg, data, weights=weights, scaler=scaler, server_round=server_round,
-                     plan=accountant.plan, history=accountant.history, seed=seed,
-                     before_train=accountant.check if p.enabled else None,
-                     proximal_mu=proximal_mu)
-    except PrivacyBudgetExceeded:
-        spent = accountant.spent() if p.enabled else 0.0
-        accountant.record("refused", server_round=server_round, history=accountant.history,
-                          epsilon=spent)
-        raise
-    accountant.record("trained" if p.enabled else "no-dp", server_round=server_round,
-                      history=result.history if p.enabled else [],
-                      epsilon=float(result.metrics.epsilon))
+                     plan=plan, history=before, seed=seed, proximal_mu=proximal_mu)
+        if cfg.privacy.enabled and result.history != reserved:
+            raise RuntimeError("the round spent other than it reserved")
+    except Exception as exc:  # noqa: BLE001 - nothing data-dependent may leave
+        logger.error("round %d failed after its spend was reserved (%s)", server_round,
+                     type(exc).__name__)
+        raise AttemptFailed() from None
     return result
 
 
 def train_round(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
                 server_round: int, weights: dict[str, torch.Tensor], scaler: Standardizer,
                 seed: int, proximal_mu: float = 0.0) -> FitResult:
-    """The round a site runs: :func:`fit` checked and recorded by ``accountant``.
+    """The round a site runs: reserved in the ledger, then :func:`fit`.
 
-    The reply gains ``epsilon-lifetime``: every run in the ledger composed with this one.
-    A request identical to the last released round (a resumed server asking again) gets
-    that round's update back at no privacy cost (:mod:`medfl.privacy.replay`). Either way
-    the accountant's new plan and history are saved.
+    The reply gains ``epsilon-lifetime``: every release in the ledger composed at the
+    site's δ. A request identical to the last released round (a resumed server asking
+    again) gets that round's update back at no privacy cost (:mod:`medfl.privacy.replay`).
+    Either way the accountant's new plan and history are saved.
     """
     digest = replay_lib.request_digest(server_round, weights, {
         "scaler": scaler.to_dict(), "seed": seed, "proximal_mu": proximal_mu})
@@ -241,9 +273,9 @@ def train_round(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *,
                     "is sent again (no new privacy spend)", server_round)
         accountant.save()
         return FitResult(kept[0], kept[1], accountant.plan, accountant.history)
-    result = _fit_recorded(cfg, data, accountant, server_round=server_round, weights=weights,
+    result = _fit_reserved(cfg, data, accountant, server_round=server_round, weights=weights,
                            scaler=scaler, seed=seed, proximal_mu=proximal_mu)
-    lifetime = accountant.lifetime_epsilon(float(result.metrics.epsilon))
+    lifetime = accountant.lifetime_epsilon(data.n_train)
     metrics = replace(result.metrics, epsilon_lifetime=lifetime)
     accountant.plan, accountant.history = result.plan, result.history
     accountant.keep(digest, result.weights, metrics)

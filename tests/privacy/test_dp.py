@@ -229,3 +229,31 @@ def test_secure_mode_without_torchcsprng_is_a_clear_config_error():
     with pytest.raises(ConfigError, match="secure-mode=true needs the torchcsprng"):
         attach_dp(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, plan=plan,
                   history=[], secure_mode=True)
+
+
+def test_a_sample_with_a_non_finite_gradient_adds_nothing_to_the_private_step():
+    """Under DP a row whose gradient overflows is dropped before clipping: the step equals
+    the one taken without that row, and no parameter becomes non-finite."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from medfl.privacy.dp import drop_nonfinite_samples
+
+    def step(x, y):
+        torch.manual_seed(0)
+        model = GradSampleModule(torch.nn.Linear(2, 1))
+        opt = DPOptimizer(torch.optim.SGD(model.parameters(), lr=1.0), noise_multiplier=0.0,
+                          max_grad_norm=1.0, expected_batch_size=3)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), y)
+        loss.backward()
+        drop_nonfinite_samples(opt)
+        opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    x = torch.tensor([[1.0, 2.0], [float("inf"), 0.0], [0.5, -1.0]])
+    y = torch.tensor([1.0, 0.0, 1.0])
+    with_row = step(x, y)
+    without = step(x[[0, 2]], y[[0, 2]])
+    assert all(torch.isfinite(p).all() for p in with_row)
+    for a, b in zip(with_row, without, strict=True):
+        assert torch.allclose(a, b)

@@ -87,9 +87,9 @@ def test_check_refuses_past_the_limit_naming_spent_requested_and_limit(tmp_path)
     spent = _eps(H1)
     with pytest.raises(PrivacyBudgetExceeded, match=rf"spent ε={spent:.3f}.*limit "
                                                     r"privacy.lifetime-epsilon=3.5"):
-        ledger.check(run_id=2, history_after=H2, delta=1e-3, accountant="rdp", limit=3.5)
+        ledger.check(spend=H2, delta=1e-3, accountant="rdp", limit=3.5)
     # no limit: never refuses
-    ledger.check(run_id=2, history_after=H2 * 50, delta=1e-3, accountant="rdp", limit=0.0)
+    ledger.check(spend=H2 * 50, delta=1e-3, accountant="rdp", limit=0.0)
 
 
 def test_a_round_without_dp_makes_the_lifetime_infinite(tmp_path):
@@ -183,3 +183,43 @@ def test_budget_command_on_a_damaged_ledger_says_so(tmp_path):
     result = CliRunner().invoke(cli, ["budget", str(tmp_path)])
     assert result.exit_code == 2
     assert "unreadable" in result.output
+
+
+def test_a_ledger_written_before_spends_were_kept_still_counts_and_continues(tmp_path):
+    """Old entries (cumulative histories, no ``spend``) stay valid; an attempt reserved
+    after them adds its own spend, whatever run key it carries."""
+    from medfl.privacy.ledger import Attempt
+
+    ledger = Ledger.open(tmp_path, "va")
+    _append(ledger, 1, 1, "trained", [(1.2, 0.1, 25)])
+    _append(ledger, 1, 2, "trained", H1)  # the old format: supersedes round 1
+    attempt = Attempt(run_id=1, run_tag="run-1-abc", server_round=3, status="reserved",
+                      delta=1e-4, site_delta=1e-3, accountant="rdp", limit=0.0)
+    after = Ledger.open(tmp_path, "va").reserve(
+        attempt, lambda before: ([(1.5, 0.2, 30)], 1.0), fallback=[])
+    assert after == [(1.5, 0.2, 30)]
+    again = Ledger.open(tmp_path, "va")
+    assert again.lifetime_epsilon(delta=1e-3, accountant="rdp") == pytest.approx(
+        _eps(H1, [(1.5, 0.2, 30)]))
+    # the same run key again, from another run: composed, never folded into the first
+    Ledger.open(tmp_path, "va").reserve(
+        attempt, lambda before: ([(1.5, 0.2, 30)], 1.0), fallback=[])
+    assert Ledger.open(tmp_path, "va").lifetime_epsilon(delta=1e-3, accountant="rdp") == \
+        pytest.approx(_eps(H1, [(1.5, 0.2, 60)]))
+
+
+def test_budget_command_reads_reserved_spends_at_the_sites_delta(tmp_path):
+    from medfl.privacy.ledger import Attempt
+
+    for key in (1, 2):
+        attempt = Attempt(run_id=key, run_tag=f"run-{key}-abc", server_round=1,
+                          status="reserved", delta=1e-5, site_delta=1e-3, accountant="rdp",
+                          limit=5.0)
+        Ledger.open(tmp_path, "va").reserve(attempt, lambda before: (H1, _eps(H1, delta=1e-5)),
+                                            fallback=[])
+    result = CliRunner().invoke(cli, ["budget", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["delta"] == 1e-3
+    assert data["lifetime_epsilon"] == pytest.approx(_eps(H1, H1, delta=1e-3))
+    assert [r["rounds_trained"] for r in data["runs"]] == [1, 1]

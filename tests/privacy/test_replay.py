@@ -92,7 +92,8 @@ def test_a_repeated_round_is_answered_from_the_kept_update_without_a_second_spen
     assert second.metrics == first.metrics
     assert (second_accountant.plan, second_accountant.history) == (first.plan, first.history)
     entries = Ledger.open(tmp_path / "va", "va").entries
-    assert [(e["round"], e["status"]) for e in entries] == [(1, "trained")]
+    # one round, reserved (spent) before it trained
+    assert [(e["round"], e["status"]) for e in entries] == [(1, "reserved")]
     # another model is another request: it trains (and spends) again
     other = {k: v + 0.01 for k, v in weights.items()}
     third = site_lib.train_round(cfg, data, _accountant(cfg), **{**kwargs, "weights": other})
