@@ -1,0 +1,1 @@
+"""Attacks by a hostile coordinator on a deployed site (issue 18)."""
