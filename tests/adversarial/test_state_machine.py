@@ -53,6 +53,7 @@ from adversarial.harness import (
     public_scaler,
     run_config,
 )
+from medfl.errors import AttemptFailed
 from medfl.site.policy import SitePolicy
 
 
@@ -129,7 +130,10 @@ class Spend:
         reads_train_rows = r.kind in ("train", "query.moments", "query.audit") or (
             r.kind == "evaluate" and int(cfg["evaluation.personal-epochs"]) > 0)
         if not r.ok:
-            if reads_train_rows and r.error_code not in REFUSALS:
+            # A failure after the spend was reserved answers one fixed text (AttemptFailed):
+            # it is spent in the ledger and tells the server nothing about the rows.
+            fixed = r.error is not None and AttemptFailed.MESSAGE in r.error
+            if reads_train_rows and r.error_code not in REFUSALS and not fixed:
                 self.non_dp.append(f"{r.kind} failed after reading training rows "
                                    f"(code {r.error_code}): the server learns it failed")
             return
