@@ -262,7 +262,11 @@ def _deployment_nodes(tmp_path):
         folder.mkdir()
         name = f"processed.{site}.data"
         (folder / name).write_bytes((data_dir() / name).read_bytes())
-        nodes.append({"site": site, "data-path": str(folder)})
+        # a deployed site's explicit policy, allowing the default run's non-DP releases
+        nodes.append({"site": site, "data-path": str(folder),
+                      "site-dir": str(tmp_path / f"state-{site}"), "max-epsilon": 3.0,
+                      "lifetime-epsilon": 10.0, "allow-personal-eval": True,
+                      "allow-audit": True, "allow-exact-moments": True})
     return nodes
 
 
@@ -274,8 +278,8 @@ def test_deployment_node_config_reads_each_sites_own_folder(tmp_path):
     from client.app import app as client_app
     from server.app import main
 
-    cfg = run_config(num_server_rounds=1, privacy__enabled=False,
-                     output_dir=str(tmp_path / "out"), run_name="dep")
+    # a deployed site requires DP-SGD and a lifetime limit, so this run keeps DP on
+    cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path / "out"), run_name="dep")
     grid = InProcessGrid(client_app, cfg, node_configs=_deployment_nodes(tmp_path))
     main(grid, Context(1, 0, {}, RecordDict(), cfg))
     s = json.loads((tmp_path / "out" / "dep" / "summary.json").read_text())
