@@ -7,6 +7,11 @@
 #   DATA_PATH          this site's data: a folder (heart disease) or a CSV (default /data)
 #   STATE_DIR          privacy ledger, DP state and the approved apps, writable (default /state)
 #   MAX_EPSILON, MIN_K, LIFETIME_EPSILON   this site's own privacy policy
+#   MAX_DELTA          cap on a run's delta (default: unset, 1/(10 n) for n training rows)
+#   ALLOW_PERSONAL_EVAL, ALLOW_AUDIT, ALLOW_EXACT_MOMENTS, ALLOW_SITE_SCALING
+#                      true to allow that release outside DP (default false: refused):
+#                      personalised evaluation, the membership audit on training rows,
+#                      feature moments without noise, a site-local standardiser
 # Only app code this site approved runs here (`medfl site approve`, deploy/README.md): a
 # task for any other app bundle is refused before its code is unpacked.
 # Stop it with Ctrl-C or `docker stop`; it exits 1 (Flower code 305) if the SuperLink
@@ -20,4 +25,4 @@ exec medfl site supernode --state-dir "${STATE_DIR:-/state}" \
     --superlink "$SUPERLINK" \
     --root-certificates "${CA_CERT:-/keys/ca.crt}" \
     --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \
-    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0}"
+    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false}${MAX_DELTA:+ max-delta=$MAX_DELTA}"

@@ -267,9 +267,12 @@ class LocalFederation:
         """A hospital's ``--node-config``: its name, folders and local privacy policy."""
         d = self.site_dir(site)
         # each hospital's own policy, as deploy/start-site.sh sets it: runs asking for more
-        # than ε = 3 or fewer than 10 patients per released count are refused
+        # than ε = 3 or fewer than 10 patients per released count are refused. These
+        # loopback hospitals stand in for the researcher's own, so they allow the default
+        # scenario's non-DP releases (start-site.sh allows none unless ALLOW_* is set).
         return (f"site='{site}' data-path='{d / 'data'}' site-dir='{d / 'state'}' "
-                "max-epsilon=3.0 min-k=10")
+                "max-epsilon=3.0 min-k=10 lifetime-epsilon=10.0 allow-personal-eval=true "
+                "allow-audit=true allow-exact-moments=true")
 
     def start_supernode(self, site: str, *, key: Path | None = None, ca: bool = True,
                         name: str | None = None) -> subprocess.Popen:

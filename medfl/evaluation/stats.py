@@ -2,7 +2,8 @@
 
 A site never shares per-patient scores. For a test set of at least ``k`` patients it
 shares: the number of examples, the number of correct predictions at the operating
-threshold, the summed log-loss, and, only when *both* classes have at least ``k``
+threshold (when both it and the number of incorrect ones are at least ``k``), the summed
+log-loss, and, only when *both* classes have at least ``k``
 patients, its AUROC and per-class *score groups*: the class's sorted scores, on the
 logit scale, cut into consecutive groups of at least ``k`` patients, each described by its
 size, mean and variance. (One class's groups beside the test-set size would reveal the other class's
@@ -98,7 +99,7 @@ class SiteEvalStats:
         scalars=("num-examples", "n-correct", "loss-sum", "auroc",
                  "dice-sum", "dice-sqsum", "iou-sum"),
         lists=("neg-n", "neg-mean", "neg-var", "pos-n", "pos-mean", "pos-var"),
-        counts=frozenset({"num-examples", "neg-n", "pos-n"}),
+        counts=frozenset({"num-examples", "n-correct", "neg-n", "pos-n"}),
     )
 
     @property
@@ -185,7 +186,10 @@ def site_eval_stats(
     eps = 1e-12
     p = np.clip(y_score, eps, 1 - eps)
     loss_sum = float(-np.sum(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
-    n_correct = int(np.sum((y_score >= threshold).astype(np.int64) == y_true))
+    correct = int(np.sum((y_score >= threshold).astype(np.int64) == y_true))
+    # Both the correct and the incorrect count describe patients: with a threshold near 0
+    # every prediction is positive, and n - n-correct is the number of negatives.
+    n_correct = correct if min(correct, n - correct) >= k else None
     n_pos = int(y_true.sum())
     if min(n_pos, n - n_pos) < k:
         return SiteEvalStats(n, n_correct, loss_sum, None, None, None)

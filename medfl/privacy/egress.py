@@ -82,8 +82,12 @@ def check_reply(
     for key, value in metrics.items():
         out += _check_metric(kind, key, value, k=k, sizes=sizes)
     if kind == "evaluate":
-        out += _check_groups(metrics, k)
-        out += _check_segmentation_sums(metrics, k)
+        for prefix in ("", PERSONAL):  # the personalised model's keys meet the same rules
+            part = {key.removeprefix(prefix): v for key, v in metrics.items()
+                    if key.startswith(prefix)}
+            label = "personalised model: " if prefix else ""
+            out += [label + v for v in _check_groups(part, k)
+                    + _check_segmentation_sums(part, k) + _check_correct(part, k)]
     if kind == "query.report":
         out += _check_cells(metrics, k, attribute_cells or [])
     return out + _check_arrays(kind, arrays, expected_arrays)
@@ -133,6 +137,18 @@ def _check_segmentation_sums(m: dict[str, Any], k: int) -> list[str]:
     sums = [x for x in ("dice-sum", "dice-sqsum", "iou-sum") if x in m]
     if sums and not (_is_number(m.get("num-examples")) and m["num-examples"] >= k):
         return [f"metrics {sums} need 'num-examples' of at least k={k}"]
+    return []
+
+
+def _check_correct(m: dict[str, Any], k: int) -> list[str]:
+    """'n-correct' only beside a shown test-set size, with at least k incorrect too (the
+    incorrect count is as much a count of patients as the correct one)."""
+    correct, n = m.get("n-correct", SUPPRESSED), m.get("num-examples", SUPPRESSED)
+    if not _is_number(correct) or correct == SUPPRESSED:
+        return []
+    if not _is_number(n) or n == SUPPRESSED or n - correct < k:
+        return [f"metric 'n-correct' leaves fewer than k={k} incorrect predictions or "
+                "stands beside a suppressed 'num-examples'"]
     return []
 
 

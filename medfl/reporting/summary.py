@@ -207,11 +207,13 @@ def _personal(cfg: RunConfig, sites: list[SiteSummary],
 
 
 def _site_mean(blocks: list[Metrics], name: str) -> float | None:
-    """FLamby's unweighted mean over sites of one metric; None if any site lacks it."""
-    values = [b.value(name) for b in blocks]
-    if not values or None in values:
+    """FLamby's unweighted mean over sites of one metric, over the sites that share it
+    (a site withholds its accuracy when its correct or incorrect count is under k, as
+    Switzerland's single negative patient requires); None if no site shares it."""
+    values = [v for v in (b.value(name) for b in blocks) if v is not None]
+    if not values:
         return None
-    return sum(v for v in values if v is not None) / len(values)
+    return sum(values) / len(values)
 
 
 def _pooled_metrics(pooled: dict[str, Any]) -> Metrics:

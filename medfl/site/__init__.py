@@ -8,6 +8,8 @@ contract allows.
 | --- | --- |
 | ``site`` | :class:`Site`, opened once per message; :class:`ModelRequest` |
 | ``identity`` | the site's name, the run config as it applies it, its own policy, its data |
+| ``policy`` | :class:`SitePolicy`, the node config's privacy policy |
+| ``releases`` | non-DP releases only where allowed; each query answered once |
 | ``accountant`` | :class:`SiteAccountant`: DP plan and history, ledger, replay, persistence |
 | ``training`` | DP-SGD :func:`fit` and the ledger-checked :func:`train_round` |
 | ``evaluation`` | evaluation, personalised evaluation, the membership-inference audit |
@@ -35,12 +37,13 @@ from medfl.site.identity import (
 from medfl.site.memory import DictMemory, NodeMemory
 from medfl.site.metrics import TrainMetrics
 from medfl.site.moments import feature_stats, moments_rng, site_scaler
-from medfl.site.site import ModelRequest, Site, answer_once, reply_bounds
+from medfl.site.releases import answer_once, answer_round_once
+from medfl.site.site import ModelRequest, Site, reply_bounds
 from medfl.site.training import FitResult, fit, train_round
 
 __all__ = [
     "SITE_POLICY_KEYS", "DictMemory", "FitResult", "ModelRequest", "NodeMemory", "Site",
-    "SiteAccountant", "TrainMetrics", "answer_once", "audit", "dp_state_path",
+    "SiteAccountant", "TrainMetrics", "answer_once", "answer_round_once", "audit", "dp_state_path",
     "enforce_site_policy", "evaluate", "evaluation_metrics", "feature_stats", "fit",
     "lifetime_limit", "load_node_site", "load_site", "moments_rng", "personalise",
     "reply_bounds", "resolve_site", "round_seed", "site_config", "site_scaler",

@@ -14,9 +14,11 @@ from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError
+from medfl.site.policy import SITE_POLICY_KEYS, SitePolicy
+from medfl.site.releases import check_releases
 
-#: node-config keys a hospital sets to bound what any run may ask of it.
-SITE_POLICY_KEYS = ("max-epsilon", "min-k", "require-dp", "lifetime-epsilon")
+__all__ = ["SITE_POLICY_KEYS", "enforce_site_policy", "lifetime_limit", "load_node_site",
+           "load_site", "resolve_site", "round_seed", "site_config", "site_state_dir"]
 
 
 def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
@@ -65,13 +67,16 @@ def site_config(cfg: RunConfig, node_config: dict[str, Any]) -> RunConfig:
 
 
 def site_state_dir(cfg: RunConfig, site: str, node_config: dict[str, Any]) -> Path:
-    """Where this site keeps its privacy ledger.
+    """Where this site keeps its privacy ledger and DP state.
 
-    Deployment: ``node_config`` ``site-dir``. Simulation: ``<state-dir>/<site>/`` with
-    ``state-dir`` from the run config, by default ``<project>/state``.
+    Deployment: ``node_config`` ``site-dir``, which a deployed site must set (the server's
+    ``state-dir`` could point the ledger at a fresh folder). Simulation: ``site-dir`` when
+    set, else ``<state-dir>/<site>/`` with ``state-dir`` from the run config, by default
+    ``<project>/state``.
     """
-    if "site-dir" in node_config:
-        return Path(str(node_config["site-dir"]))
+    policy = SitePolicy.from_node_config(node_config)
+    if policy.site_dir is not None:
+        return policy.site_dir
     return tasks.state_root(cfg) / site
 
 
@@ -79,31 +84,34 @@ def lifetime_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
     """The lifetime ε limit in force: the tighter of the site's own (node-config
     ``lifetime-epsilon``) and the run's ``privacy.lifetime-epsilon``; 0 means none. The run
     config comes from the server, so it can tighten a site's limit, never loosen it."""
-    limits = [v for v in (float(node_config.get("lifetime-epsilon", 0)),
-                          cfg.privacy.lifetime_epsilon) if v > 0]
+    own = SitePolicy.from_node_config(node_config).lifetime_epsilon
+    limits = [v for v in (own or 0.0, cfg.privacy.lifetime_epsilon) if v > 0]
     return min(limits) if limits else 0.0
 
 
-def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> None:
-    """Refuse a run whose privacy settings are weaker than this site's own policy.
+def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePolicy:
+    """Refuse a run whose privacy settings are weaker than this site's own policy, and
+    return that policy (:class:`SitePolicy`).
 
-    The run config comes from the server, so a site must not trust it blindly:
-    ``max-epsilon`` caps ``privacy.target-epsilon``, ``min-k`` floors
-    ``privacy.k-threshold``, ``require-dp`` (default true when either is set) demands
-    DP-SGD with secure noise. Without these keys (simulation) the run config is taken as is.
+    The run config comes from the server, so a site must not trust it: ``max-epsilon``
+    caps ``privacy.target-epsilon``, ``min-k`` floors ``privacy.k-threshold`` (10 when a
+    deployed site sets none), ``require-dp`` (true when deployed) demands DP-SGD with
+    secure noise, and each non-DP release the run asks must be allowed (``allow-*``). A
+    deployed site with no explicit policy refuses every run (``ConfigError``).
     """
-    if not any(k in node_config for k in SITE_POLICY_KEYS):
-        return
+    policy = SitePolicy.from_node_config(node_config)
     p = cfg.privacy
-    if "max-epsilon" in node_config and p.target_epsilon > float(node_config["max-epsilon"]):
+    if policy.max_epsilon is not None and p.target_epsilon > policy.max_epsilon:
         raise ConfigError(f"privacy.target-epsilon={p.target_epsilon} exceeds this site's "
-                          f"max-epsilon={float(node_config['max-epsilon'])}")
-    if "min-k" in node_config and p.k_threshold < int(node_config["min-k"]):
+                          f"max-epsilon={policy.max_epsilon}")
+    if p.k_threshold < policy.min_k:
         raise ConfigError(f"privacy.k-threshold={p.k_threshold} is below this site's "
-                          f"min-k={int(node_config['min-k'])}")
-    if bool(node_config.get("require-dp", True)) and not (p.enabled and p.secure_noise):
+                          f"min-k={policy.min_k}")
+    if policy.require_dp and not (p.enabled and p.secure_noise):
         raise ConfigError("this site requires DP-SGD with secure noise (privacy.enabled=true, "
                           "privacy.secure-noise=true)")
+    check_releases(cfg, policy)
+    return policy
 
 
 def load_site(cfg: RunConfig, site: str, *, data_path: str | None = None,

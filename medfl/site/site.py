@@ -33,6 +33,14 @@ from medfl.site.identity import (
 from medfl.site.memory import NodeMemory
 from medfl.site.metrics import moments_to_metrics
 from medfl.site.moments import feature_stats, moments_rng, noised_release, site_scaler
+from medfl.site.policy import SitePolicy
+from medfl.site.releases import (
+    answer_once,
+    answer_round_once,
+    exact_moments,
+    log_release,
+    refuse_unless_allowed,
+)
 from medfl.site.training import FitResult, train_round
 from medfl.wire import ReplyBounds
 
@@ -53,11 +61,12 @@ class ModelRequest:
 
 
 def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
-    """The sizes the egress contract checks this site's replies against."""
+    """The sizes the egress contract checks this site's replies against; ``k`` is the
+    larger of the run's and the site's own ``min-k``."""
     task = tasks.task_for(cfg)
     cell_list = task.cells()
     return ReplyBounds(
-        k=max(cfg.privacy.k_threshold, int(node_config.get("min-k", 0))),
+        k=max(cfg.privacy.k_threshold, SitePolicy.from_node_config(node_config).min_k),
         n_numeric=len(task.feature_spec().numeric_idx) if cfg.is_tabular else 0,
         n_cells=len(cell_list),
         n_explain=(len(task.feature_spec().feature_names) if cfg.is_tabular
@@ -66,37 +75,32 @@ def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
     )
 
 
-def answer_once(memory: NodeMemory, what: str) -> None:
-    """Refuse a second request of ``what`` in this run (the node's memory is per run):
-    a site answers the final report query once, whatever arrays it is sent."""
-    key = f"medfl.once.{what}"
-    if memory.get(key) is not None:
-        raise ConfigError(f"this site already answered this run's {what} query; it answers "
-                          "once per run")
-    memory.put(key, {"answered": 1})
-
-
 class Site:
     """This node's site for one message (open with :meth:`open`)."""
 
     def __init__(self, config: RunConfig, node_config: dict[str, Any], *, name: str,
-                 run_id: int, run_key: int, memory: NodeMemory) -> None:
+                 run_id: int, run_key: int, memory: NodeMemory,
+                 policy: SitePolicy | None = None) -> None:
         self.config, self.node_config, self.name = config, node_config, name
         self.run_id, self.run_key, self.memory = run_id, run_key, memory
+        self.policy = policy or SitePolicy.from_node_config(node_config)
 
     @classmethod
     def open(cls, run_config: dict[str, Any], node_config: dict[str, Any], *, run_id: int,
              run_key: int, memory: NodeMemory) -> Site:
         """Parse the run config once, apply it as this site does, resolve the site's name
-        and refuse a run weaker than the site's own policy (``ConfigError``).
+        and refuse a run weaker than the site's own policy (``ConfigError``). A deployed
+        node whose node config states no policy is refused first, before anything is read.
 
         ``run_key`` is the run's identity at the site (the server's ``run-key``, kept when
         a run is resumed, else ``run_id``, Flower's run id).
         """
+        SitePolicy.from_node_config(node_config)
         cfg = site_config(parse_run_config(run_config), node_config)
         name = resolve_site(cfg, node_config)
-        enforce_site_policy(cfg, node_config)
-        return cls(cfg, node_config, name=name, run_id=run_id, run_key=run_key, memory=memory)
+        policy = enforce_site_policy(cfg, node_config)
+        return cls(cfg, node_config, name=name, run_id=run_id, run_key=run_key, memory=memory,
+                   policy=policy)
 
     @cached_property
     def data(self) -> SiteData:
@@ -110,7 +114,12 @@ class Site:
                                    run_key=self.run_key, memory=self.memory)
 
     def scaler(self, received: Standardizer | None) -> Standardizer:
-        """The standardiser this site applies (see :func:`site_scaler`)."""
+        """The standardiser this site applies (see :func:`site_scaler`); site-local
+        scaling only where the site's policy allows it."""
+        if self.config.is_tabular and self.config.preprocessing.scaling == "site":
+            refuse_unless_allowed(self.policy, "allow_site_scaling",
+                                  "preprocessing.scaling='site'")
+            log_release(self.name, "allow_site_scaling")
         return site_scaler(self.config, self.data, received)
 
     def reply_bounds(self) -> ReplyBounds:
@@ -120,9 +129,17 @@ class Site:
     # --- one method per message ----------------------------------------------------------
 
     def moments(self) -> dict[str, Any]:
-        """This site's clipped (optionally noised) feature moments, in wire form; a noised
-        release is accounted (a Gaussian mechanism on the whole vector, once) first."""
-        if noised_release(self.config):  # reserved in the ledger before any row is read
+        """This site's clipped (optionally noised) feature moments, in wire form, once per
+        run; a noised release is reserved in the ledger (a Gaussian mechanism on the whole
+        vector) before any row is read, an exact one is made only where the site's policy
+        allows it."""
+        if exact_moments(self.config):
+            refuse_unless_allowed(self.policy, "allow_exact_moments",
+                                  "a feature-moments query without accounted noise")
+        answer_once(self.memory, "moments")
+        if exact_moments(self.config):
+            log_release(self.name, "allow_exact_moments")
+        else:
             self.accountant.release_moments(self.data.n_train)
         moments = feature_stats(self.config, self.data, rng=moments_rng(self.config, self.name))
         return moments_to_metrics(moments)
@@ -140,14 +157,28 @@ class Site:
         return result
 
     def evaluate(self, request: ModelRequest) -> dict[str, Any]:
-        """The evaluate reply's metrics (see :func:`evaluation.evaluation_metrics`)."""
+        """The evaluate reply's metrics (see :func:`evaluation.evaluation_metrics`), once per
+        server round."""
+        answer_round_once(self.memory, "evaluate", server_round=request.server_round,
+                          rounds=self.config.num_server_rounds)
+        if self.config.evaluation.personal_epochs > 0:
+            refuse_unless_allowed(self.policy, "allow_personal_eval",
+                                  "evaluation.personal-epochs > 0")
+            log_release(self.name, "allow_personal_eval")
         return evaluation.evaluation_metrics(
             self.config, self.data, weights=request.weights,
             scaler=self.scaler(request.scaler),
             seed=round_seed(self.config, self.name, request.server_round))
 
     def audit(self, request: ModelRequest) -> AuditResult:
-        """Membership-inference audit of the global model on this site's own data."""
+        """Membership-inference audit of the global model on this site's own data: once
+        per run, only when the run asks for it and the site's policy allows it."""
+        if not self.config.privacy.audit:
+            raise ConfigError("an audit query in a run whose privacy.audit is false; this "
+                              "site answers the audit only when the run asks for it")
+        refuse_unless_allowed(self.policy, "allow_audit", "an audit query")
+        answer_once(self.memory, "audit")
+        log_release(self.name, "allow_audit")
         scaler = self.scaler(request.scaler)
         return evaluation.audit(self.config, self.data, weights=request.weights, scaler=scaler)
 

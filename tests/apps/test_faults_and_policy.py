@@ -96,7 +96,8 @@ def test_site_policy_accepts_the_defaults_and_simulation_has_none():
 
 def test_refusal_by_policy_reaches_the_server_as_a_named_error(tmp_path):
     cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path), run_name="pol")
-    nodes = [{"site": s, "max-epsilon": 1.0} for s in
+    nodes = [{"site": s, "max-epsilon": 1.0, "lifetime-epsilon": 10.0,
+              "site-dir": str(tmp_path / s)} for s in
              ("cleveland", "hungarian", "switzerland", "va")]
     grid = InProcessGrid(client_app, cfg, node_configs=nodes)
     with pytest.raises(Exception, match="only 0 of 4 sites"):

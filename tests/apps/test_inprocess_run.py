@@ -58,8 +58,10 @@ def test_summary_has_the_required_keys_and_site_sizes(dp_run):
 
 def test_mean_site_accuracy_is_the_unweighted_mean(dp_run):
     s = json.loads((dp_run[0] / "summary.json").read_text())
-    accs = [x["metrics"]["accuracy"] for x in s["sites"]]
-    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / 4)
+    # over the sites that share their accuracy (Switzerland withholds it, see below)
+    accs = [x["metrics"]["accuracy"] for x in s["sites"] if x["metrics"]["accuracy"] is not None]
+    assert len(accs) == 3
+    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / 3)
 
 
 def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run):
@@ -108,11 +110,17 @@ def test_reported_accuracies_match_an_independent_recomputation(dp_run):
 
     s = json.loads((dp_run[0] / "summary.json").read_text())
     scores = _independent_scores(dp_run[0])
+    shared = []
     for site in s["sites"]:
         y, p = scores[site["name"]]
+        correct = int(((p >= 0.5) == y).sum())
+        if min(correct, len(y) - correct) < 10:  # a count under k = 10 is withheld
+            assert site["metrics"]["accuracy"] is None
+            continue
+        shared.append(site["name"])
         assert site["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
-    y_all = np.concatenate([scores[x][0] for x in SITES])
-    p_all = np.concatenate([scores[x][1] for x in SITES])
+    y_all = np.concatenate([scores[x][0] for x in shared])
+    p_all = np.concatenate([scores[x][1] for x in shared])
     assert s["global"]["metrics"]["accuracy"] == pytest.approx(accuracy_score(y_all, p_all >= 0.5))
     assert s["global"]["n_test"] == 254
 
@@ -136,7 +144,8 @@ def test_switzerland_auroc_is_suppressed_not_zero(dp_run):
     s = json.loads((dp_run[0] / "summary.json").read_text())
     swiss = s["sites"][2]
     assert swiss["metrics"]["auroc"] is None
-    assert swiss["metrics"]["accuracy"] is not None
+    # and so is its accuracy: under a threshold near 0, n - n-correct would be that patient
+    assert swiss["metrics"]["accuracy"] is None
 
 
 def test_bundle_verifies_and_reproduces_the_global_model(dp_run):
@@ -262,7 +271,11 @@ def _deployment_nodes(tmp_path):
         folder.mkdir()
         name = f"processed.{site}.data"
         (folder / name).write_bytes((data_dir() / name).read_bytes())
-        nodes.append({"site": site, "data-path": str(folder)})
+        # a deployed site's explicit policy, allowing the default run's non-DP releases
+        nodes.append({"site": site, "data-path": str(folder),
+                      "site-dir": str(tmp_path / f"state-{site}"), "max-epsilon": 3.0,
+                      "lifetime-epsilon": 10.0, "allow-personal-eval": True,
+                      "allow-audit": True, "allow-exact-moments": True})
     return nodes
 
 
@@ -274,8 +287,8 @@ def test_deployment_node_config_reads_each_sites_own_folder(tmp_path):
     from client.app import app as client_app
     from server.app import main
 
-    cfg = run_config(num_server_rounds=1, privacy__enabled=False,
-                     output_dir=str(tmp_path / "out"), run_name="dep")
+    # a deployed site requires DP-SGD and a lifetime limit, so this run keeps DP on
+    cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path / "out"), run_name="dep")
     grid = InProcessGrid(client_app, cfg, node_configs=_deployment_nodes(tmp_path))
     main(grid, Context(1, 0, {}, RecordDict(), cfg))
     s = json.loads((tmp_path / "out" / "dep" / "summary.json").read_text())

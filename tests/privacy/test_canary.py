@@ -45,7 +45,11 @@ def _plant(tmp_path):
             lines[i] = ",".join(fields)
             text = "\n".join(lines) + "\n"
         (folder / name).write_text(text)
-        nodes.append({"site": site, "data-path": str(folder), "verify-checksum": False})
+        # a deployed site's policy that allows every release, so each one is checked here
+        nodes.append({"site": site, "data-path": str(folder), "verify-checksum": False,
+                      "site-dir": str(tmp_path / f"state-{site}"), "max-epsilon": 3.0,
+                      "lifetime-epsilon": 10.0, "allow-personal-eval": True,
+                      "allow-audit": True, "allow-exact-moments": True})
     return nodes
 
 

@@ -156,9 +156,10 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
             "cell-iou-sqsum": li, "cell-hd-n": li, "cell-hd-sum": li, "cell-hd-sqsum": li,
             "explain": li, "explain-n": s},
     }
-    assert COUNT_KEYS == {"count", "num-examples", "neg-n", "pos-n", "members", "non-members",
-                          "cell-n", "g-n", "cell-hd-n", "explain-n", "personal-num-examples",
-                          "personal-neg-n", "personal-pos-n"}
+    assert COUNT_KEYS == {"count", "num-examples", "n-correct", "neg-n", "pos-n", "members",
+                          "non-members", "cell-n", "g-n", "cell-hd-n", "explain-n",
+                          "personal-num-examples", "personal-n-correct", "personal-neg-n",
+                          "personal-pos-n"}
     cells = ("n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
              "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")
     assert FIXED_LENGTH == {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
