@@ -32,7 +32,7 @@ from medfl.site.identity import (
 )
 from medfl.site.memory import NodeMemory
 from medfl.site.metrics import moments_to_metrics
-from medfl.site.moments import feature_stats, moments_rng, noised_release, site_scaler
+from medfl.site.moments import feature_stats, moments_rng, site_scaler
 from medfl.site.policy import SitePolicy
 from medfl.site.releases import (
     answer_once,
