@@ -42,6 +42,24 @@ def _task_identity():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _calibration_cache(tmp_path_factory):
+    """One noise-calibration cache for the session, inherited by every process a test
+    starts (SuperNodes, ClientApps, simulations): a site calibrates σ in each new ClientApp
+    process, 5-15 s with PRV, and the deployment tests run the same sites and configs.
+    A cache the caller names (the variable already set) is used as it is."""
+    import os
+
+    from medfl.privacy.calibration_cache import CACHE_ENV
+
+    if os.environ.get(CACHE_ENV):
+        yield
+        return
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("calibrations"))
+    yield
+    os.environ.pop(CACHE_ENV, None)
+
+
 @pytest.fixture
 def run_inprocess(tmp_path):
     """Run the real ServerApp over the real ClientApp in-process; return (run_path, grid)."""

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from medfl.config import ACCOUNTANTS
 from medfl.errors import ConfigError, PrivacyBudgetExceeded
+from medfl.privacy import calibration_cache
 
 History = list[tuple[float, float, int]]
 
@@ -103,9 +104,11 @@ def calibrate_noise(
     """
     if steps < 1:
         raise ConfigError(f"DP-SGD needs at least one step, got steps={steps}")
-    if not prior:
-        return _opacus_noise(float(target_epsilon), float(delta), float(sample_rate),
-                             int(steps), accountant, float(tolerance))
+    if not prior:  # the same numbers give the same σ: a machine may remember it on disk
+        return calibration_cache.remembered_noise(
+            _opacus_noise, spends=epsilon_from_history, target_epsilon=target_epsilon,
+            delta=delta, sample_rate=sample_rate, steps=steps, accountant=accountant,
+            tolerance=tolerance)
     spent = epsilon_from_history(prior, delta=delta, accountant=accountant)
     if spent >= target_epsilon:
         raise PrivacyBudgetExceeded(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -209,14 +210,41 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
     assert all(s["epsilon"] <= 3.0 for s in summary["sites"])
 
 
+def _modified_project(folder: Path, marker: Path) -> Path:
+    """This project's apps with one line added to the ClientApp: it writes ``marker``
+    wherever it is imported. Not the FAB the sites approved."""
+    folder.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", folder / "pyproject.toml")
+    for pkg in ("server", "client"):
+        shutil.copytree(ROOT / pkg, folder / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    app = folder / "client" / "app.py"
+    app.write_text(app.read_text() + f"\nimport pathlib\npathlib.Path({str(marker)!r})"
+                                     ".write_text('FAB code ran')\n")
+    return folder
+
+
 def test_the_server_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
     """The SuperLink (and its ServerApp) is killed after round 1; it is restarted on the
     same database, the SuperNodes reconnect on their own, and `resume-from` finishes the
-    run with the uninterrupted run's round count and one accountant per site."""
+    run with the uninterrupted run's round count and one accountant per site.
+
+    Before that, code trust (issue 18) on the same SuperNodes: a modified app is refused
+    at both sites and never imported there; the sites then train the approved one."""
     out = tmp_path / "out"
     run = out / "crash"
+    marker = tmp_path / "imported-at-the-site"
+    modified = _modified_project(tmp_path / "modified", marker)
     with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian")) as fed:
-        fed.start()
+        fed.start()  # builds, signs and approves this project's FAB at each site
+        args = fed.run_args(f"num-server-rounds=1 output-dir='{out}' run-name='modified' "
+                            "strategy.round-timeout=60.0")
+        args[args.index(str(ROOT))] = str(modified)  # `flwr run <the modified project>`
+        refused = subprocess.run(args, env=fed.env(), cwd=fed.workdir, capture_output=True,
+                                 text=True, timeout=300)
+        reply = refused.stdout + refused.stderr
+        assert "not approved at this site" in reply, reply[-3000:]
+        assert not marker.exists()
+        assert not (out / "modified" / "summary.json").exists()
         proc, log = _submit(fed, f"num-server-rounds=2 output-dir='{out}' run-name='crash'")
         try:
             _wait_for(lambda: (run / "checkpoint" / "LATEST").exists(), timeout=300,
