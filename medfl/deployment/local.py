@@ -264,12 +264,9 @@ class LocalFederation:
                              f"{(proc.stdout + proc.stderr).strip()[-500:]}")
 
     def node_config(self, site: str) -> str:
-        """A hospital's ``--node-config``: its name, folders and local privacy policy."""
+        """A hospital's ``--node-config``: name, folders, privacy policy (start-site.sh's;
+        these loopback hospitals also allow the default scenario's non-DP releases)."""
         d = self.site_dir(site)
-        # each hospital's own policy, as deploy/start-site.sh sets it: runs asking for more
-        # than ε = 3 or fewer than 10 patients per released count are refused. These
-        # loopback hospitals stand in for the researcher's own, so they allow the default
-        # scenario's non-DP releases (start-site.sh allows none unless ALLOW_* is set).
         return (f"site='{site}' data-path='{d / 'data'}' site-dir='{d / 'state'}' "
                 "max-epsilon=3.0 min-k=10 lifetime-epsilon=10.0 allow-personal-eval=true "
                 "allow-audit=true allow-exact-moments=true")

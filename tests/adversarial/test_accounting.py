@@ -40,12 +40,14 @@ CHOL = FEATURES.index("chol")
 
 def _node(site_dir: Path, **policy: Any) -> dict[str, Any]:
     return {"site": SITE, "data-path": str(data_dir()), "site-dir": str(site_dir),
-            "max-epsilon": 3.0, "lifetime-epsilon": 100.0, **policy}
+            "max-epsilon": 3.0, "lifetime-epsilon": 100.0, "allow-exact-moments": True,
+            **policy}
 
 
 def _raw(**overrides: Any) -> dict[str, Any]:
     base = {"privacy__accountant": "rdp", "privacy__target_delta": 1e-4,
-            "model__name": "mlp", "model__hidden": 1, "privacy__audit": False}
+            "model__name": "mlp", "model__hidden": 1, "privacy__audit": False,
+            "evaluation__personal_epochs": 0}
     return run_config(**{**base, **overrides})
 
 
