@@ -58,10 +58,13 @@ def test_summary_has_the_required_keys_and_site_sizes(dp_run):
 
 def test_mean_site_accuracy_is_the_unweighted_mean(dp_run):
     s = json.loads((dp_run[0] / "summary.json").read_text())
-    # over the sites that share their accuracy (Switzerland withholds it, see below)
-    accs = [x["metrics"]["accuracy"] for x in s["sites"] if x["metrics"]["accuracy"] is not None]
-    assert len(accs) == 3
-    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / 3)
+    # over the sites that share their accuracy: a site withholds it unless its correct and
+    # its wrong predictions both reach k = 10, which Switzerland's 16 test patients cannot
+    by_site = {x["name"]: x["metrics"]["accuracy"] for x in s["sites"]}
+    assert by_site["switzerland"] is None
+    accs = [a for a in by_site.values() if a is not None]
+    assert accs, "no site shared its accuracy"  # secure noise: which ones varies by run
+    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / len(accs))
 
 
 def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run):
