@@ -46,8 +46,12 @@ def test_the_summary_means_the_sites_that_evaluated_the_final_model(many):
     assert len(final) == 4 and all(name.startswith("part-") for name in final)
     assert summary["sites_evaluated"] == 4
     evaluated = [s for s in summary["sites"] if s["name"] in final]
-    assert summary["mean_site_accuracy"] == pytest.approx(
-        sum(final[s["name"]]["accuracy"] for s in evaluated) / 4)
+    # a site shares its accuracy only when its correct and wrong counts both reach k, so
+    # the mean is over the evaluated sites that shared one (secure noise: varies by run)
+    accs = [final[s["name"]]["accuracy"] for s in evaluated
+            if final[s["name"]]["accuracy"] is not None]
+    assert summary["mean_site_accuracy"] == (
+        pytest.approx(sum(accs) / len(accs)) if accs else None)
     # each partition holds 100,000 / 200 synthetic patients, split 70/30
     assert all(s["n_test"] == 150 for s in evaluated)
     assert {s["n_train"] for s in summary["sites"] if s["n_train"] is not None} == {350}
