@@ -74,6 +74,10 @@ SCHEMA: dict[str, Rule] = {
     "privacy.lifetime-epsilon": (float, "a number >= 0 (0: no lifetime limit)",
                                  lambda v: v >= 0 and math.isfinite(v)),
     "privacy.audit": (bool, "true or false", lambda v: True),
+    "privacy.test-epsilon": (float, "a number >= 0 (0: exact test-set figures, where the "
+                             "site allows them)", lambda v: v >= 0 and math.isfinite(v)),
+    "privacy.report-share": (float, "a number in (0, 1]: the final report's share of the "
+                             "test-set budget", lambda v: 0 < v <= 1),
     "privacy.grad-sample-mode": _choice(GRAD_SAMPLE_MODES),
     "privacy.central-noise-multiplier": (float, "a number >= 0 (0: no central DP)",
                                          lambda v: v >= 0 and math.isfinite(v)),
@@ -105,6 +109,9 @@ SCHEMA: dict[str, Rule] = {
                                    lambda v: 0 <= v <= 100),
     "evaluation.personal-lr": (float, "a number >= 0 (0: train.lr)",
                                lambda v: v >= 0 and math.isfinite(v)),
+    "evaluation.monitor-every": (int, "an integer >= 0: a noisy monitoring evaluation every "
+                                 "this many rounds and at the last (0: none)",
+                                 lambda v: v >= 0),
     "strategy.name": _choice(STRATEGIES),
     "strategy.fraction-train": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),
     "strategy.fraction-evaluate": (float, "a number in (0, 1]", lambda v: 0 < v <= 1),

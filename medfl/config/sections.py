@@ -53,6 +53,10 @@ class PrivacyConfig:
     secure_mode: bool
     lifetime_epsilon: float
     audit: bool
+    #: ε over this run's test-row releases (evaluation, report), per site; 0: exact
+    test_epsilon: float
+    #: the final report's share of the test-set budget (the rest: monitoring rounds)
+    report_share: float
     grad_sample_mode: str
     central_noise_multiplier: float
     central_clipping_norm: float
@@ -96,6 +100,8 @@ class EvaluationConfig:
     personal_epochs: int
     #: the fine-tuning's learning rate (0: ``train.lr``)
     personal_lr: float
+    #: a noisy monitoring evaluation every this many rounds and at the last (0: none)
+    monitor_every: int
 
 
 @dataclass(frozen=True)
