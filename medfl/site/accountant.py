@@ -25,6 +25,7 @@ from medfl.io import atomic_write_json
 from medfl.privacy import replay as replay_lib
 from medfl.privacy.dp import DPPlan, History, epsilon_from_history, extend_history
 from medfl.privacy.ledger import Attempt, Decide, Ledger
+from medfl.privacy.mechanisms import TestPlan, monitor_rounds, plan_test_releases
 from medfl.site.identity import lifetime_limit, site_state_dir
 from medfl.site.memory import NodeMemory, Record
 from medfl.site.metrics import TrainMetrics
@@ -198,6 +199,30 @@ class SiteAccountant:
             return [(sigma, 1.0, 1)], eps
 
         self.reserve(self.attempt("released", server_round=0, n_train=n_train), decide)
+
+    # --- the test rows' budget ------------------------------------------------------------
+
+    def test_plan(self) -> TestPlan:
+        """This run's test-set releases and their noise multipliers (public settings only:
+        ``privacy.test-epsilon``, ``report-share``, ``evaluation.monitor-every``)."""
+        p = self.cfg.privacy
+        return plan_test_releases(
+            epsilon=p.test_epsilon, delta=p.target_delta, accountant=p.accountant,
+            report_share=p.report_share,
+            rounds=monitor_rounds(self.cfg.num_server_rounds, self.cfg.evaluation.monitor_every))
+
+    def reserve_test(self, release: str, *, server_round: int, n_test: int) -> float:
+        """Check and reserve one test-set release (``REPORT`` or ``MONITOR``) before any
+        test row is read; returns its noise multiplier σ (0: exact).
+
+        STUB (issue 19 in progress): the ledger's test budget and the site policy's
+        checks are added by the accounting change; this returns the planned σ only."""
+        del server_round, n_test
+        return self.test_plan().sigma(release)
+
+    def test_spent(self) -> float:
+        """This run's ε on its test rows so far (STUB: the planned total)."""
+        return self.test_plan().epsilon
 
     # --- the replay of the last released round -------------------------------------------
 
