@@ -29,8 +29,8 @@ import numpy as np
 
 from medfl.privacy.dp import History, epsilon_from_history
 
-#: the two kinds of test-set release
-REPORT, MONITOR = "report", "monitor"
+#: the kinds of test-set release
+REPORT, MONITOR, AUDIT = "report", "monitor", "audit"
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,8 @@ class TestPlan:
     report_sigma: float
     monitor_sigma: float
     monitor_rounds: tuple[int, ...]
+    #: the membership audit's non-member histogram (0: no audit in this run)
+    audit_sigma: float = 0.0
 
     @property
     def exact(self) -> bool:
@@ -78,8 +80,9 @@ class TestPlan:
         return self.epsilon == 0
 
     def sigma(self, release: str) -> float:
-        """The noise multiplier of ``release`` (``REPORT`` or ``MONITOR``)."""
-        return self.report_sigma if release == REPORT else self.monitor_sigma
+        """The noise multiplier of ``release`` (``REPORT``, ``MONITOR`` or ``AUDIT``)."""
+        return {REPORT: self.report_sigma, MONITOR: self.monitor_sigma,
+                AUDIT: self.audit_sigma}[release]
 
     def spend(self, release: str) -> History:
         """One release's accountant history entry (empty when exact)."""
@@ -90,6 +93,8 @@ class TestPlan:
         out: History = []
         if self.monitor_rounds and not self.exact:
             out.append((self.monitor_sigma, 1.0, len(self.monitor_rounds)))
+        if self.audit_sigma > 0 and not self.exact:
+            out.append((self.audit_sigma, 1.0, 1))
         return [*out, *self.spend(REPORT)]
 
 
@@ -102,31 +107,39 @@ def monitor_rounds(rounds: int, every: int) -> tuple[int, ...]:
 
 
 def plan_test_releases(*, epsilon: float, delta: float, accountant: str, report_share: float,
-                       rounds: tuple[int, ...]) -> TestPlan:
-    """The σs that spend exactly ``epsilon`` at ``delta`` over one report and a monitoring
-    release in each of ``rounds`` (see the module docstring); ``epsilon = 0``: exact."""
+                       rounds: tuple[int, ...], audit_sigma: float = 0.0) -> TestPlan:
+    """The σs that spend exactly ``epsilon`` at ``delta`` over one report, a monitoring
+    release in each of ``rounds`` and, with ``audit_sigma`` > 0, the audit's non-member
+    histogram at that fixed σ (see the module docstring); ``epsilon = 0``: exact."""
     if epsilon == 0:
-        return TestPlan(0.0, delta, accountant, 0.0, 0.0, tuple(rounds))
+        return TestPlan(0.0, delta, accountant, 0.0, 0.0, tuple(rounds), audit_sigma)
     report, monitor = _calibrate(float(epsilon), float(delta), accountant,
-                                 float(report_share), len(rounds))
-    return TestPlan(float(epsilon), float(delta), accountant, report, monitor, tuple(rounds))
+                                 float(report_share), len(rounds), float(audit_sigma))
+    return TestPlan(float(epsilon), float(delta), accountant, report, monitor, tuple(rounds),
+                    float(audit_sigma))
 
 
 @functools.lru_cache(maxsize=256)
 def _calibrate(epsilon: float, delta: float, accountant: str, share: float,
-               m: int) -> tuple[float, float]:
+               m: int, audit: float) -> tuple[float, float]:
     """(report σ, monitoring σ) by bisection on a common scale ``s``: report σ =
-    ``s / sqrt(share)``, monitoring σ = ``s / sqrt((1 - share) / m)``."""
+    ``s / sqrt(share)``, monitoring σ = ``s / sqrt((1 - share) / m)``; the audit's fixed
+    release (σ = ``audit``, 0: none) composed with them."""
     if m == 0 or share >= 1:
         share, m = 1.0, 0
+    fixed: History = [(audit, 1.0, 1)] if audit > 0 else []
+
     def sigmas(s: float) -> tuple[float, float]:
         return s / math.sqrt(share), (s / math.sqrt((1 - share) / m) if m else math.inf)
 
     def spent(s: float) -> float:
         report, monitor = sigmas(s)
         history: History = [(monitor, 1.0, m)] if m else []
-        return epsilon_from_history([*history, (report, 1.0, 1)], delta=delta,
+        return epsilon_from_history([*fixed, *history, (report, 1.0, 1)], delta=delta,
                                     accountant=accountant)
+
+    if fixed and epsilon_from_history(fixed, delta=delta, accountant=accountant) >= epsilon:
+        raise ValueError(f"the audit's release alone spends test-set ε={epsilon} at δ={delta}")
 
     lo, hi = 1e-3, 1.0
     while spent(hi) > epsilon:

@@ -26,6 +26,7 @@ from medfl.data.types import SiteData
 from medfl.errors import AttemptFailed, DataError, PrivacyBudgetExceeded
 from medfl.models import state_arrays
 from medfl.privacy import replay as replay_lib
+from medfl.privacy.audit import AUDIT_SIGMA
 from medfl.privacy.dp import (
     DPPlan,
     History,
@@ -97,6 +98,15 @@ def _setup(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     return _Setup(model, optimizer, loader, device, noise_seed)
 
 
+def planned_releases(cfg: RunConfig) -> History:
+    """Releases of training rows planned after training, composed into DP-SGD's
+    calibration so that the run's training ε stays within its target: the membership
+    audit's members' histogram (:mod:`medfl.privacy.audit`) when the run asks for it."""
+    if cfg.privacy.enabled and cfg.privacy.audit:
+        return [(AUDIT_SIGMA, 1.0, 1)]
+    return []
+
+
 def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: History,
                server_round: int) -> tuple[DPPlan, History, float]:
     """The run's DP plan (made on the first round), the history this round would leave,
@@ -107,7 +117,8 @@ def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: 
             n_train=data.n_train, batch_size=cfg.train.batch_size,
             local_epochs=cfg.train.local_epochs, rounds=cfg.num_server_rounds,
             target_epsilon=p.target_epsilon, delta=p.target_delta,
-            max_grad_norm=p.max_grad_norm, accountant=p.accountant, prior=history,
+            max_grad_norm=p.max_grad_norm, accountant=p.accountant,
+            prior=[*history, *planned_releases(cfg)],
         )
     after = extend_history(history, plan.noise_multiplier, plan.sample_rate,
                            plan.steps_per_round)

@@ -63,3 +63,54 @@ def test_audit_command_reproduces_the_sites_figures(run_inprocess):
     for site, row in in_run.items():
         assert offline[site]["attack_auc"] == pytest.approx(row["attack_auc"])
         assert offline[site]["members"] == row["members"]
+
+
+# --- the audit as it leaves a site: noisy loss histograms ---------------------------------
+
+def test_release_figures_are_sklearns_on_the_binned_losses():
+    from medfl.privacy.audit import LOSS_EDGES, audit_release
+
+    rng = np.random.default_rng(1)
+    lm, ln = rng.exponential(0.4, 200), rng.exponential(0.6, 90)
+    r = audit_release(lm, ln, sigma=0.0, rng=rng).result()
+    bins = np.searchsorted(LOSS_EDGES, np.r_[lm, ln], side="right")
+    labels = np.r_[np.ones(200), np.zeros(90)]
+    assert r.attack_auc == pytest.approx(roc_auc_score(labels, -bins))
+    assert (r.members, r.non_members) == (200, 90)
+    # TPR at the largest cut whose FPR <= 10%, by hand over the grid's cuts
+    cuts = [(np.mean(bins[:200] <= b), np.mean(bins[200:] <= b)) for b in range(11)]
+    assert r.tpr_at_low_fpr == pytest.approx(max(t for t, f in cuts if f <= 0.1))
+
+
+def test_release_noise_has_the_mechanisms_scale_and_no_exact_count_leaves():
+    from medfl.privacy.audit import AUDIT_SIGMA, AuditRelease, audit_release
+
+    lm, ln = np.full(50, 0.03), np.full(20, 3.0)
+    draws = [audit_release(lm, ln, sigma=AUDIT_SIGMA, rng=np.random.default_rng(i))
+             for i in range(400)]
+    member_bin = np.array([d.member_hist[1] for d in draws])  # holds the 50 members
+    assert draws[0].std == AUDIT_SIGMA  # sensitivity 1: std = σ
+    assert abs(member_bin.mean() - 50) < 4 * AUDIT_SIGMA / np.sqrt(400)
+    assert 0.85 < member_bin.std() / AUDIT_SIGMA < 1.15
+    assert AuditRelease.from_metrics(draws[0].to_metrics()) == draws[0]
+
+
+def test_dp_sgd_is_calibrated_with_the_audit_planned_in():
+    from conftest import run_config
+
+    from medfl.config import parse_run_config
+    from medfl.privacy.audit import AUDIT_SIGMA
+    from medfl.privacy.dp import DPPlan, epsilon_from_history
+    from medfl.site.training import planned_releases
+
+    cfg = parse_run_config(run_config())
+    assert planned_releases(cfg) == [(AUDIT_SIGMA, 1.0, 1)]
+    p = cfg.privacy
+    plan = DPPlan.make(n_train=199, batch_size=128, local_epochs=1, rounds=10,
+                       target_epsilon=p.target_epsilon, delta=p.target_delta,
+                       max_grad_norm=1.0, accountant=p.accountant,
+                       prior=planned_releases(cfg))
+    full = [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round * 10),
+            (AUDIT_SIGMA, 1.0, 1)]
+    assert epsilon_from_history(full, delta=p.target_delta,
+                                accountant=p.accountant) <= p.target_epsilon * 1.001
