@@ -39,7 +39,7 @@ def audit(msg: Message, context: Context) -> Message:
 @app.query(fed.QUERY_REPORT, mods=[fed.egress_guard])
 @fed.guarded
 def report(msg: Message, context: Context) -> Message:
-    """Report statistics of the final model (suppressed at k), and the site-local report."""
+    """The final model's report release (one Gaussian release), and the site-local report."""
     site = fed.open_site(msg, context)
     stats = site.report(fed.model_request(msg, context, site))
     return fed.reply(msg, site=site.name, metrics=stats.to_metrics())
@@ -57,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate(mods=[fed.egress_guard])
 @fed.guarded
 def evaluate(msg: Message, context: Context) -> Message:
-    """The global model's (and the personalised model's) test statistics at this site."""
+    """The monitoring release: the global (and personalised) model's noisy test statistics."""
     site = fed.open_site(msg, context)
     metrics = site.evaluate(fed.model_request(msg, context, site))
     return fed.reply(msg, site=site.name, metrics=metrics)

@@ -9,6 +9,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from medfl import federation as fed
 from medfl import orchestration as orch
+from medfl import tasks
 from medfl.errors import MedflError
 from medfl.federation.run_start import RunStart
 from medfl.federation.strategies import build_strategy
@@ -53,8 +54,9 @@ def main(grid: Grid, context: Context) -> None:
         audits = fed.query_audit(grid, final_nodes, arrays=final,
                                  config=shared, timeout=cfg.strategy.round_timeout)
     report_config = ConfigRecord({**dict(shared), "run-name": run_dir.path.name})
-    report_stats = fed.query_report(grid, final_nodes, arrays=final,
-                                    config=report_config, timeout=cfg.strategy.round_timeout)
+    report_stats = fed.query_report(grid, final_nodes, arrays=final, config=report_config,
+                                    timeout=cfg.strategy.round_timeout,
+                                    n_cells=len(tasks.task_for(cfg).cells()))
     summary = orch.finish_run(
         run_dir, cfg, weights=fed.from_array_record(final), scaler=scaler,
         train=strategy.final_train, evaluation=strategy.final_site_stats,

@@ -82,7 +82,8 @@ def run_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("serving-run")
     cfg = run_config(num_server_rounds=2, privacy__enabled=False, output_dir=str(out),
-                     run_name="served", privacy__audit=False)
+                     run_name="served", privacy__audit=False,
+                     privacy__test_epsilon=0.0)  # exact figures, to check served ones
     inprocess.run(cfg)
     return out / "served"
 

@@ -1,14 +1,8 @@
-"""Federated evaluation from sufficient statistics."""
+"""Federated evaluation from noisy sufficient statistics (score histograms, sums)."""
 
 from __future__ import annotations
 
-from medfl.evaluation.stats import (
-    SiteEvalStats,
-    mixture_auroc,
-    pool_site_stats,
-    score_groups,
-    site_eval_stats,
-)
+from medfl.evaluation.release import CellRelease, ReportStats
+from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 
-__all__ = ["SiteEvalStats", "mixture_auroc", "pool_site_stats", "score_groups",
-           "site_eval_stats"]
+__all__ = ["CellRelease", "ReportStats", "SiteEvalStats", "pool_site_stats"]

@@ -64,6 +64,7 @@ class ReportStats:
         lists=("hist", "sums", "sums-std", "explain"),
         fixed_length={"hist": "n_hist", "sums": "n_sums", "sums-std": "n_seg",
                       "explain": "n_explain"},
+        noise={"hist-std": "hist", "sums-std": "sums", "explain-std": "explain"},
     )
 
     def to_metrics(self) -> dict[str, float | list[float]]:

@@ -113,8 +113,7 @@ def _violations(msg: Message, reply_msg: Message, bounds: ReplyBounds) -> list[s
                 if "arrays" in msg.content.array_records else None)
     return check_reply(msg.metadata.message_type, records=records, metrics=metrics,
                        site_record=site, arrays=arrays, expected_arrays=expected,
-                       k=bounds.k, n_numeric=bounds.n_numeric, n_cells=bounds.n_cells,
-                       n_explain=bounds.n_explain, attribute_cells=bounds.attribute_cells)
+                       bounds=bounds)
 
 
 def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:

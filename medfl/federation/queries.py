@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from medfl.data.scaling import FeatureMoments
+from medfl.evaluation.release import ReportStats
 from medfl.federation.records import (
     QUERY_AUDIT,
     QUERY_FEATURE_MOMENTS,
@@ -81,9 +82,23 @@ def query_audit(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: Co
 
 
 def query_report(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,
-                 timeout: float) -> dict[str, dict[str, Any]]:
-    """Ask every node for its report statistics on the final model (raw metric dicts, as
-    received: the run directory keeps them so that ``medfl report`` can rebuild)."""
+                 timeout: float, n_cells: int) -> dict[str, dict[str, Any]]:
+    """Ask every node for its report release on the final model (raw metric dicts, as
+    received: the run directory keeps them so that ``medfl report`` can rebuild).
+
+    A reply that does not parse as a report release over the run's ``n_cells`` cells
+    (:meth:`medfl.evaluation.release.ReportStats.from_metrics`) is logged and left out.
+    """
     content = RecordDict({"arrays": arrays, "config": config})
     replies = ask(grid, nodes, f"query.{QUERY_REPORT}", content, timeout=timeout)
-    return {site: dict(rep.content.metric_records["metrics"]) for site, rep in replies.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for site, rep in replies.items():
+        metrics = dict(rep.content.metric_records["metrics"])
+        try:
+            ReportStats.from_metrics(metrics, n_cells=n_cells)
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.warning("query.report: the release of %s is malformed and left out (%s)",
+                           site, type(exc).__name__)
+            continue
+        out[site] = metrics
+    return out

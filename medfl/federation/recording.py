@@ -28,9 +28,10 @@ from flwr.serverapp.strategy import FedAvg
 from numpy.typing import NDArray
 
 from medfl.errors import MedflError, PrivacyBudgetExceeded
-from medfl.evaluation.stats import PERSONAL, SiteEvalStats, pool_site_stats
+from medfl.evaluation.stats import SiteEvalStats
 from medfl.federation import compression
 from medfl.federation.client import ERROR_CODES
+from medfl.federation.monitoring import evaluation_record, parse_evaluations
 from medfl.federation.nodes import wait_for_nodes
 from medfl.federation.records import site_of
 from medfl.federation.validation import check_update, finite, norm_outliers
@@ -54,17 +55,22 @@ class Recording(_StrategyBase):
     aggregates it (non-finite values, wrong shapes, and with ``norm_ratio`` > 0 an update
     whose distance from the global model is over ``norm_ratio`` times the round's median).
 
-    Aggregation of arrays is the wrapped strategy's own. Evaluation replies carry
-    sufficient statistics (see ``medfl.evaluation.stats``) that are pooled here into
-    consortium-wide figures. ``on_round`` receives one JSON-ready dict per round.
+    Aggregation of arrays is the wrapped strategy's own. Only the rounds in
+    ``monitor_rounds`` are evaluated (``None``: every round): the sites' evaluate replies
+    are their noisy monitoring releases (``medfl.evaluation.stats``), summed here into
+    consortium-wide figures at the operating ``threshold``. ``on_round`` receives one
+    JSON-ready dict per round; a round without evaluation records none.
     """
 
     def __init__(self, *, on_round: Callable[[dict[str, Any]], None],
                  node_sites: dict[int, str] | None = None, norm_ratio: float = 0.0,
                  min_round_nodes: int = 1, round_timeout: float = 600.0,
                  on_checkpoint: CheckpointHook | None = None,
-                 compression: str = "none", **kwargs: Any) -> None:
+                 compression: str = "none", threshold: float = 0.5,
+                 monitor_rounds: tuple[int, ...] | None = None, **kwargs: Any) -> None:
         super().__init__(train_metrics_aggr_fn=_aggregate_train_metrics, **kwargs)
+        self._threshold = threshold
+        self._monitor_rounds = monitor_rounds
         self._compression = compression  # transport.compression: decoded before validation
         self._norm_ratio = norm_ratio
         self._min_round_nodes = min_round_nodes
@@ -112,10 +118,11 @@ class Recording(_StrategyBase):
         self.rounds_trained = {k: list(v) for k, v in records.get("rounds_trained", {}).items()}
         self.final_train = {k: TrainMetrics.from_metrics(v) for k, v in
                             records.get("final_train", {}).items()}
-        self.final_site_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
+        t = self._threshold
+        self.final_site_stats = {k: SiteEvalStats.from_metrics(v, threshold=t) for k, v in
                                  records.get("final_site_stats", {}).items()}
-        self.final_personal_stats = {k: SiteEvalStats.from_metrics(v) for k, v in
-                                     records.get("final_personal_stats", {}).items()}
+        self.final_personal_stats = {k: SiteEvalStats.from_metrics(v, threshold=t) for k, v
+                                     in records.get("final_personal_stats", {}).items()}
 
     def _outcomes(self, kind: str, replies: list[Message]
                   ) -> tuple[list[Message], list[dict[str, Any]]]:
@@ -167,9 +174,13 @@ class Recording(_StrategyBase):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord,
                            config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Flower's evaluate messages for the round's global model."""
+        """Flower's evaluate messages for the round's global model: none outside the
+        run's monitoring rounds (the sites would refuse them)."""
         run_round = self.run_round(server_round)
         self._round_arrays = arrays  # the round's global model, after any wrapper's noise
+        if not self.monitors(run_round):
+            self._sent["evaluate"] = []
+            return []
         self._wait_for_round_nodes(grid, run_round)
         messages = list(super().configure_evaluate(run_round, arrays, config, grid))
         self._sent["evaluate"] = messages
@@ -254,22 +265,31 @@ class Recording(_StrategyBase):
                 rounds.remove(run_round)
         self._current["not_aggregated"] = reason
 
+    def monitors(self, run_round: int) -> bool:
+        """Whether ``run_round`` is evaluated (one of the plan's monitoring rounds)."""
+        return self._monitor_rounds is None or run_round in self._monitor_rounds
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """Pool the sites' evaluation statistics, write the round's record and checkpoint."""
+        """Pool the sites' monitoring releases (monitoring rounds only), write the
+        round's record and checkpoint."""
         run_round = self.run_round(server_round)
-        replies = list(replies)
-        self._check_and_log_replies(replies, is_train=False, validate=False)
-        ok, problems = self._outcomes("evaluate", replies)
-        metrics = {site_of(rep): dict(rep.content.metric_records["metrics"]) for rep in ok}
-        stats = {site: SiteEvalStats.from_metrics(m) for site, m in metrics.items()}
-        # Personalised evaluation (evaluation.personal-epochs > 0): each site's fine-tuned copy
-        personal = {site: SiteEvalStats.from_metrics(m, PERSONAL) for site, m in metrics.items()
-                    if PERSONAL + "num-examples" in m}
-        pooled = pool_site_stats(list(stats.values()))
-        record = self._round_record(run_round, problems, stats, personal, pooled)
-        if stats:  # a round every site dropped out of keeps the last known figures
-            self.final_site_stats, self.final_personal_stats = stats, personal
+        record: dict[str, Any] = {**self._current, "round": run_round}
+        pooled: dict[str, Any] = {}
+        if self.monitors(run_round):
+            replies = list(replies)
+            self._check_and_log_replies(replies, is_train=False, validate=False)
+            ok, problems = self._outcomes("evaluate", replies)
+            stats, personal = parse_evaluations(
+                {site_of(rep): dict(rep.content.metric_records["metrics"]) for rep in ok},
+                threshold=self._threshold)
+            record.update(evaluation_record(stats, personal, problems))
+            pooled = record["global"]
+            if stats:  # a round every site dropped out of keeps the last known figures
+                self.final_site_stats, self.final_personal_stats = stats, personal
+        record["elapsed_s"] = round(time.monotonic() - self._t0, 3)
+        if self.round_offset and run_round == self.round_offset + 1:
+            record["resumed_after_round"] = self.round_offset  # the server had died
         self._on_round(record)
         if self._on_checkpoint is not None and self._round_arrays is not None:
             self._on_checkpoint(self, run_round, self._round_arrays)
@@ -277,26 +297,6 @@ class Recording(_StrategyBase):
             k: v for k, v in pooled.items()
             if isinstance(v, (int, float)) and math.isfinite(v)}  # as finite(v) is not None
         return MetricRecord(figures) if figures else None
-
-    def _round_record(self, run_round: int, problems: list[dict[str, Any]],
-                      stats: dict[str, SiteEvalStats], personal: dict[str, SiteEvalStats],
-                      pooled: dict[str, Any]) -> dict[str, Any]:
-        """The round's JSON-ready record: the train part kept by ``record_train``, then
-        the evaluation by site and pooled."""
-        record = {
-            **self._current,
-            "round": run_round,
-            "evaluate": _site_figures(stats),
-            "evaluate_problems": problems,
-            "global": pooled,
-        }
-        if personal:
-            record["evaluate_personal"] = _site_figures(personal)
-            record["global_personal"] = pool_site_stats(list(personal.values()))
-        record["elapsed_s"] = round(time.monotonic() - self._t0, 3)
-        if self.round_offset and run_round == self.round_offset + 1:
-            record["resumed_after_round"] = self.round_offset  # the server had died
-        return record
 
 
 class RecordingFedAvg(Recording, FedAvg):
@@ -310,16 +310,6 @@ def _error_status(code: int) -> str:
     if code == ErrorCode.NODE_UNAVAILABLE:
         return "dropped"
     return "failed"
-
-
-def _site_figures(stats: dict[str, SiteEvalStats]) -> dict[str, dict[str, Any]]:
-    """Each site's headline evaluation figures, by site name."""
-    figures: dict[str, dict[str, Any]] = {}
-    for site, s in sorted(stats.items()):
-        figures[site] = {"n": s.n, "accuracy": s.accuracy, "auroc": s.auroc, "loss": s.loss}
-        if s.dice_sum is not None:
-            figures[site].update({"dice": s.dice, "iou": s.iou})
-    return figures
 
 
 def _train_metrics(rep: Message) -> TrainMetrics | None:

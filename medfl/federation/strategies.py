@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
 
 from medfl.config import RunConfig
 from medfl.federation.recording import CheckpointHook, Recording
+from medfl.privacy.mechanisms import monitor_rounds
 
 BASES: dict[str, type[FedAvg]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam,
@@ -71,6 +72,8 @@ def build_strategy(cfg: RunConfig, *, num_sites: int,
         on_round=on_round, node_sites=node_sites, norm_ratio=s.norm_ratio,
         min_round_nodes=per_round, round_timeout=s.round_timeout,
         on_checkpoint=on_checkpoint, compression=cfg.transport.compression,
+        threshold=cfg.evaluation.threshold,
+        monitor_rounds=monitor_rounds(cfg.num_server_rounds, cfg.evaluation.monitor_every),
         fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
         min_train_nodes=per_round, min_evaluate_nodes=per_round,
         min_available_nodes=per_round, weighted_by_key=weighted_by_key,

@@ -1,9 +1,10 @@
-"""What a site computes about the global model on its own rows: its evaluation statistics,
-a personalised (locally fine-tuned) evaluation, and a membership-inference audit. Only the
-k-suppressed aggregates these return may leave the site."""
+"""What a site computes about the global model on its own rows: the monitoring release
+(the global model's, and a personalised copy's, whole-test-set statistics through one
+Gaussian mechanism) and the membership-inference audit (policy-gated, outside DP)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -14,39 +15,54 @@ from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
-from medfl.evaluation.cellstats import classification_report
 from medfl.evaluation.stats import (
+    MONITOR_SUMS,
     PERSONAL,
     SiteEvalStats,
-    segmentation_stats,
-    site_eval_stats,
+    from_release,
+    monitor_statistic,
 )
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
+from medfl.privacy.dp import dp_seed
+from medfl.privacy.mechanisms import MONITOR, REPORT, gaussian_release
+from medfl.site.identity import round_seed
 from medfl.site.training import model_from
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
+#: The test-set releases' noise streams, apart from training's and the moments' (which
+#: seed from round_seed alone)
+_STREAMS = {REPORT: 0x7E57_0001, MONITOR: 0x7E57_0002}
 
-def evaluate(
-    cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor], scaler: Standardizer
-) -> SiteEvalStats:
-    """Evaluate the global model on this site's test set; already suppressed at ``k``."""
+
+def release_rng(cfg: RunConfig, site: str, release: str, *,
+                server_round: int) -> np.random.Generator:
+    """The generator of a test-set release's noise: OS entropy under
+    ``privacy.secure-noise`` (:func:`medfl.privacy.dp.dp_seed`), else a stream of the
+    run's seed distinct from every other release's."""
+    seed = dp_seed(round_seed(cfg, site, server_round), secure=cfg.privacy.secure_noise)
+    return np.random.default_rng([seed, _STREAMS[release]])
+
+
+def statistic(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+              scaler: Standardizer) -> np.ndarray:
+    """The exact whole-test-set statistic of a model (see
+    :func:`medfl.evaluation.stats.monitor_statistic`); it never leaves the site as is."""
     device = resolve_device(cfg.device)
     model = model_from(cfg, weights).to(device)
-    scores = predict_proba(model, scaler.transform(data.x_test), device=device)
-    if tasks.task_for(cfg).segmentation:
-        return segmentation_stats(data.y_test, scores, threshold=cfg.evaluation.threshold,
-                                  k=cfg.privacy.k_threshold)
-    threshold, k = cfg.evaluation.threshold, cfg.privacy.k_threshold
-    cell_list = tasks.task_for(cfg).cells()
-    whole = classification_report(data.y_test, scores, data.sensitive_test, cell_list,
-                                  threshold=threshold, k=k)[0]
-    # the report's whole-test-set groups: one cut of these scores, never two (stats.py)
-    groups = None
-    if whole.groups is not None:
-        groups = ([(g.n, g.mean, g.var) for g in whole.groups if g.cls == 0],
-                  [(g.n, g.mean, g.var) for g in whole.groups if g.cls == 1])
-    return site_eval_stats(data.y_test, scores, threshold=threshold, k=k, groups=groups)
+    x = scaler.transform(data.x_test)
+    scores = predict_proba(model, x, device=device) if len(x) else np.zeros(0)
+    return monitor_statistic(data.y_test, scores, threshold=cfg.evaluation.threshold,
+                             segmentation=tasks.task_for(cfg).segmentation)
+
+
+def evaluate(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+             scaler: Standardizer) -> SiteEvalStats:
+    """The global model's exact whole-test-set statistics, for use at the site (the
+    site's own checks and benchmarks); what leaves is :func:`evaluation_metrics`."""
+    return from_release(statistic(cfg, data, weights=weights, scaler=scaler), 0.0,
+                        threshold=cfg.evaluation.threshold,
+                        segmentation=tasks.task_for(cfg).segmentation, test_epsilon=0.0)
 
 
 def personalise(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
@@ -55,7 +71,8 @@ def personalise(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tens
 
     ``evaluation.personal-epochs`` epochs of the run's optimiser at ``evaluation.personal-lr``
     (0: ``train.lr``), without DP: the fine-tuned model is used for this site's evaluation
-    and never leaves it; only its k-suppressed test statistics do (PRIVACY.md).
+    and never leaves it; only its noisy test statistics do, in the monitoring release
+    (PRIVACY.md).
     """
     e = cfg.evaluation
     torch.manual_seed(seed)
@@ -70,14 +87,34 @@ def personalise(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tens
 
 
 def evaluation_metrics(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
-                       scaler: Standardizer, seed: int) -> dict[str, Any]:
-    """An evaluate reply's metrics: the global model's test statistics and, with
-    ``evaluation.personal-epochs`` > 0, the locally fine-tuned model's under ``personal-``."""
-    metrics: dict[str, Any] = evaluate(cfg, data, weights=weights, scaler=scaler).to_metrics()
+                       scaler: Standardizer, seed: int, sigma: float,
+                       rng: np.random.Generator, test_epsilon: float) -> dict[str, Any]:
+    """An evaluate reply's metrics: the monitoring release (see
+    :mod:`medfl.evaluation.stats`), one Gaussian release over the global model's
+    statistics and, with ``evaluation.personal-epochs`` > 0, the locally fine-tuned
+    model's under ``personal-``.
+
+    Each patient adds at most 1 to each component (unit 1) of each model's statistic, whose
+    per-patient L2 norm is at most 1 (histogram) or sqrt(3) (segmentation sums); over
+    ``m`` models the sensitivity is ``sqrt(m)`` or ``sqrt(3 m)``. ``sigma``: the noise
+    multiplier the accountant reserved for this round (0: exact); ``test_epsilon``: the
+    site's test-set ε after it.
+    """
+    parts = [statistic(cfg, data, weights=weights, scaler=scaler)]
     if cfg.evaluation.personal_epochs > 0:
         tuned = personalise(cfg, data, weights=weights, scaler=scaler, seed=seed)
-        personal = evaluate(cfg, data, weights=tuned, scaler=scaler).to_metrics()
-        metrics.update({PERSONAL + k: v for k, v in personal.items()})
+        parts.append(statistic(cfg, data, weights=tuned, scaler=scaler))
+    segmentation = tasks.task_for(cfg).segmentation
+    per_model = len(MONITOR_SUMS) if segmentation else 1
+    out = gaussian_release(np.concatenate(parts), 1.0,
+                           sensitivity=math.sqrt(per_model * len(parts)), sigma=sigma, rng=rng)
+    size = len(parts[0])
+    metrics: dict[str, Any] = {}
+    for i, prefix in enumerate(["", PERSONAL][:len(parts)]):
+        stats = from_release(out.values[i * size:(i + 1) * size], float(out.std[0]),
+                             threshold=cfg.evaluation.threshold, segmentation=segmentation,
+                             test_epsilon=test_epsilon)
+        metrics.update({prefix + k: v for k, v in stats.to_metrics().items()})
     return metrics
 
 

@@ -1,13 +1,14 @@
 """What a hospital computes for the run's report, on its own data, after training.
 
-Shared with the server (the egress contract allows only these): per-cell evaluation
-statistics suppressed at ``k`` (:mod:`medfl.evaluation.cellstats`) and one explanation
-vector over at least ``k`` test cases: mean |SHAP| per feature (tabular) or the mean share
-of Grad-CAM saliency in each cell of an 8 x 8 grid (image classification).
+Shared with the server: one Gaussian release (:mod:`medfl.evaluation.report_cells`) over
+every declared cell's statistics (score histograms, or segmentation sums) and the sum over
+test cases of each case's explanation vector: |SHAP| per feature clipped to L2 norm
+``SHAP_CLIP`` (tabular), or the share of Grad-CAM saliency in each cell of an 8 x 8 grid
+(image classification). The site's accountant reserves the release's σ before this runs.
 
 Kept at the site: a site-local report (``<site state dir>/reports/<run>/report.html``)
-with the site's exact, unsuppressed metrics and Grad-CAM overlays of a few of its own test
-images. Images are PHI, so this file never leaves the hospital.
+with the site's exact metrics and Grad-CAM overlays of a few of its own test images.
+Images are PHI, so this file never leaves the hospital.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -27,13 +29,16 @@ from medfl.config import RunConfig
 from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
 from medfl.errors import DataError
-from medfl.evaluation.cellstats import (
-    ReportStats,
-    classification_report,
-    per_image_segmentation,
-    segmentation_report,
+from medfl.evaluation.release import SHAP_CLIP, ReportStats
+from medfl.evaluation.report_cells import (
+    cell_masks,
+    cells_per_patient,
+    classification_cells,
+    clipped_shap_sum,
+    release_report,
+    segmentation_cells,
 )
-from medfl.evaluation.population import score_table
+from medfl.evaluation.segmentation import per_image_segmentation
 from medfl.io import atomic_write_text
 from medfl.training import predict_proba, resolve_device
 
@@ -51,71 +56,107 @@ def local_dir(state_dir: Path, run_name: str, *, run_id: int) -> Path:
     return state_dir / "reports" / run_name
 
 
-def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
-           scaler: Standardizer, local_dir: Path | None) -> ReportStats:
-    """This site's report statistics for the final global model (already suppressed).
+def image_diagonal(cfg: RunConfig) -> float:
+    """The public image diagonal in pixels (``data.image-size`` x sqrt(2)): HD95 is
+    divided by it so that each image adds at most 1."""
+    return cfg.data.image_size * math.sqrt(2.0)
 
+
+def report(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+           scaler: Standardizer, local_dir: Path | None, sigma: float,
+           rng: np.random.Generator, test_epsilon: float) -> ReportStats:
+    """This site's report release for the final global model (see the module docstring).
+
+    ``sigma``: the noise multiplier the accountant reserved (0: exact); ``rng``: the
+    noise's generator; ``test_epsilon``: the site's test-set ε after this release;
     ``local_dir``: where the site-local report goes (``None``: not written).
     """
-    k, threshold = cfg.privacy.k_threshold, cfg.evaluation.threshold
+    threshold = cfg.evaluation.threshold
     device = resolve_device(cfg.device)
-    model = tasks.task_for(cfg).build_model()
+    task = tasks.task_for(cfg)
+    model = task.build_model()
     model.load_state_dict(weights, strict=True)
     model = model.to(device).eval()
     x_test = scaler.transform(data.x_test)
-    probs = predict_proba(model, x_test, device=device)
+    probs = predict_proba(model, x_test, device=device) if len(x_test) else np.zeros(0)
     if not np.all(np.isfinite(probs)):
         raise DataError("the global model's predictions are not finite (NaN or infinity): "
                         "training diverged; lower train.lr")
-    task = tasks.task_for(cfg)
     cell_list = task.cells()
-    explain: list[float] = []
-    explain_n: int | None = None
+    masks = cell_masks(data.sensitive_test, cell_list)
+    explain: np.ndarray | None = None
     overlays: list[bytes] = []
     if task.segmentation:
         dice, iou, hd = per_image_segmentation(data.y_test, probs, threshold=threshold)
-        stats = segmentation_report(dice, iou, hd, data.sensitive_test, cell_list, k=k)
-        local = {"Dice": float(dice.mean()), "IoU": float(iou.mean())}
+        cells = segmentation_cells(dice, iou, hd, masks, diagonal=image_diagonal(cfg))
+        local = {"Dice": float(dice.mean()), "IoU": float(iou.mean())} if len(dice) else {}
     else:
         probs = probs.reshape(-1)
-        stats = classification_report(data.y_test, probs, data.sensitive_test, cell_list,
-                                      threshold=threshold, k=k)
-        table = score_table(np.asarray(data.y_test), probs[None, :], threshold=threshold)
-        local = {name: float(table[name][0]) for name in
-                 ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")}
-        explain, explain_n, overlays = _explain(cfg, model, data, x_test, probs, k=k)
+        cells = classification_cells(data.y_test, probs, masks, threshold=threshold)
+        local = _local_figures(np.asarray(data.y_test).reshape(-1), probs,
+                               threshold=threshold)
+        explain, overlays = _explain(cfg, model, x_test, probs)
     if local_dir is not None:
         _write_local(local_dir, cfg, data, local, overlays)
-    return ReportStats(tuple(stats), tuple(explain), explain_n)
+    return release_report(
+        cells, explain, segmentation=task.segmentation,
+        explain_unit=SHAP_CLIP if cfg.is_tabular else 1.0,
+        cells_each=cells_per_patient(cell_list), sigma=sigma, rng=rng,
+        test_epsilon=test_epsilon)
 
 
-def _explain(cfg: RunConfig, model: torch.nn.Module, data: SiteData, x_test: np.ndarray,
-             probs: np.ndarray, *, k: int) -> tuple[list[float], int | None, list[bytes]]:
-    """The shared explanation vector, its count, and the site-local overlays.
+def _local_figures(y: np.ndarray, p: np.ndarray, *, threshold: float) -> dict[str, float]:
+    """The site-local report's exact figures (scikit-learn); those undefined left out."""
+    from sklearn.metrics import brier_score_loss, roc_auc_score
+
+    pred = p >= threshold
+    out: dict[str, float] = {}
+    if len(set(y.tolist())) == 2:
+        out["auroc"] = float(roc_auc_score(y, p))
+    ratios = {"accuracy": (pred == y, None), "sensitivity": (pred, y == 1),
+              "specificity": (~pred, y == 0), "ppv": (y == 1, pred), "npv": (y == 0, ~pred)}
+    for name, (hit, among) in ratios.items():
+        chosen = hit if among is None else hit[among]
+        if len(chosen):
+            out[name] = float(np.mean(chosen))
+    if len(y):
+        out["brier"] = float(brier_score_loss(y, p))
+    return out
+
+
+def _explain(cfg: RunConfig, model: torch.nn.Module, x_test: np.ndarray,
+             probs: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    """The summed per-case explanation vectors, and the site-local overlays.
 
     SHAP's reference is a public row, all zeros in model-input space (under federated
     scaling: the consortium-mean patient with every binary and one-hot feature 0), as in
     serving. A reference drawn from the site's training rows would put a statistic of
-    those rows, outside DP-SGD, into the shared vector.
+    those rows, outside DP-SGD, into the shared vector; with it, each case's SHAP vector
+    depends on that case alone, so the sum's sensitivity is one case's clipped vector.
     """
-    if data.n_test < k:
-        return [], None, []
     model = model.cpu()
+    n = len(x_test)
     if cfg.is_tabular:
-        from medfl.explain import mean_abs_shap
+        from medfl.explain import shap_values
 
-        values = mean_abs_shap(model, x_test.astype(np.float32),
-                               background=np.zeros((1, x_test.shape[1]), np.float32),
-                               seed=cfg.seed)
-        return [float(v) for v in values], data.n_test, []
+        width = x_test.shape[1]
+        if n == 0:
+            return np.zeros(width), []
+        values = shap_values(model, x_test.astype(np.float32),
+                             background=np.zeros((1, width), np.float32), seed=cfg.seed)
+        return clipped_shap_sum(values), []
     from medfl.explain import feature_layer, gradcam, overlay_png, saliency_grid
 
+    if n == 0:
+        return np.zeros(SALIENCY_GRID ** 2), []
     maps = gradcam(model, x_test.astype(np.float32), target_layer=feature_layer(model))
-    grid = saliency_grid(maps, grid=SALIENCY_GRID)
+    # saliency_grid is the mean over images of each image's grid (non-negative shares
+    # summing to 1): times n, the sum of the per-image grids
+    grid = n * saliency_grid(maps, grid=SALIENCY_GRID)
     # Overlays for the site's own eyes: its most confident positive predictions first.
     order = np.argsort(-probs)[:LOCAL_OVERLAYS]
     overlays = [overlay_png(x_test[i, 0], maps[i]) for i in order]
-    return [float(v) for v in grid.reshape(-1)], data.n_test, overlays
+    return grid.reshape(-1), overlays
 
 
 def _write_local(folder: Path, cfg: RunConfig, data: SiteData, local: dict[str, float],
@@ -136,8 +177,8 @@ def _write_local(folder: Path, cfg: RunConfig, data: SiteData, local: dict[str, 
         "margin:.5rem}img{width:160px;height:160px;image-rendering:pixelated}"
         ".warn{background:#fff3cd;padding:.6rem 1rem;border-left:4px solid #c90}</style>"
         f"</head><body><h1>Site-local report: {html.escape(data.name)}</h1>"
-        "<p class='warn'><strong>Stays at this hospital.</strong> This page holds exact, "
-        "unsuppressed figures and images of this site's patients; it is never sent to the "
+        "<p class='warn'><strong>Stays at this hospital.</strong> This page holds exact "
+        "figures and images of this site's patients; it is never sent to the "
         f"server. {html.escape(medfl.DISCLAIMER)}</p>"
         f"<h2>Global model on this site's {data.n_test} test cases</h2><table>{rows}</table>"
         + (f"<h2>Grad-CAM (where the model looked)</h2>{imgs}" if imgs else "")

@@ -17,9 +17,11 @@ from medfl.config import RunConfig, parse_run_config
 from medfl.data.scaling import Standardizer
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError
-from medfl.evaluation.cellstats import ReportStats
-from medfl.evaluation.subgroups import attributes
+from medfl.evaluation.histograms import N_BINS
+from medfl.evaluation.release import SEG_SUMS, ReportStats
+from medfl.evaluation.stats import MONITOR_SUMS
 from medfl.privacy.audit import AuditResult
+from medfl.privacy.mechanisms import MONITOR, REPORT
 from medfl.site import evaluation, report
 from medfl.site.accountant import SiteAccountant
 from medfl.site.identity import (
@@ -64,14 +66,18 @@ def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
     """The sizes the egress contract checks this site's replies against; ``k`` is the
     larger of the run's and the site's own ``min-k``."""
     task = tasks.task_for(cfg)
-    cell_list = task.cells()
+    n_cells = len(task.cells())
+    seg = task.segmentation
+    explain = 0 if seg else (len(task.feature_spec().feature_names) if cfg.is_tabular
+                             else report.SALIENCY_GRID ** 2)
     return ReplyBounds(
         k=max(cfg.privacy.k_threshold, SitePolicy.from_node_config(node_config).min_k),
         n_numeric=len(task.feature_spec().numeric_idx) if cfg.is_tabular else 0,
-        n_cells=len(cell_list),
-        n_explain=(len(task.feature_spec().feature_names) if cfg.is_tabular
-                   else report.SALIENCY_GRID ** 2),
-        attribute_cells=list(attributes(cell_list).values()),
+        n_cells=n_cells, n_explain=explain,
+        n_hist=0 if seg else n_cells * 2 * N_BINS,
+        n_sums=n_cells * len(SEG_SUMS) if seg else 0, n_seg=len(SEG_SUMS) if seg else 0,
+        n_monitor_hist=0 if seg else 2 * N_BINS, n_monitor_sums=len(MONITOR_SUMS) if seg else 0,
+        exact=cfg.privacy.test_epsilon == 0,
     )
 
 
@@ -157,18 +163,29 @@ class Site:
         return result
 
     def evaluate(self, request: ModelRequest) -> dict[str, Any]:
-        """The evaluate reply's metrics (see :func:`evaluation.evaluation_metrics`), once per
-        server round."""
-        answer_round_once(self.memory, "evaluate", server_round=request.server_round,
+        """The monitoring release's metrics (see :func:`evaluation.evaluation_metrics`):
+        only at the rounds the run's test-release plan names, once per round, its σ
+        reserved in the ledger before any test row is read."""
+        r = request.server_round
+        planned = self.accountant.test_plan().monitor_rounds
+        if r not in planned:
+            raise ConfigError(f"an evaluate request for server-round={r}: this run's "
+                              f"monitoring rounds are {list(planned)} (evaluation."
+                              "monitor-every and the last round); other rounds are not "
+                              "evaluated")
+        answer_round_once(self.memory, "evaluate", server_round=r,
                           rounds=self.config.num_server_rounds)
         if self.config.evaluation.personal_epochs > 0:
             refuse_unless_allowed(self.policy, "allow_personal_eval",
                                   "evaluation.personal-epochs > 0")
             log_release(self.name, "allow_personal_eval")
+        data = self.data
+        sigma = self.accountant.reserve_test(MONITOR, server_round=r, n_test=data.n_test)
         return evaluation.evaluation_metrics(
-            self.config, self.data, weights=request.weights,
-            scaler=self.scaler(request.scaler),
-            seed=round_seed(self.config, self.name, request.server_round))
+            self.config, data, weights=request.weights, scaler=self.scaler(request.scaler),
+            seed=round_seed(self.config, self.name, r), sigma=sigma,
+            rng=evaluation.release_rng(self.config, self.name, MONITOR, server_round=r),
+            test_epsilon=self.accountant.test_spent())
 
     def audit(self, request: ModelRequest) -> AuditResult:
         """Membership-inference audit of the global model on this site's own data: once
@@ -183,11 +200,16 @@ class Site:
         return evaluation.audit(self.config, self.data, weights=request.weights, scaler=scaler)
 
     def report(self, request: ModelRequest) -> ReportStats:
-        """The final model's report statistics (suppressed at k), answered once per run;
-        the site-local report goes to ``<state dir>/reports/<run>``."""
+        """The final model's report release, answered once per run, its σ reserved in
+        the ledger before any test row is read; the site-local report goes to
+        ``<state dir>/reports/<run>``."""
         data = self.data
         answer_once(self.memory, "report")
+        sigma = self.accountant.reserve_test(REPORT, server_round=0, n_test=data.n_test)
         local = report.local_dir(site_state_dir(self.config, self.name, self.node_config),
                                  request.run_name, run_id=self.run_id)
-        return report.report(self.config, data, weights=request.weights, local_dir=local,
-                             scaler=self.scaler(request.scaler))
+        return report.report(
+            self.config, data, weights=request.weights, local_dir=local,
+            scaler=self.scaler(request.scaler), sigma=sigma,
+            rng=evaluation.release_rng(self.config, self.name, REPORT, server_round=0),
+            test_epsilon=self.accountant.test_spent())

@@ -1,6 +1,7 @@
 """A hostile coordinator asking a deployed site the same thing again (issue 18, points 5, 6
-and 9): each one-off query is answered once per run, ``evaluate`` once per round, and no
-count under k leaves, neither from the site's statistics nor past its egress guard.
+and 9; issue 19): each one-off query is answered once per run, ``evaluate`` once per
+planned monitoring round and at no other, and no test-set release leaves without its
+noise, neither from the site's statistics nor past its egress guard.
 
 The real ClientApp (egress guard on) at a node configured as deploy/start-site.sh does,
 with the releases under test allowed by the site (see test_site_policy.py for the gates).
@@ -21,7 +22,6 @@ from medfl.data.heart import data_dir
 from medfl.site import load_site
 
 CONFIG_ERROR, EGRESS_BLOCKED = 1001, 1010  # medfl.federation's error codes
-SUPPRESSED = -1.0
 ALLOW_ALL = {"allow-personal-eval": True, "allow-audit": True, "allow-exact-moments": True}
 
 
@@ -59,34 +59,38 @@ def test_a_one_off_query_is_answered_once_per_run(tmp_path, kind):
     assert "once per run" in again.error.reason
 
 
-def test_evaluate_is_answered_once_per_round_and_only_for_the_runs_rounds(tmp_path):
-    raw = quick_run()  # 3 rounds
+def test_evaluate_is_answered_once_per_round_and_only_at_the_monitoring_rounds(tmp_path):
+    raw = quick_run(evaluation__monitor_every=1)  # 3 rounds, each monitored
     grid = deployed_grid(tmp_path, raw)
     assert not ask(grid, raw, "evaluate", server_round=1).has_error()
     again = ask(grid, raw, "evaluate", server_round=1)
     assert again.has_error() and "once per round" in again.error.reason
     assert not ask(grid, raw, "evaluate", server_round=2).has_error()
     beyond = ask(grid, raw, "evaluate", server_round=4)
-    assert beyond.has_error() and "num-server-rounds=3" in beyond.error.reason
+    assert beyond.has_error() and "monitoring rounds are [1, 2, 3]" in beyond.error.reason
+    sparse = quick_run(evaluation__monitor_every=2)  # rounds 2 and 3 (the last)
+    grid = deployed_grid(tmp_path / "sparse", sparse)
+    unplanned = ask(grid, sparse, "evaluate", server_round=1)
+    assert unplanned.has_error() and unplanned.error.code == CONFIG_ERROR
+    assert not ask(grid, sparse, "evaluate", server_round=3).has_error()
 
 
-def test_n_correct_is_withheld_when_the_incorrect_are_under_k(tmp_path):
-    # Switzerland's test set: 15 patients with heart disease and 1 without. At a threshold
-    # of 1e-9 every prediction is positive, so n - n-correct would be that 1 patient,
-    # which the suppressed AUROC and score groups hide.
+def test_a_tiny_test_set_is_released_noisy_not_suppressed(tmp_path):
+    # Switzerland's test set: 15 patients with heart disease and 1 without. Nothing is
+    # withheld any more; the one negative patient is hidden by the noise, not by k.
     raw = quick_run(evaluation__threshold=1e-9, evaluation__personal_epochs=1)
     y = np.asarray(load_site(parse_run_config(raw), "switzerland").y_test)
     assert (len(y), int(y.sum())) == (16, 15)
-    reply = ask(deployed_grid(tmp_path, raw, "switzerland"), raw, "evaluate")
+    reply = ask(deployed_grid(tmp_path, raw, "switzerland"), raw, "evaluate", server_round=3)
     assert not reply.has_error(), reply.error
     m = dict(reply.content["metrics"])
-    assert m["num-examples"] == 16 and m["auroc"] == SUPPRESSED
-    assert m["n-correct"] == SUPPRESSED
-    assert m["personal-num-examples"] == 16 and m["personal-n-correct"] == SUPPRESSED
+    assert len(m["hist"]) == len(m["personal-hist"]) == 16
+    assert m["hist-std"] > 1.0 and m["personal-hist-std"] == m["hist-std"]
+    assert not np.allclose(m["hist"], np.round(m["hist"]))  # no exact count leaves
 
 
 def _forgetful(leak):
-    """The site's evaluation with a count it forgot to suppress put back in."""
+    """The site's evaluation with its noise forgotten, or a value it should not send."""
     real = site_module.evaluation.evaluation_metrics
 
     def evaluation_metrics(*args, **kwargs):
@@ -95,21 +99,20 @@ def _forgetful(leak):
 
 
 LEAKS = {
-    # all but one patient correct: the one wrong is a count under k
-    "n-correct": lambda m: {"n-correct": m["num-examples"] - 1},
-    "personal-n-correct": lambda m: {"personal-num-examples": m["num-examples"],
-                                     "personal-n-correct": m["num-examples"] - 1},
-    # one class's score groups beside the test-set size reveal the other class's size
-    "personal-groups": lambda m: {"personal-num-examples": m["num-examples"],
-                                  "personal-neg-n": [m["num-examples"] - 3.0],
-                                  "personal-neg-mean": [0.0], "personal-neg-var": [1.0]},
+    # the exact histogram with a std of 0: an exact release the run did not ask for
+    "hist-std": lambda m: {"hist-std": 0.0},
+    "personal-hist-std": lambda m: {"personal-hist": m["hist"], "personal-hist-std": 0.0},
+    # per-patient scores beside the histogram
+    "scores": lambda m: {"hist": m["hist"] + [0.91, 0.12]},
+    "not finite": lambda m: {"sums": [float("nan")] * 3},
 }
 
 
 @pytest.mark.parametrize("leak", list(LEAKS))
-def test_the_egress_guard_holds_every_evaluate_count_to_k(tmp_path, monkeypatch, leak):
+def test_the_egress_guard_blocks_an_evaluate_reply_without_its_noise(tmp_path, monkeypatch,
+                                                                     leak):
     raw = quick_run()
     monkeypatch.setattr(site_module.evaluation, "evaluation_metrics", _forgetful(LEAKS[leak]))
-    reply = ask(deployed_grid(tmp_path, raw), raw, "evaluate")
+    reply = ask(deployed_grid(tmp_path, raw), raw, "evaluate", server_round=3)
     assert reply.has_error() and reply.error.code == EGRESS_BLOCKED
     assert "EgressBlocked" in reply.error.reason

@@ -22,6 +22,7 @@ from medfl.data.scaling import local_standardizer
 from medfl.errors import ConfigError
 from medfl.federation import fedbn
 from medfl.privacy.egress import check_reply
+from medfl.wire import ReplyBounds
 
 
 def _switzerland(**overrides):
@@ -52,10 +53,17 @@ def test_personalise_takes_the_sgd_steps_computed_by_hand():
     np.testing.assert_allclose(float(tuned["0.bias"]), b_expected, rtol=1e-5)
 
 
+def _exact(cfg, data, *, weights, scaler, seed):
+    """The evaluate reply's metrics without noise (σ = 0)."""
+    return site_lib.evaluation_metrics(cfg, data, weights=weights, scaler=scaler, seed=seed,
+                                       sigma=0.0, rng=np.random.default_rng(0),
+                                       test_epsilon=0.0)
+
+
 def test_evaluation_metrics_add_the_personal_copy_and_leave_the_global_model_alone():
     cfg, data, scaler, weights = _switzerland(evaluation__personal_epochs=3)
     before = {k: v.clone() for k, v in weights.items()}
-    metrics = site_lib.evaluation_metrics(cfg, data, weights=weights, scaler=scaler, seed=1)
+    metrics = _exact(cfg, data, weights=weights, scaler=scaler, seed=1)
     for k, v in before.items():  # the global weights were not trained in place
         assert torch.equal(weights[k], v)
     global_only = site_lib.evaluate(cfg, data, weights=weights, scaler=scaler).to_metrics()
@@ -67,32 +75,32 @@ def test_evaluation_metrics_add_the_personal_copy_and_leave_the_global_model_alo
     # Switzerland's training rows are all "disease": fine-tuning raises the intercept
     assert float(tuned["0.bias"]) > float(weights["0.bias"])
     off, *_ = _switzerland(evaluation__personal_epochs=0)
-    assert not any(k.startswith("personal-") for k in site_lib.evaluation_metrics(
+    assert not any(k.startswith("personal-") for k in _exact(
         off, data, weights=weights, scaler=scaler, seed=1))
 
 
-def test_the_egress_contract_declares_personal_statistics_and_suppresses_them_at_k():
-    base = {"num-examples": 40, "n-correct": 30, "loss-sum": 9.0, "auroc": 0.8,
-            "neg-n": [20.0], "neg-mean": [0.3], "neg-var": [0.01],
-            "pos-n": [20.0], "pos-mean": [0.7], "pos-var": [0.01]}
+def test_the_egress_contract_declares_personal_statistics_with_their_noise():
+    base = {"hist": [3.2, -1.0] * 8, "sums": [], "hist-std": 2.0, "sums-std": 0.0,
+            "test-epsilon": 0.4}
+    bounds = ReplyBounds(k=10, n_numeric=5, n_monitor_hist=16)
 
     def check(metrics):
         return check_reply("evaluate", records={"metrics": "metrics", "site": "config"},
                            metrics=metrics, site_record={"name": "va"}, arrays=None,
-                           expected_arrays=None, k=10, n_numeric=5)
+                           expected_arrays=None, bounds=bounds)
 
     personal = {f"personal-{k}": v for k, v in base.items()}
     assert check({**base, **personal}) == []
-    small = {**personal, "personal-pos-n": [4.0] * 5, "personal-pos-mean": [0.7] * 5,
-             "personal-pos-var": [0.0] * 5}
-    assert any("'personal-pos-n' holds a count below k=10" in v
-               for v in check({**base, **small}))
+    exact = {**personal, "personal-hist-std": 0.0}
+    assert any("'personal-hist-std' must be positive" in v for v in check({**base, **exact}))
     assert any("personal-extra" in v for v in check({**base, "personal-extra": 1.0}))
 
 
 def test_personalised_evaluation_is_reported_beside_the_global_one(run_inprocess):
+    # exact test-set figures (test-epsilon 0), monitored at both rounds
     path, _ = run_inprocess(num_server_rounds=2, privacy__enabled=False, privacy__audit=False,
-                            evaluation__personal_epochs=1, run_name="personal")
+                            evaluation__personal_epochs=1, evaluation__monitor_every=1,
+                            privacy__test_epsilon=0.0, run_name="personal")
     rounds = [json.loads(x) for x in (path / "rounds.jsonl").read_text().splitlines()]
     sites = ["cleveland", "hungarian", "switzerland", "va"]
     for r in rounds:
@@ -101,13 +109,12 @@ def test_personalised_evaluation_is_reported_beside_the_global_one(run_inprocess
     summary = json.loads((path / "summary.json").read_text())
     accs = [s["personal_metrics"]["accuracy"] for s in summary["sites"]]
     assert accs == [last[s]["accuracy"] for s in sites]
-    # Switzerland withholds its accuracy (a count under k); the mean is over the others
-    assert accs[2] is None and None not in accs[:2] + accs[3:]
-    shown_accs = [a for a in accs if a is not None]
-    assert summary["personal"]["mean_site_accuracy"] == pytest.approx(sum(shown_accs) / 3)
-    # pooled accuracy over the sharing sites' test patients, by hand from per-site figures
-    n = [last[s]["n"] for s in sites if last[s]["accuracy"] is not None]
-    pooled = sum(a * m for a, m in zip(shown_accs, n, strict=True)) / sum(n)
+    # every site releases its figures (Switzerland's too: noise, not k, protects it)
+    assert None not in accs
+    assert summary["personal"]["mean_site_accuracy"] == pytest.approx(sum(accs) / 4)
+    # pooled accuracy over every site's test patients, by hand from per-site figures
+    n = [last[s]["n"] for s in sites]
+    pooled = sum(a * m for a, m in zip(accs, n, strict=True)) / sum(n)
     assert summary["personal"]["metrics"]["accuracy"] == pytest.approx(pooled)
     assert any("personalised evaluation" in x for x in summary["privacy"]["non_dp_releases"])
     report = json.loads((path / "report.json").read_text())
@@ -197,9 +204,19 @@ def test_segmentation_sites_report_personalised_dice_within_the_contract(seg_run
     torch.manual_seed(0)
     weights = tasks.task_for(cfg).build_model().state_dict()
     scaler = site_lib.site_scaler(cfg, data, None)
-    metrics = site_lib.evaluation_metrics(cfg, data, weights=weights, scaler=scaler, seed=0)
-    assert metrics["personal-num-examples"] == metrics["num-examples"] == data.y_test.shape[0]
-    assert metrics["personal-dice-sum"] != metrics["dice-sum"]  # the copy was trained
-    assert check_reply("evaluate", records={"metrics": "metrics", "site": "config"},
-                       metrics=metrics, site_record={"name": "alpha"}, arrays=None,
-                       expected_arrays=None, k=5, n_numeric=0) == []
+    metrics = _exact(cfg, data, weights=weights, scaler=scaler, seed=0)
+    n = data.y_test.shape[0]
+    assert metrics["personal-sums"][0] == metrics["sums"][0] == n  # exact: σ = 0
+    assert metrics["personal-sums"][1] != metrics["sums"][1]  # the copy was trained
+    bounds = site_lib.reply_bounds(cfg, {})
+    assert (bounds.n_monitor_sums, bounds.n_monitor_hist) == (3, 0)
+    noisy = site_lib.evaluation_metrics(cfg, data, weights=weights, scaler=scaler, seed=0,
+                                        sigma=0.5, rng=np.random.default_rng(1),
+                                        test_epsilon=0.3)
+    # per image: 1, a Dice and an IoU for each of the two models: sensitivity sqrt(6)
+    assert noisy["sums-std"] == noisy["personal-sums-std"] == pytest.approx(0.5 * np.sqrt(6))
+    for m in (metrics, noisy):
+        assert check_reply("evaluate", records={"metrics": "metrics", "site": "config"},
+                           metrics=m, site_record={"name": "alpha"}, arrays=None,
+                           expected_arrays=None,
+                           bounds=ReplyBounds(**{**vars(bounds), "exact": m is metrics})) == []

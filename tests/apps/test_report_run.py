@@ -12,6 +12,7 @@ from sklearn.metrics import recall_score, roc_auc_score
 from typer.testing import CliRunner
 
 from medfl.data.heart import load_heart_site
+from medfl.evaluation.release import ReportStats
 from medfl.privacy.egress import DECLARED
 from medfl.serving import load_bundle
 from medfl.serving.tabular import TabularModel
@@ -149,7 +150,11 @@ def test_evaluation_file_holds_only_declared_report_keys(heart_run):
     assert sorted(raw) == SITES
     for metrics in raw.values():
         assert set(metrics) <= set(DECLARED["query.report"])
-        assert all(n >= 10 for n in metrics["g-n"])
+        # one release over 5 cells' (2, 8) histograms and 13 SHAP sums, all noised
+        release = ReportStats.from_metrics(metrics, n_cells=5)
+        assert len(metrics["hist"]) == 5 * 16 and len(release.explain) == 13
+        assert release.hist_std > 0 and release.explain_std == pytest.approx(
+            4.0 * release.hist_std)  # SHAP_CLIP units; the same σ · sensitivity
 
 
 def test_shap_importances_are_aggregated_over_sites(heart_run):

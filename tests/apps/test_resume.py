@@ -70,10 +70,12 @@ def _rounds(run):
 @pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
 def test_a_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, strategy):
     """Without DP the sites' training is seeded per round, so the resumed run's model must
-    equal the uninterrupted one's exactly; FedAdam also needs its moments restored."""
+    equal the uninterrupted one's exactly; FedAdam also needs its moments restored. Exact
+    test-set figures (test-epsilon 0), so that the two runs' evaluations compare too."""
     set_task_identity()
     base = run_config(num_server_rounds=3, privacy__enabled=False, output_dir=str(tmp_path),
-                      state_dir=str(tmp_path / "state"), strategy__name=strategy)
+                      state_dir=str(tmp_path / "state"), strategy__name=strategy,
+                      privacy__test_epsilon=0.0)
     _run(InProcessGrid(client_app, {**base, "run-name": "whole"}), {**base, "run-name": "whole"},
          run_id=1)
 

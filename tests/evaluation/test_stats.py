@@ -1,113 +1,93 @@
-"""Evaluation sufficient statistics: score groups, AUROC from groups, suppression at k."""
+"""The monitoring release: whole-test-set histograms and sums, their wire form, pooling."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from scipy.stats import norm
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score
 
+from medfl.evaluation.histograms import N_BINS
 from medfl.evaluation.stats import (
+    MONITOR_SUMS,
+    PERSONAL,
     SiteEvalStats,
-    mixture_auroc,
+    from_release,
+    monitor_statistic,
     pool_site_stats,
-    score_groups,
-    site_eval_stats,
 )
 
-
-def test_score_groups_by_hand():
-    groups = score_groups(np.array([0.9, 0.1, 0.5, 0.3, 0.7]), k=2)
-    # sorted: .1 .3 .5 .7 .9 -> 5 // 2 = 2 groups: [.1 .3 .5], [.7 .9]
-    assert [g[0] for g in groups] == [3, 2]
-    assert groups[0][1] == pytest.approx(0.3) and groups[1][1] == pytest.approx(0.8)
-    assert groups[0][2] == pytest.approx(np.var([0.1, 0.3, 0.5]))
+# the public grid at threshold 0.5, by hand: logit edges -3, -2, -1, 0, 1, 2, 3
+EDGES = np.array([-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.integers(1, 400), st.integers(1, 25))
-def test_every_group_holds_at_least_k_and_none_is_lost(n, k):
-    if n < k:
-        with pytest.raises(ValueError):
-            score_groups(np.zeros(n), k=k)
-        return
-    groups = score_groups(np.random.default_rng(n).uniform(size=n), k=k)
-    assert all(g[0] >= k for g in groups)
-    assert sum(g[0] for g in groups) == n
+def _hand_histogram(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """numpy's histogram of each class's logits over (-inf, -3, ..., 3, inf)."""
+    z = np.log(p) - np.log1p(-p)
+    bins = np.r_[-np.inf, EDGES, np.inf]
+    return np.stack([np.histogram(z[y == c], bins=bins)[0] for c in (0, 1)]).astype(float)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10_000), st.integers(5, 60), st.integers(5, 60))
-def test_with_k1_the_estimate_is_the_exact_auroc(seed, n_neg, n_pos):
+def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    neg, pos = rng.beta(2, 3, n_neg).round(2), rng.beta(3, 2, n_pos).round(2)  # with ties
-    exact = roc_auc_score(np.r_[np.zeros(n_neg), np.ones(n_pos)], np.r_[neg, pos])
-    assert mixture_auroc(score_groups(neg, k=1), score_groups(pos, k=1)) == pytest.approx(exact)
+    y = rng.integers(0, 2, n)
+    return y, 1 / (1 + np.exp(-(1.5 * (2 * y - 1) + rng.normal(0, 1.5, n))))
 
 
-def test_two_normal_groups_by_hand():
-    # one group each: P(X+ > X-) = Phi((0.7 - 0.4) / sqrt(0.01 + 0.03))
-    auc = mixture_auroc([(10, 0.4, 0.03)], [(20, 0.7, 0.01)])
-    assert auc == pytest.approx(norm.cdf(0.3 / np.sqrt(0.04)))
+def test_the_exact_statistic_is_numpys_histogram_and_gives_sklearns_accuracy():
+    y, p = _scores(300, 0)
+    flat = monitor_statistic(y, p, threshold=0.5, segmentation=False)
+    np.testing.assert_array_equal(flat.reshape(2, N_BINS), _hand_histogram(y, p))
+    stats = from_release(flat, 0.0, threshold=0.5, segmentation=False, test_epsilon=0.0)
+    # the threshold is a bin edge: accuracy from the histogram is exact
+    assert stats.n == 300
+    assert stats.accuracy == pytest.approx(accuracy_score(y, p >= 0.5))
 
 
-def test_estimate_at_k10_is_close_to_exact_on_realistic_scores():
-    rng = np.random.default_rng(0)
-    neg, pos = rng.beta(2, 4, 300), rng.beta(4, 2, 200)
-    exact = roc_auc_score(np.r_[np.zeros(300), np.ones(200)], np.r_[neg, pos])
-    est = mixture_auroc(score_groups(neg, k=10), score_groups(pos, k=10))
-    assert est == pytest.approx(exact, abs=0.01)
-
-
-def test_small_class_withholds_auroc_and_both_classes_groups():
-    # 3 negatives < k = 10. Sending the positives' groups (20 patients) beside n = 23
-    # would reveal the 3, so neither class's groups leave.
-    y = np.r_[np.zeros(3), np.ones(20)]
-    s = site_eval_stats(y, np.linspace(0.1, 0.9, 23), threshold=0.5, k=10)
-    assert s.auroc is None and s.groups_neg is None and s.groups_pos is None
-    # at 0.5 the 3 negatives and 12 of the positives are right, 8 positives wrong: the 8
-    # incorrect are a count under k too, so n-correct is withheld as well
-    assert s.n == 23 and s.n_correct is None
-
-
-def test_tiny_test_set_shares_nothing():
-    s = site_eval_stats(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.9]), threshold=0.5, k=10)
-    assert (s.n, s.n_correct, s.loss_sum, s.auroc, s.groups_neg, s.groups_pos) == (None,) * 6
+def test_wire_round_trip_with_the_personal_prefix():
+    hist = np.random.default_rng(1).normal(5, 2, (2, N_BINS))
+    s = SiteEvalStats(0.5, hist=hist, hist_std=2.5, test_epsilon=0.4)
     wire = s.to_metrics()
-    assert wire["num-examples"] == wire["n-correct"] == wire["loss-sum"] == -1.0
-    assert pool_site_stats([s])["sites_suppressed"] == 1
+    assert set(wire) == set(SiteEvalStats.WIRE.declared())
+    both = {**wire, **{PERSONAL + k: v for k, v in
+                       SiteEvalStats(0.5, hist=hist + 1, hist_std=2.5).to_metrics().items()}}
+    back = SiteEvalStats.from_metrics(both, threshold=0.5)
+    tuned = SiteEvalStats.from_metrics(both, PERSONAL, threshold=0.5)
+    np.testing.assert_array_equal(back.hist, hist)
+    np.testing.assert_array_equal(tuned.hist, hist + 1)
+    assert (back.hist_std, back.test_epsilon, back.sums) == (2.5, 0.4, None)
+    assert SiteEvalStats.has_metrics(both, PERSONAL) and not SiteEvalStats.has_metrics(wire,
+                                                                                       PERSONAL)
 
 
-def test_site_stats_match_sklearn_when_nothing_is_suppressed():
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, 2, 200)
-    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 200), 0, 1)
-    s = site_eval_stats(y, p, threshold=0.5, k=10)
-    assert s.auroc == pytest.approx(roc_auc_score(y, p))
-    assert s.accuracy == pytest.approx(np.mean((p >= 0.5) == y))
-    expected_loss = -np.sum(y * np.log(p.clip(1e-12)) + (1 - y) * np.log((1 - p).clip(1e-12)))
-    assert s.loss_sum == pytest.approx(expected_loss)
-    assert sum(g[0] for g in s.groups_pos) == int(y.sum())
+def test_undefined_figures_are_none_not_zero():
+    only_positives = np.zeros((2, N_BINS))
+    only_positives[1, 5] = 16.0
+    s = SiteEvalStats(0.5, hist=only_positives)
+    assert s.n == 16 and s.auroc is None
+    assert s.accuracy == pytest.approx(1.0)  # all 16 at or above the threshold
+    empty = SiteEvalStats(0.5, hist=np.zeros((2, N_BINS)))
+    assert (empty.n, empty.accuracy, empty.auroc, empty.loss) == (0, None, None, None)
+    assert (empty.dice, empty.iou) == (None, None)
 
 
-def test_wire_round_trip():
-    s = SiteEvalStats(40, 30, 4.2, 0.8, [(20, 0.3, 0.01)], [(20, 0.6, 0.02)])
-    assert SiteEvalStats.from_metrics(s.to_metrics()) == s
-    t = SiteEvalStats(16, 15, 4.2, None, None, None)
-    assert SiteEvalStats.from_metrics(t.to_metrics()) == t
-
-
-def test_pooled_accuracy_is_over_all_rows_not_a_mean_of_sites():
-    a = SiteEvalStats(100, 90, 10.0, None, [(10, 0.2, 0.0)], [(90, 0.8, 0.0)])
-    b = SiteEvalStats(20, 10, 5.0, None, [(10, 0.8, 0.0)], [(10, 0.2, 0.0)])
-    pooled = pool_site_stats([a, b])
-    assert pooled["accuracy"] == pytest.approx(100 / 120)
-    assert pooled["loss"] == pytest.approx(15.0 / 120)
-    # negatives: 10 at .2, 10 at .8; positives: 90 at .8, 10 at .2 (zero variance: exact)
-    # (90*10 [.8>.2] + .5*90*10 [tie] + .5*10*10 [tie]) / (100*20) = 1400 / 2000
-    assert pooled["auroc"] == pytest.approx(0.7)
+def test_pooled_figures_are_over_all_rows_not_a_mean_of_sites():
+    (ya, pa), (yb, pb) = _scores(200, 2), _scores(40, 3)
+    stats = [from_release(monitor_statistic(y, p, threshold=0.5, segmentation=False), 0.0,
+                          threshold=0.5, segmentation=False, test_epsilon=0.0)
+             for y, p in ((ya, pa), (yb, pb))]
+    pooled = pool_site_stats(stats)
+    y, p = np.r_[ya, yb], np.r_[pa, pb]
+    assert pooled["n"] == 240
+    assert pooled["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
+    # the pooled AUROC is the Mann-Whitney statistic of the summed histograms, by hand
+    h = _hand_histogram(y, p)
+    below = np.r_[0.0, np.cumsum(h[0])[:-1]]
+    auroc = float((h[1] * (below + 0.5 * h[0])).sum()) / (h[0].sum() * h[1].sum())
+    assert pooled["auroc"] == pytest.approx(auroc)
+    assert pooled["auroc_sites_excluded"] == 0 and pooled["sites_suppressed"] == 0
+    assert pool_site_stats([])["n"] == 0 and pool_site_stats([])["accuracy"] is None
 
 
 def _hand_dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,35 +99,26 @@ def _hand_dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def test_segmentation_sums_match_hand_computed_dice_and_iou():
-    from medfl.evaluation.stats import segmentation_stats
-
     rng = np.random.default_rng(0)
     truth = rng.random((12, 1, 8, 8)) < 0.3
     probs = np.clip(truth * 0.7 + rng.random(truth.shape) * 0.5, 0, 1)
     truth[0] = False  # an empty mask predicted empty scores 1
     probs[0] = 0.0
     dice, iou = _hand_dice_iou(probs >= 0.5, truth)
-    stats = segmentation_stats(truth.astype(np.float32), probs, threshold=0.5, k=10)
-    assert stats.n == 12 and dice[0] == 1.0
+    flat = monitor_statistic(truth.astype(np.float32), probs, threshold=0.5, segmentation=True)
+    assert len(flat) == len(MONITOR_SUMS) and dice[0] == 1.0
+    np.testing.assert_allclose(flat, [12, dice.sum(), iou.sum()])
+    stats = from_release(flat, 0.0, threshold=0.5, segmentation=True, test_epsilon=0.0)
+    assert stats.n == 12 and stats.hist is None and stats.accuracy is None
     assert stats.dice == pytest.approx(dice.mean()) and stats.iou == pytest.approx(iou.mean())
-    assert stats.dice_sqsum == pytest.approx(np.square(dice).sum())
-    back = type(stats).from_metrics(stats.to_metrics())
-    assert back.dice == pytest.approx(stats.dice)
+    back = SiteEvalStats.from_metrics(stats.to_metrics(), threshold=0.5)
+    assert back.dice == pytest.approx(stats.dice) and back.dice_sum == pytest.approx(dice.sum())
+    pooled = pool_site_stats([stats, back])
+    assert pooled["n"] == 24 and pooled["dice"] == pytest.approx(dice.mean())
 
 
-def test_segmentation_below_k_images_shares_nothing():
-    from medfl.evaluation.stats import SUPPRESSED, segmentation_stats
-
-    stats = segmentation_stats(np.ones((4, 1, 8, 8), np.float32), np.ones((4, 1, 8, 8)),
-                               threshold=0.5, k=10)
-    m = stats.to_metrics()
-    assert m["num-examples"] == SUPPRESSED and "dice-sum" not in m
-
-
-def test_mixture_auroc_over_thousands_of_groups_is_the_exact_auroc_with_ties():
-    # k = 1 with rounded scores: over 256 groups per class (several blocks) and many ties
-    rng = np.random.default_rng(5)
-    neg, pos = rng.normal(0, 1, 3000).round(1), rng.normal(0.8, 1, 2000).round(1)
-    exact = roc_auc_score(np.r_[np.zeros(3000), np.ones(2000)], np.r_[neg, pos])
-    assert mixture_auroc(score_groups(neg, k=1), score_groups(pos, k=1)) == pytest.approx(
-        exact, abs=1e-12)
+def test_noisy_means_stay_in_the_unit_interval():
+    s = SiteEvalStats(0.5, sums=np.array([3.0, 7.5, -1.0]), sums_std=4.0)
+    assert s.dice == 1.0 and s.iou == 0.0
+    assert SiteEvalStats(0.5, sums=np.array([-2.0, 1.0, 1.0])).dice is None
+    assert math.isclose(SiteEvalStats(0.5, sums=np.array([-2.0, 1.0, 1.0])).n, 0)

@@ -16,7 +16,8 @@ def _evaluate_message(raw, node_id):
     model = tasks.task_for(parse_run_config(raw)).build_model()
     arrays = {k: Array(np.asarray(v.detach().numpy())) for k, v in model.state_dict().items()}
     return Message(RecordDict({"arrays": ArrayRecord(arrays),
-                               "config": ConfigRecord({"server-round": 1})}),
+                               # a monitoring round (evaluation.monitor-every = 5)
+                               "config": ConfigRecord({"server-round": 5})}),
                    dst_node_id=node_id, message_type="evaluate")
 
 

@@ -14,6 +14,7 @@ from bench.inprocess import set_task_identity
 from medfl.federation.compression import SCALES_KEY, decode, encode
 from medfl.privacy.egress import check_reply
 from medfl.serving.bundle import load_bundle
+from medfl.wire import ReplyBounds
 
 
 def _content(arrays, metrics):
@@ -64,7 +65,7 @@ def test_the_egress_contract_wants_one_int8_scale_per_array():
                                              "arrays": "arrays"},
                            metrics={"num-examples": 30, SCALES_KEY: scales},
                            site_record={"name": "va"}, arrays=shapes, expected_arrays=shapes,
-                           k=10, n_numeric=5)
+                           bounds=ReplyBounds(k=10, n_numeric=5))
 
     assert check([0.01, 1.0]) == []
     assert any("must have 2 entries" in v for v in check([0.01, 1.0, 3.0]))

@@ -75,7 +75,7 @@ def test_canary_value_and_identifier_never_leave_the_site(tmp_path, caplog):
 
     out = tmp_path / "out"
     cfg = run_config(num_server_rounds=2, output_dir=str(out), run_name="canary",
-                     state_dir=str(tmp_path / "state"))
+                     state_dir=str(tmp_path / "state"), evaluation__monitor_every=1)
     grid = InProcessGrid(client_app, cfg, node_configs=nodes)
     caplog.set_level(logging.DEBUG)
     logging.getLogger("flwr").setLevel(logging.DEBUG)

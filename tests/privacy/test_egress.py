@@ -12,7 +12,9 @@ from flwr.clientapp import ClientApp
 
 from bench.inprocess import InProcessGrid
 from medfl import federation as fed
+from medfl.evaluation.histograms import N_BINS
 from medfl.privacy.egress import check_reply
+from medfl.wire import ReplyBounds
 
 GLOBAL = {"0.weight": np.zeros((1, 13), np.float32), "0.bias": np.zeros(1, np.float32)}
 GOOD_TRAIN = {"num-examples": 199, "steps": 70, "epsilon": 2.9, "delta": 1e-3,
@@ -20,6 +22,12 @@ GOOD_TRAIN = {"num-examples": 199, "steps": 70, "epsilon": 2.9, "delta": 1e-3,
               "prior-noise-multipliers": [], "epsilon-lifetime": 2.9, "site-weight": 1.0}
 RAW_ROW = {"age": 63.0, "sex": 1.0, "trestbps": 145.0, "chol": 233.0}
 PREDICTIONS = [0.91, 0.12, 0.77, 0.05, 0.64]
+#: a heart-disease run: 5 cells (all, 2 sexes, 2 age bands), 13 features
+HEART = ReplyBounds(k=10, n_numeric=5, n_cells=5, n_explain=13, n_hist=5 * 2 * N_BINS,
+                    n_monitor_hist=2 * N_BINS)
+#: a segmentation run with the same cells: 8 sums per cell, no explanation
+SEGMENTATION = ReplyBounds(k=10, n_numeric=0, n_cells=5, n_sums=5 * 8, n_seg=8,
+                           n_monitor_sums=3)
 
 
 def _check(kind="train", metrics=None, arrays=None, records=None, site=None, k=10):
@@ -27,7 +35,14 @@ def _check(kind="train", metrics=None, arrays=None, records=None, site=None, k=1
     return check_reply(
         kind, records=records or {"metrics": "metrics", "site": "config", "arrays": "arrays"},
         metrics=GOOD_TRAIN if metrics is None else metrics, site_record=site or {"name": "va"},
-        arrays=shapes if arrays is None else arrays, expected_arrays=shapes, k=k, n_numeric=5)
+        arrays=shapes if arrays is None else arrays, expected_arrays=shapes,
+        bounds=ReplyBounds(k=k, n_numeric=5))
+
+
+def _release(kind, metrics, bounds=HEART):
+    return check_reply(kind, records={"metrics": "metrics", "site": "config"},
+                       metrics=metrics, site_record={"name": "va"}, arrays=None,
+                       expected_arrays=None, bounds=bounds)
 
 
 def test_a_well_formed_train_reply_passes():
@@ -54,23 +69,58 @@ def test_leaks_are_named_by_key_never_by_value(change, named):
     assert "63.0" not in text and "0.91" not in text and "4711" not in text
 
 
-def test_evaluate_groups_may_not_describe_fewer_than_k_or_one_class_only():
-    base = {"num-examples": 40, "n-correct": 30, "loss-sum": 9.0, "auroc": 0.8,
-            "neg-n": [20.0], "neg-mean": [0.3], "neg-var": [0.01],
-            "pos-n": [20.0], "pos-mean": [0.7], "pos-var": [0.01]}
-    records = {"metrics": "metrics", "site": "config"}
-    ok = check_reply("evaluate", records=records, metrics=base, site_record={"name": "va"},
-                     arrays=None, expected_arrays=None, k=10, n_numeric=5)
-    assert ok == []
-    # per-patient scores smuggled as groups of one
-    per_patient = {**base, "pos-n": [1.0] * 20, "pos-mean": [0.5] * 20, "pos-var": [0.0] * 20}
-    one_class = {**base, "neg-n": [], "neg-mean": [], "neg-var": []}
-    for metrics, named in ((per_patient, "'pos-n' holds a count below k=10"),
-                           (one_class, "only one class")):
-        v = check_reply("evaluate", records=records, metrics=metrics,
-                        site_record={"name": "va"}, arrays=None, expected_arrays=None,
-                        k=10, n_numeric=5)
-        assert any(named in x for x in v), v
+def _monitor(**change):
+    hist = [float(v) for v in np.random.default_rng(0).normal(5, 3, 2 * N_BINS)]
+    return {"hist": hist, "sums": [], "hist-std": 2.5, "sums-std": 0.0,
+            "test-epsilon": 0.3, **change}
+
+
+def _report(**change):
+    hist = [float(v) for v in np.random.default_rng(1).normal(3, 4, 5 * 2 * N_BINS)]
+    return {"hist": hist, "sums": [], "sums-std": [], "hist-std": 3.1,
+            "explain": [0.5] * 13, "explain-std": 12.4, "test-epsilon": 0.8, **change}
+
+
+def test_noisy_releases_pass_though_their_counts_are_small_or_negative():
+    # nothing noisy is a count: a bin of -3.2 or 1.4 "patients" leaves, as the noise made it
+    monitor = _monitor(hist=[-3.2, 1.4] * N_BINS)
+    personal = {f"personal-{k}": v for k, v in _monitor().items()}
+    assert _release("evaluate", {**monitor, **personal}) == []
+    assert _release("query.report", _report()) == []
+    seg = {"hist": [], "sums": [float(v) for v in range(40)], "hist-std": 0.0,
+           "sums-std": [1.7] * 8, "explain": [], "explain-std": 0.0, "test-epsilon": 0.8}
+    assert _release("query.report", seg, SEGMENTATION) == []
+    assert _release("evaluate", _monitor(hist=[], sums=[12.3, 9.1, 7.7], **{"sums-std": 1.0}),
+                    SEGMENTATION) == []
+
+
+@pytest.mark.parametrize(("kind", "metrics", "named"), [
+    ("evaluate", _monitor(hist=[1.0] * (2 * N_BINS + 1)), "'hist' must have 16 entries"),
+    ("evaluate", _monitor(sums=[3.0, 2.0, 1.0]), "'sums' must have 0 entries"),
+    ("query.report", _report(hist=[1.0] * 16), "'hist' must have 80 entries"),
+    ("query.report", _report(explain=[]), "'explain' must have 13 entries"),
+    ("query.report", _report(explain=PREDICTIONS), "'explain' must have 13 entries"),
+    ("evaluate", _monitor(**{"hist-std": 0.0}), "'hist-std' must be positive"),
+    ("evaluate", {k: v for k, v in _monitor().items() if k != "hist-std"},
+     "'hist-std' must be positive"),
+    ("query.report", _report(**{"explain-std": 0.0}), "'explain-std' must be positive"),
+    ("query.report", _report(**{"hist-std": -1.0}), "'hist-std' must be positive"),
+    ("query.report", _report(hist=[float("nan")] * 80), "'hist' holds a value that is not "
+     "finite"),
+    ("evaluate", _monitor(**{"test-epsilon": float("inf")}), "'test-epsilon' holds a value "
+     "that is not finite"),
+    ("evaluate", _monitor(scores=PREDICTIONS), "'scores' is not declared"),
+    ("query.report", _report(**{"cell-n": [104.0] * 5}), "'cell-n' is not declared"),
+])
+def test_a_release_of_the_wrong_size_or_without_noise_is_blocked(kind, metrics, named):
+    violations = _release(kind, metrics)
+    assert any(named in v for v in violations), violations
+
+
+def test_zero_noise_passes_only_in_a_run_that_asked_for_exact_figures():
+    exact = _monitor(**{"hist-std": 0.0})
+    assert _release("evaluate", exact, ReplyBounds(**{**vars(HEART), "exact": True})) == []
+    assert any("'hist-std' must be positive" in v for v in _release("evaluate", exact))
 
 
 def _leaky_app(metrics: dict, *, guarded: bool) -> ClientApp:
@@ -118,28 +168,12 @@ def test_every_handler_of_the_real_client_app_is_guarded():
         assert "egress_guard" in ast.unparse(mods), f.name
 
 
-def test_segmentation_sums_need_a_test_set_of_at_least_k():
-    sums = {"dice-sum": 3.0, "dice-sqsum": 2.0, "iou-sum": 2.5}
-
-    def check(metrics):
-        return check_reply("evaluate", records={"metrics": "metrics", "site": "config"},
-                           metrics=metrics, site_record={"name": "va"}, arrays=None,
-                           expected_arrays=None, k=10, n_numeric=5)
-
-    assert check({"num-examples": 12, **sums}) == []
-    assert any("at least k" in v for v in check({"num-examples": -1.0, **sums}))
-    assert any("not declared" in v for v in check({"num-examples": 12,
-                                                   "dice-per-image": [0.5] * 12}))
-
-
 def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
     # The table as it was typed by hand before it was derived from the wire types.
-    from medfl.privacy.egress import COUNT_KEYS, DECLARED, FIXED_LENGTH, MAX_LENGTH
+    from medfl.privacy.egress import COUNT_KEYS, DECLARED, FIXED_LENGTH, MAX_LENGTH, NOISE
 
     s, li = "scalar", "list"
-    evaluate = {"num-examples": s, "n-correct": s, "loss-sum": s, "auroc": s,
-                "neg-n": li, "neg-mean": li, "neg-var": li, "pos-n": li, "pos-mean": li,
-                "pos-var": li, "dice-sum": s, "dice-sqsum": s, "iou-sum": s}
+    evaluate = {"hist": li, "sums": li, "hist-std": s, "sums-std": s, "test-epsilon": s}
     assert DECLARED == {
         "query.moments": {"count": s, "sums": li, "sumsq": li},
         "query.audit": {"attack-auc": s, "attack-tpr-at-fpr10": s, "members": s,
@@ -149,20 +183,22 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
                   "prior-noise-multipliers": li, "epsilon-lifetime": s, "site-weight": s,
                   "int8-scales": li},
         "evaluate": {**evaluate, **{"personal-" + k: v for k, v in evaluate.items()}},
-        "query.report": {
-            "cell-n": li, "cell-loss-sum": li, "cell-brier-sum": li, "cell-auroc": li,
-            "g-cell": li, "g-class": li, "g-n": li, "g-mean": li, "g-var": li, "g-side": li,
-            "cell-dice-sum": li, "cell-dice-sqsum": li, "cell-iou-sum": li,
-            "cell-iou-sqsum": li, "cell-hd-n": li, "cell-hd-sum": li, "cell-hd-sqsum": li,
-            "explain": li, "explain-n": s},
+        "query.report": {"hist": li, "sums": li, "sums-std": li, "hist-std": s,
+                         "explain": li, "explain-std": s, "test-epsilon": s},
     }
-    assert COUNT_KEYS == {"count", "num-examples", "n-correct", "neg-n", "pos-n", "members",
-                          "non-members", "cell-n", "g-n", "cell-hd-n", "explain-n",
-                          "personal-num-examples", "personal-n-correct", "personal-neg-n",
-                          "personal-pos-n"}
-    cells = ("n", "loss-sum", "brier-sum", "auroc", "dice-sum", "dice-sqsum", "iou-sum",
-             "iou-sqsum", "hd-n", "hd-sum", "hd-sqsum")
-    assert FIXED_LENGTH == {"sums": "n_numeric", "sumsq": "n_numeric", "explain": "n_explain",
-                            **{f"cell-{x}": "n_cells" for x in cells},
-                            "int8-scales": "n_arrays"}
-    assert MAX_LENGTH == {"prior-noise-multipliers": 8}
+    # exact counts only: nothing in a test-set release is one
+    assert COUNT_KEYS == {"query.moments": {"count"}, "query.audit": {"members", "non-members"},
+                          "train": {"num-examples"}, "evaluate": set(), "query.report": set()}
+    assert FIXED_LENGTH == {
+        "query.moments": {"sums": "n_numeric", "sumsq": "n_numeric"},
+        "query.audit": {}, "train": {"int8-scales": "n_arrays"},
+        "evaluate": {"hist": "n_monitor_hist", "sums": "n_monitor_sums",
+                     "personal-hist": "n_monitor_hist", "personal-sums": "n_monitor_sums"},
+        "query.report": {"hist": "n_hist", "sums": "n_sums", "sums-std": "n_seg",
+                         "explain": "n_explain"}}
+    assert MAX_LENGTH["train"] == {"prior-noise-multipliers": 8}
+    assert NOISE["evaluate"] == {"hist-std": "hist", "sums-std": "sums",
+                                 "personal-hist-std": "personal-hist",
+                                 "personal-sums-std": "personal-sums"}
+    assert NOISE["query.report"] == {"hist-std": "hist", "sums-std": "sums",
+                                     "explain-std": "explain"}
