@@ -49,7 +49,8 @@ OLD = 0.5  # share of patients 55 and over (independent of everything else)
 CELLS_PER_PATIENT = 3  # the whole set, its sex, its age band
 #: what is checked: name -> (cell or gap, the figure)
 TARGETS = {"AUROC": ("whole", "auroc"), "sensitivity": ("whole", "sensitivity"),
-           "specificity": ("whole", "specificity"), "AUROC gap (F − M)": ("gap", "auroc"),
+           "specificity": ("whole", "specificity"), "ECE": ("whole", "ece"),
+           "AUROC gap (F − M)": ("gap", "auroc"),
            "TPR gap": ("gap", "sensitivity"), "FPR gap": ("gap", "fpr"),
            "calibration gap": ("gap", "calibration")}
 

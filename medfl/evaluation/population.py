@@ -169,7 +169,7 @@ def replicates(hist: np.ndarray, noise_var: float, *, threshold: float,
     sims = rng.poisson(base, size=(reps, *base.shape)).astype(np.float64)
     if noise_var > 0:
         sims += rng.normal(0.0, math.sqrt(noise_var), size=sims.shape)
-    return figures(sims, threshold=threshold)
+    return figures(sims, threshold=threshold, noise_var=noise_var)
 
 
 def floor_reason(class_counts: tuple[float, float], *, k: int) -> str | None:
@@ -189,7 +189,8 @@ def analyse(pooled: PooledHistogram, *, threshold: float, k: int,
     The replicates are drawn even for a cell under the floor, so that a gap's
     replicates stay paired whatever is shown.
     """
-    point = {name: float(v) for name, v in figures(pooled.hist, threshold=threshold).items()}
+    point = {name: float(v) for name, v in
+             figures(pooled.hist, threshold=threshold, noise_var=pooled.noise_var).items()}
     counts = (point["n_neg"], point["n_pos"])
     reason = floor_reason(counts, k=k)
     a = Analysis(sites=pooled.sites, point=point,

@@ -51,7 +51,8 @@ _CLASS_METRICS = (
     "bin count one half, so it is somewhat below the AUROC of the raw scores. Brier score, "
     "calibration-in-the-large and ECE use each bin's representative probability (the "
     "sigmoid of its logit midpoint; the open end bins: the edge ± half a bin); ECE is "
-    f"computed over the grid's {N_BINS} bins.")
+    f"computed over the grid's {N_BINS} bins, each bin's absolute error e corrected for "
+    "the noise as √max(e² − its noise variance, 0), since noise inflates absolute errors.")
 _CLASS_CI = (
     f"95% CIs: parametric bootstrap with {pop.B} replicates simulating both sources of "
     "error: each replicate draws every bin's count from a Poisson distribution around the "

@@ -105,3 +105,16 @@ def test_roc_points_end_at_the_corners_and_reliability_keeps_filled_bins():
     b = grid.bin_index(p, threshold=0.5)
     top = grid.N_BINS - 1
     assert bins[-1]["observed"] == pytest.approx(y[b == top].mean(), abs=1e-4)
+
+
+def test_ece_is_corrected_for_the_noise_variance_of_each_bin():
+    y, p = _scores(5)
+    h = grid.histogram(y, p, threshold=0.5)
+    prob = grid.bin_probabilities(0.5)
+    err = h[0] * prob - h[1] * (1 - prob)
+    assert grid.point_metrics(h, threshold=0.5, noise_var=0.0)["ece"] == \
+        pytest.approx(np.abs(err).sum() / len(y))
+    var = 9.0 * (prob ** 2 + (1 - prob) ** 2)  # each count's noise var 9, by hand
+    by_hand = np.sqrt(np.clip(err ** 2 - var, 0, None)).sum() / len(y)
+    assert grid.point_metrics(h, threshold=0.5, noise_var=9.0)["ece"] == pytest.approx(by_hand)
+    assert by_hand < np.abs(err).sum() / len(y)
