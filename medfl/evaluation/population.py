@@ -51,9 +51,9 @@ from medfl.evaluation.scores import score_table
 
 # score_table: exact figures of real scores, kept importable from here for the sites'
 # local reports
-__all__ = ["B", "CLASSIFICATION", "Analysis", "PooledHistogram", "SiteCell", "analyse",
-           "classification_metrics", "gap", "interval", "metric", "replicates",
-           "score_table", "suppressed_metrics"]
+__all__ = ["B", "CLASSIFICATION", "SIGNED", "SUPPRESSED_GAP", "UNIT", "Analysis",
+           "PooledHistogram", "SiteCell", "analyse", "classification_metrics", "floor_reason",
+           "gap", "interval", "metric", "replicates", "score_table", "suppressed_metrics"]
 
 B = 1000  # bootstrap replicates
 CLASSIFICATION = ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",

@@ -105,8 +105,8 @@ def read_site_stats(raw: dict[str, Any], *, n_cells: int) -> dict[str, ReportSta
         try:
             out[site] = ReportStats.from_metrics(m, n_cells=n_cells)
         except (ValueError, TypeError, KeyError) as e:
-            raise DataError(f"{EVALUATION_FILE}: site {site!r}'s report release is not a "
-                            f"release of this run's {n_cells} cells ({e}); rerun the "
+            raise DataError(f"{EVALUATION_FILE}: the report release of site {site!r} "
+                            f"does not hold this run's {n_cells} cells ({e}); rerun the "
                             "final evaluation or rebuild with the MedFL that wrote "
                             "it") from None
     return out

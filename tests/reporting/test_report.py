@@ -14,6 +14,7 @@ from conftest import run_config
 
 from medfl import tasks
 from medfl.config import parse_run_config
+from medfl.errors import DataError
 from medfl.evaluation.histograms import N_BINS, histogram, point_metrics
 from medfl.evaluation.release import CellRelease, ReportStats
 from medfl.privacy.mechanisms import gaussian_release
@@ -162,5 +163,6 @@ def test_write_reports_reads_the_releases_of_the_runs_cells(heart, tmp_path):
     assert summary["mean_site_accuracy"] is not None
     broken = {s: {**st.to_metrics(), "hist": [1.0, 2.0]} for s, st in stats.items()}
     (tmp_path / "evaluation.json").write_text(json.dumps(broken))
-    with pytest.raises(Exception, match="report release is not a release of this run's 5"):
+    with pytest.raises(DataError, match="release of site 'cleveland' does not hold this "
+                                        "run's 5 cells"):
         write_reports(tmp_path)
