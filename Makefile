@@ -75,6 +75,7 @@ bench: install
 	$(BIN)/python -m bench.serve
 	$(BIN)/python -m bench.imaging_utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.report_error $(BENCH_ARGS)
+	$(BIN)/python -m bench.report_coverage
 	$(BIN)/python -m bench.utility $(BENCH_ARGS)
 	$(BIN)/python -m bench.fedbn
 	$(BIN)/python -m bench.communication
@@ -90,6 +91,7 @@ bench-quick: install
 	$(BIN)/python -m bench.serve --requests 50 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.imaging_utility --seeds 1 --scenario imaging-classification --out $(QUICK_OUT)
 	$(BIN)/python -m bench.report_error --seeds 1 --out $(QUICK_OUT)
+	$(BIN)/python -m bench.report_coverage --replicates 100 --out $(QUICK_OUT)
 	$(BIN)/python -m bench.utility --seeds 1 --part robustness --out $(QUICK_OUT)
 	$(BIN)/python -m bench.communication --quick --out $(QUICK_OUT)
 	$(BIN)/python -m bench.scale --sites 10 --rounds 1 --out $(QUICK_OUT)

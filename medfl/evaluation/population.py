@@ -1,46 +1,72 @@
-"""Server side: metrics, 95% confidence intervals and fairness gaps from the sites' cells.
+"""Server side: pooled classification figures, 95% CIs and fairness gaps from the sites'
+noisy report releases (:mod:`medfl.evaluation.release`).
 
-Classification. Each shared score group (size ``n``, mean and variance of its logits, side
-of the threshold) is expanded into ``n`` *pseudo-patients*: the group's mean plus its
-standard deviation times ``n`` evenly spaced standard-normal quantiles (rescaled to the
-group's exact mean and variance). A group wholly on one side of the threshold keeps its
-exact mean; if its quantiles would cross the threshold they are shrunk toward the mean
-just enough to stay on their side (the variance is then smaller than the group's). Metrics are
-then computed on the pseudo-patients as on real ones; with every group on one side of the
-threshold the confusion counts are exact, otherwise the straddling groups' split is an
-estimate and the metric is marked ``estimated``. A single site's AUROC, Brier score and
-log-loss are the site's exact values. CIs: percentile bootstrap (1,000 replicates,
-resampling pseudo-patients within each site and class), shifted onto the exact value where
-one is reported. Fairness gaps (comparison level minus reference level) get CIs from
-independent bootstraps of the two subgroups; a gap is flagged when its CI excludes 0.
+Pooling. Each site releases, per cell, a (2, B) class-wise score histogram on the public
+grid (:mod:`medfl.evaluation.histograms`) with Gaussian noise of a known standard
+deviation per count. A pooled cell is the *sum* of every reporting site's noisy
+histogram; its noise is Gaussian with variance the sum of the sites' variances. No site
+is left out: the pooled figures and the pooled count come from the same sites.
 
-Segmentation. Dice, IoU and HD95 are means of per-image values, pooled from the sites'
-sums; CIs are t-intervals from the sums of squares; the Dice gap uses Welch's standard error.
+Figures. :func:`medfl.evaluation.histograms.figures` of the pooled histogram (noisy
+counts as released, so every sum stays unbiased; see there).
+
+Confidence intervals: a parametric bootstrap that simulates both sources of error. Each
+of ``B`` replicates draws every bin's count from a Poisson distribution with mean the
+pooled count clipped at 0 (sampling: a sum of independent Poisson counts is Poisson, so
+this is also the per-site resampling), adds fresh Gaussian noise of the pooled variance
+to every bin (the DP noise), and recomputes the figures. The 95% CI is the 2.5th-97.5th
+percentile of the replicates. A replicate whose figure is undefined (a class count not
+positive) counts as lying beyond either end, alternately, so that a cell too noisy to
+say anything gets a CI spanning the whole range instead of a falsely narrow one. With
+noise the intervals are percentile rather than "basic" ones: the noisy figures' sampling
+distributions are skewed, and percentile intervals kept 95% coverage where basic ones
+did not (``bench/report_coverage.py``).
+
+Gaps (comparison level minus reference level): the two cells hold different patients
+and carry independent noise, so replicate ``b`` of the gap is replicate ``b`` of one cell
+minus replicate ``b`` of the other; flagged when its 95% CI excludes 0.
+
+The utility floor ``k``. A cell's figures are shown only when its noisy count of each
+class is at least ``k``: below that the figures are mostly noise. It is a rule about what
+is worth reading, not a privacy protection (the release is already DP).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm, rankdata
-from scipy.stats import t as student_t
-from sklearn.metrics import roc_curve
 
-from medfl.evaluation.cellstats import ABOVE, BELOW, MIXED, CellStats, Group
+from medfl.evaluation.histograms import (
+    N_BINS,
+    figures,
+    reliability,
+    roc_points,
+)
+from medfl.evaluation.release import CellRelease
+from medfl.evaluation.scores import score_table
+
+# score_table: exact figures of real scores, kept importable from here for the sites'
+# local reports
+__all__ = ["B", "CLASSIFICATION", "SIGNED", "SUPPRESSED_GAP", "UNIT", "Analysis",
+           "PooledHistogram", "SiteCell", "analyse", "classification_metrics", "floor_reason",
+           "gap", "interval", "metric", "replicates", "score_table", "suppressed_metrics"]
 
 B = 1000  # bootstrap replicates
-ECE_BINS = 10
 CLASSIFICATION = ("auroc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "f1",
                   "brier", "ece")
-SEGMENTATION = ("dice", "iou", "hd95")
+#: the range of each figure (and of a gap: the difference of two of them)
+SIGNED = {"calibration": (-1.0, 1.0)}
+UNIT = (0.0, 1.0)
+CLASS_NAMES = ("negatives", "positives")
 
 
 def metric(value: float | None, ci: tuple[float, float] | None = None, *,
            suppressed: bool = False, estimated: bool = False) -> dict[str, Any]:
-    """One reported figure (the report's ``M``)."""
+    """One reported figure (the report's ``Figure``)."""
     finite = value if value is not None and math.isfinite(value) else None
     ok = finite is not None
     return {"value": float(finite) if finite is not None else None,
@@ -54,240 +80,162 @@ def suppressed_metrics(names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return {m: metric(None, suppressed=True) for m in names}
 
 
-# --- pseudo-patients ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Pseudo:
-    """Pseudo-patients of one population: logits, labels, and the stratum (site) index."""
-
-    logits: np.ndarray
-    y: np.ndarray
-    stratum: np.ndarray
-    mixed: tuple[bool, bool]  # a group of class 0 / class 1 straddles the threshold
-
-    @property
-    def n(self) -> int:
-        """The number of pseudo-patients."""
-        return len(self.y)
-
-
-def expand(groups: list[tuple[int, Group]], *, cut: float) -> Pseudo:
-    """Pseudo-patients from ``(stratum, group)`` pairs (see module docstring)."""
-    logits, ys, strata = [], [], []
-    for stratum, g in groups:
-        z = norm.ppf((np.arange(g.n) + 0.5) / g.n)
-        if g.n > 1:
-            z = (z - z.mean()) / z.std()
-        x = g.mean + math.sqrt(max(g.var, 0.0)) * z
-        # A margin keeps the side after the round trip through the sigmoid.
-        bound = cut + 1e-7 if g.side == ABOVE else cut - 1e-7
-        if g.side == ABOVE and x.min() < bound:
-            x = _shrink(x, g.mean, x.min(), bound)
-        elif g.side == BELOW and x.max() > bound:
-            x = _shrink(x, g.mean, x.max(), bound)
-        logits.append(x)
-        ys.append(np.full(g.n, g.cls))
-        strata.append(np.full(g.n, stratum))
-
-    def straddles(cls: int) -> bool:
-        return any(g.side == MIXED for _, g in groups if g.cls == cls)
-
-    def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
-    return Pseudo(cat(logits, np.float64), cat(ys, np.int64), cat(strata, np.int64),
-                  (straddles(0), straddles(1)))
-
-
-def _shrink(x: np.ndarray, mean: float, extreme: float, bound: float) -> np.ndarray:
-    """Scale ``x`` about ``mean`` so that ``extreme`` lands on ``bound`` (mean unchanged);
-    a mean beyond the bound (rounding) collapses the group onto the bound."""
-    if (bound - mean) * (extreme - mean) <= 0 or extreme == mean:
-        return np.full_like(x, bound)
-    return mean + (x - mean) * ((bound - mean) / (extreme - mean))
-
-
-def _bootstrap_index(p: Pseudo, rng: np.random.Generator) -> np.ndarray:
-    """(B, n) indices resampled within each (stratum, class): labels stay in place."""
-    idx = np.empty((B, p.n), dtype=np.int64)
-    for s in np.unique(p.stratum):
-        for c in (0, 1):
-            pos = np.flatnonzero((p.stratum == s) & (p.y == c))
-            if len(pos):
-                idx[:, pos] = pos[rng.integers(0, len(pos), size=(B, len(pos)))]
-    return idx
-
-
-def score_table(y: np.ndarray, prob: np.ndarray, *, threshold: float) -> dict[str, np.ndarray]:
-    """Classification metrics of ``prob`` (R, n) against fixed labels ``y`` (n,), row-wise.
-
-    Undefined ratios (e.g. PPV with no positive prediction) are NaN. ECE uses
-    ``ECE_BINS`` equal-width bins; ``calibration`` is calibration-in-the-large (mean
-    predicted risk minus observed rate).
-    """
-    prob = np.atleast_2d(prob)
-    n1, n = int(y.sum()), len(y)
-    n0 = n - n1
-    ranks = rankdata(prob, axis=1)
-    auroc = (ranks[:, y == 1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0) if n1 and n0 \
-        else np.full(len(prob), np.nan)
-    pred = prob >= threshold
-    tp = (pred & (y == 1)).sum(1).astype(float)
-    fp = (pred & (y == 0)).sum(1).astype(float)
-    fn, tn = n1 - tp, n0 - fp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = {"auroc": auroc, "accuracy": (tp + tn) / n, "sensitivity": tp / n1,
-               "specificity": tn / n0, "ppv": tp / (tp + fp), "npv": tn / (tn + fn),
-               "f1": 2 * tp / (2 * tp + fp + fn), "brier": np.mean((prob - y) ** 2, axis=1)}
-    bins = np.minimum((prob * ECE_BINS).astype(int), ECE_BINS - 1)
-    err = prob - y
-    out["ece"] = sum(np.abs((err * (bins == b)).sum(1)) for b in range(ECE_BINS)) / n
-    out["calibration"] = err.mean(1)
-    out["fpr"] = 1 - out["specificity"]
-    return out
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-@dataclass
-class Analysis:
-    """A population's point metrics, bootstrap replicates and curves."""
-
-    point: dict[str, float]
-    reps: dict[str, np.ndarray]
-    estimated: dict[str, bool]
-    roc: dict | None
-    reliability: list[dict] | None
-    prevalence: float
-
-
-def analyse(p: Pseudo, *, threshold: float, rng: np.random.Generator,
-            exact: dict[str, float] | None = None) -> Analysis:
-    """Metrics of a population's pseudo-patients; ``exact`` overrides point values
-    (a site's exact AUROC, Brier) and shifts their bootstrap replicates onto them."""
-    prob = _sigmoid(p.logits)
-    point = {k: float(v[0]) for k, v in score_table(p.y, prob, threshold=threshold).items()}
-    reps = score_table(p.y, prob[_bootstrap_index(p, rng)], threshold=threshold)
-    for name, value in (exact or {}).items():
-        if value is not None and name in point:
-            reps[name] = reps[name] + (value - point[name])
-            point[name] = value
-    est0, est1 = p.mixed
-    estimated = {"sensitivity": est1, "specificity": est0, "fpr": est0,
-                 # from pseudo-patients unless a site's exact value was given
-                 "auroc": "auroc" not in (exact or {}), "brier": "brier" not in (exact or {}),
-                 "ece": True, "calibration": True}
-    for name in ("accuracy", "ppv", "npv", "f1"):
-        estimated[name] = est0 or est1
-    fpr, tpr, _ = roc_curve(p.y, prob)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 101)).astype(int))
-    bins = np.minimum((prob * ECE_BINS).astype(int), ECE_BINS - 1)
-    rel = [{"predicted": float(prob[bins == b].mean()), "observed": float(p.y[bins == b].mean()),
-            "n": int((bins == b).sum())} for b in range(ECE_BINS) if (bins == b).any()]
-    return Analysis(point, reps, estimated,
-                    {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()},
-                    rel, float(p.y.mean()))
-
-
-def _ci(reps: np.ndarray, *, bounds: tuple[float, float] | None = (0.0, 1.0)
-        ) -> tuple[float, float] | None:
-    """Percentile interval, clipped to the metric's range (a replicate shifted onto an
-    exact value can fall outside it)."""
-    r = reps[np.isfinite(reps)]
-    if len(r) < 0.9 * len(reps):
-        return None
-    lo, hi = np.percentile(r, [2.5, 97.5])
-    if bounds is not None:
-        lo, hi = np.clip([lo, hi], *bounds)
-    return float(lo), float(hi)
-
-
-def classification_metrics(a: Analysis) -> dict[str, dict[str, Any]]:
-    """The report's classification figures of ``a``, each with its bootstrap CI."""
-    return {m: metric(a.point[m], _ci(a.reps[m]), estimated=a.estimated.get(m, False))
-            for m in CLASSIFICATION}
-
-
-def gap(ref: Analysis, comp: Analysis, name: str) -> dict:
-    """``comp - ref`` for metric ``name`` (the report's ``G``)."""
-    value = comp.point[name] - ref.point[name]
-    ci = _ci(comp.reps[name] - ref.reps[name], bounds=(-1.0, 1.0))
-    ok = math.isfinite(value)
-    return {"value": value if ok else None, "ci": list(ci) if ci and ok else None,
-            "flagged": bool(ok and ci is not None and (ci[0] > 0 or ci[1] < 0)),
-            "suppressed": False,
-            "estimated": bool(ref.estimated.get(name) or comp.estimated.get(name))}
-
-
 SUPPRESSED_GAP = {"value": None, "ci": None, "flagged": False, "suppressed": True,
                   "estimated": False}
 
 
-# --- segmentation ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class SiteCell:
+    """One site's release of one cell: ``std`` is the noise standard deviation of each
+    histogram count (a float), or of each segmentation sum (one per ``SEG_SUMS``)."""
+
+    site: str
+    release: CellRelease
+    std: float | tuple[float, ...]
+
 
 @dataclass(frozen=True)
-class MeanStat:
-    """Mean, standard deviation and count of per-image values, from sums."""
+class PooledHistogram:
+    """The sum of the sites' noisy (2, B) histograms of one cell, and the noise variance
+    of each pooled count."""
 
-    n: int
-    mean: float
-    sd: float
+    sites: tuple[str, ...]
+    hist: np.ndarray
+    noise_var: float
 
     @classmethod
-    def from_sums(cls, n: int, total: float, sqtotal: float) -> MeanStat:
-        """From ``n`` values' sum and sum of squares (sample standard deviation)."""
-        mean = total / n
-        var = max(sqtotal / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
-        return cls(n, mean, math.sqrt(var))
+    def pool(cls, rows: Sequence[SiteCell]) -> PooledHistogram:
+        """Sum ``rows`` (every site's release of the same cell)."""
+        hists = [np.asarray(r.release.hist, dtype=np.float64) for r in rows
+                 if r.release.hist is not None]
+        if len(hists) != len(rows):
+            raise ValueError("a classification cell needs a histogram from every site "
+                             f"(got {len(hists)} of {len(rows)})")
+        total = np.sum(hists, axis=0) if hists else np.zeros((2, N_BINS))
+        var = 0.0
+        for r in rows:
+            std = np.asarray(r.std, dtype=np.float64).reshape(-1)
+            if std.size != 1 or not std[0] >= 0:
+                raise ValueError(f"site {r.site!r}: a histogram's noise is one standard "
+                                 f"deviation >= 0 for every count (got {r.std!r})")
+            var += float(std[0]) ** 2
+        return cls(tuple(r.site for r in rows), total, var)
 
-    def ci(self) -> tuple[float, float] | None:
-        """95% t-interval of the mean; ``None`` under two values."""
-        if self.n < 2:
+    @property
+    def count_sd(self) -> float:
+        """The noise standard deviation of one class's total count."""
+        return math.sqrt(N_BINS * self.noise_var)
+
+
+@dataclass
+class Analysis:
+    """One pooled cell: its figures, bootstrap replicates, counts and curves.
+
+    ``n`` and ``class_counts`` are noisy counts (noise sd ``n_sd`` and ``class_sd``);
+    ``reason`` says why the figures are not shown (None: shown).
+    """
+
+    sites: tuple[str, ...]
+    point: dict[str, float]
+    reps: dict[str, np.ndarray]
+    n: float
+    n_sd: float
+    class_counts: tuple[float, float]
+    class_sd: float
+    reason: str | None
+    roc: dict[str, list[float]] | None = None
+    reliability: list[dict[str, float]] | None = None
+
+    @property
+    def suppressed(self) -> bool:
+        """Whether the cell's figures are below the utility floor."""
+        return self.reason is not None
+
+    @property
+    def prevalence(self) -> float | None:
+        """The noisy share of positives, clipped to [0, 1]; None when ``n`` is not
+        positive or the figures are suppressed."""
+        if self.suppressed or not self.n > 0:
             return None
-        half = student_t.ppf(0.975, self.n - 1) * self.sd / math.sqrt(self.n)
-        return self.mean - half, self.mean + half
+        return min(max(self.class_counts[1] / self.n, 0.0), 1.0)
 
 
-def pooled_sums(cells: list[CellStats], key: str) -> MeanStat | None:
-    """Pool ``<key>_sum`` / ``<key>_sqsum`` over cells (``hd`` counts ``hd_n`` images)."""
-    count = "hd_n" if key == "hd" else "n"
-    rows = [(getattr(c, count), getattr(c, f"{key}_sum"), getattr(c, f"{key}_sqsum"))
-            for c in cells]
-    rows = [r for r in rows if None not in r]
-    if not rows:
+def replicates(hist: np.ndarray, noise_var: float, *, threshold: float,
+               rng: np.random.Generator, reps: int = B) -> dict[str, np.ndarray]:
+    """``reps`` parametric-bootstrap replicates of every figure of a pooled (2, B)
+    histogram (see the module docstring): Poisson counts around the clipped histogram,
+    plus fresh Gaussian noise of variance ``noise_var`` per count."""
+    base = np.clip(np.asarray(hist, dtype=np.float64), 0.0, None)
+    sims = rng.poisson(base, size=(reps, *base.shape)).astype(np.float64)
+    if noise_var > 0:
+        sims += rng.normal(0.0, math.sqrt(noise_var), size=sims.shape)
+    return figures(sims, threshold=threshold, noise_var=noise_var)
+
+
+def floor_reason(class_counts: tuple[float, float], *, k: int) -> str | None:
+    """Why a cell's figures are hidden under the utility floor ``k``, or None."""
+    low = [f"{CLASS_NAMES[c]} ≈ {class_counts[c]:.0f}" for c in (0, 1)
+           if class_counts[c] < k]
+    if not low:
         return None
-    return MeanStat.from_sums(sum(r[0] for r in rows), sum(r[1] for r in rows),
-                              sum(r[2] for r in rows))
+    return (f"noisy class count under k={k} ({', '.join(low)}): too few patients for "
+            "readable figures (a utility floor, not a privacy measure)")
 
 
-def segmentation_metrics(cells: list[CellStats]) -> dict[str, dict]:
-    """Dice, IoU and HD95 with t-intervals; HD95 also carries ``images``, the number of
-    images it averages (both masks non-empty), since a missed lesion drops out of it."""
-    out = {}
-    for name, key in (("dice", "dice"), ("iou", "iou"), ("hd95", "hd")):
-        s = pooled_sums(cells, key)
-        out[name] = metric(s.mean, s.ci()) if s else metric(None, suppressed=True)
-        if name == "hd95":
-            out[name]["images"] = s.n if s else None
-    return out
+def analyse(pooled: PooledHistogram, *, threshold: float, k: int,
+            rng: np.random.Generator, reps: int = B) -> Analysis:
+    """Figures, replicates and curves of one pooled cell (see the module docstring).
+
+    The replicates are drawn even for a cell under the floor, so that a gap's
+    replicates stay paired whatever is shown.
+    """
+    point = {name: float(v) for name, v in
+             figures(pooled.hist, threshold=threshold, noise_var=pooled.noise_var).items()}
+    counts = (point["n_neg"], point["n_pos"])
+    reason = floor_reason(counts, k=k)
+    a = Analysis(sites=pooled.sites, point=point,
+                 reps=replicates(pooled.hist, pooled.noise_var, threshold=threshold,
+                                 rng=rng, reps=reps),
+                 n=point["n"], n_sd=math.sqrt(2) * pooled.count_sd, class_counts=counts,
+                 class_sd=pooled.count_sd, reason=reason)
+    if reason is None:
+        a.roc = roc_points(pooled.hist, threshold=threshold)
+        a.reliability = reliability(pooled.hist, threshold=threshold)
+    return a
 
 
-def dice_gap(ref: list[CellStats], comp: list[CellStats]) -> dict[str, Any]:
-    """``comp - ref`` mean Dice with a Welch t-interval (the report's ``G``)."""
-    a, b = pooled_sums(ref, "dice"), pooled_sums(comp, "dice")
-    if a is None or b is None:
+def interval(reps: np.ndarray, *, bounds: tuple[float, float] = UNIT
+             ) -> tuple[float, float]:
+    """The 2.5th-97.5th percentile of ``reps``, an undefined (NaN) replicate counting as
+    lying beyond either end, alternately; clipped to ``bounds``."""
+    r = np.asarray(reps, dtype=np.float64).copy()
+    bad = ~np.isfinite(r)
+    lo, hi = bounds
+    r[bad] = np.where(np.arange(int(bad.sum())) % 2 == 0, lo - 1.0, hi + 1.0)
+    q = np.percentile(r, [2.5, 97.5])
+    return float(np.clip(q[0], lo, hi)), float(np.clip(q[1], lo, hi))
+
+
+def classification_metrics(a: Analysis, names: tuple[str, ...] = CLASSIFICATION
+                           ) -> dict[str, dict[str, Any]]:
+    """The report's figures of cell ``a``, each with its 95% CI; all suppressed when the
+    cell is under the floor."""
+    if a.suppressed:
+        return suppressed_metrics(names)
+    return {m: metric(a.point[m], interval(a.reps[m], bounds=SIGNED.get(m, UNIT)))
+            for m in names}
+
+
+def gap(ref: Analysis, comp: Analysis, name: str) -> dict[str, Any]:
+    """``comp - ref`` for figure ``name`` with a 95% CI from paired replicates (the
+    report's ``Gap``); suppressed when either cell is under the floor."""
+    if ref.suppressed or comp.suppressed:
         return dict(SUPPRESSED_GAP)
-    value = b.mean - a.mean
-    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
-    se = math.sqrt(va + vb)
-    if se == 0 or a.n < 2 or b.n < 2:
-        return {"value": value, "ci": None, "flagged": False, "suppressed": False,
+    value = comp.point[name] - ref.point[name]
+    if not math.isfinite(value):
+        return {"value": None, "ci": None, "flagged": False, "suppressed": False,
                 "estimated": False}
-    # Welch-Satterthwaite degrees of freedom
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
-    half = student_t.ppf(0.975, df) * se
-    ci = (value - half, value + half)
+    lo, hi = SIGNED.get(name, UNIT)
+    ci = interval(comp.reps[name] - ref.reps[name], bounds=(lo - hi, hi - lo))
     return {"value": value, "ci": list(ci), "flagged": bool(ci[0] > 0 or ci[1] < 0),
             "suppressed": False, "estimated": False}

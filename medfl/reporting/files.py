@@ -11,9 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from medfl import tasks
 from medfl.config import parse_run_config
-from medfl.errors import ConfigError
-from medfl.evaluation.cellstats import ReportStats
+from medfl.errors import ConfigError, DataError
+from medfl.evaluation.release import ReportStats
 from medfl.io import atomic_write_json, atomic_write_text
 from medfl.reporting.population_schema import Population
 from medfl.reporting.report import build_report
@@ -24,8 +25,8 @@ from medfl.reporting.summary_schema import Metrics, Summary
 
 #: the sites' report statistics exactly as received (aggregates only; see PRIVACY.md)
 EVALUATION_FILE = "evaluation.json"
-SUMMARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "f1", "brier", "ece",
-                   "dice", "iou", "hd95")
+SUMMARY_METRICS = ("accuracy", "auroc", "sensitivity", "specificity", "ppv", "npv", "f1",
+                   "brier", "ece", "dice", "iou", "hd95")
 
 
 def _rounds(path: Path) -> list[dict[str, Any]]:
@@ -62,20 +63,53 @@ def _merge(metrics: Metrics, figures: Metrics) -> None:
     metrics.subgroups = figures.subgroups
 
 
+def _site_mean(report: Report, name: str) -> float | None:
+    """The unweighted mean of figure ``name`` over the sites whose report figure is
+    defined (and shown)."""
+    figures = [p.metrics.get(name) for p in report.site_populations]
+    values = [f.value for f in figures if f is not None and f.value is not None]
+    return sum(values) / len(values) if values else None
+
+
 def merge_into_summary(summary: Summary, report: Report) -> Summary:
     """summary.json's per-site and global metrics gain the report's figures, CIs and
-    subgroups; the global AUROC becomes the report's pooled estimate (one figure, one
-    method)."""
+    subgroups, and the headline mean per-site accuracy (or Dice) is recomputed from them.
+
+    The report's release is far less noisy than the monitoring evaluation that the
+    summary was first written from, so its figures replace the monitoring ones (a site
+    the report has no figures for keeps its monitoring ones); a site whose report figure
+    is undefined or under the utility floor is left out of the mean.
+    """
     pops = {p.name: p for p in report.populations}
     for site in summary.sites:
         if site.name in pops:
             _merge(site.metrics, _figures(pops[site.name]))
     pooled = pops["pooled"]
     _merge(summary.pooled.metrics, _figures(pooled))
-    if "auroc" in pooled.metrics:
-        summary.pooled.metrics.values["auroc"] = pooled.metrics["auroc"].value
-        summary.pooled.auroc_method = report.methods["metrics"]
+    summary.pooled.auroc_method = report.methods["metrics"]
+    summary.pooled.n_test = pooled.n_test
+    summary.pooled.auroc_sites_excluded = len(
+        [s for s in summary.sites if s.name not in (pooled.sites_included or [])])
+    if report.site_populations and summary.segmentation:
+        summary.mean_site_dice = _site_mean(report, "dice")
+    elif report.site_populations:
+        summary.mean_site_accuracy = _site_mean(report, "accuracy")
     return summary
+
+
+def read_site_stats(raw: dict[str, Any], *, n_cells: int) -> dict[str, ReportStats]:
+    """Each site's report release from ``evaluation.json``'s content; ``DataError``
+    naming the site when one does not hold ``n_cells`` cells."""
+    out = {}
+    for site, m in raw.items():
+        try:
+            out[site] = ReportStats.from_metrics(m, n_cells=n_cells)
+        except (ValueError, TypeError, KeyError) as e:
+            raise DataError(f"{EVALUATION_FILE}: the report release of site {site!r} "
+                            f"does not hold this run's {n_cells} cells ({e}); rerun the "
+                            "final evaluation or rebuild with the MedFL that wrote "
+                            "it") from None
+    return out
 
 
 def write_reports(run_path: Path) -> dict[str, Any]:
@@ -91,7 +125,8 @@ def write_reports(run_path: Path) -> dict[str, Any]:
     cfg = parse_run_config(config["run_config"])
     summary = Summary.load(run_path / "summary.json")
     raw = read_json(run_path / EVALUATION_FILE)
-    stats = {site: ReportStats.from_metrics(m) for site, m in raw.items()}
+    n_cells = len(tasks.task_for(cfg).cells())
+    stats = read_site_stats(raw, n_cells=n_cells)
     report = build_report(
         cfg, summary=summary, rounds=_rounds(run_path / "rounds.jsonl"), site_stats=stats,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -46,7 +46,7 @@ SECTIONS = (("summary", "Summary"), ("data", "Data"), ("subgroups", "Subgroups")
             ("explanations", "Explanations"), ("methods", "Methods"),
             ("limitations", "Limitations"))
 METHODS = (("statistics", "Statistics"), ("metrics", "Metrics"),
-           ("ci", "Confidence intervals"), ("suppression", "Suppression"),
+           ("ci", "Confidence intervals"), ("suppression", "Utility floor (k)"),
            ("fairness", "Fairness"))
 TRAINING_PANELS = (("metrics", "Global model, pooled over the sites"),
                    ("loss", "Global model, pooled loss"),

@@ -12,7 +12,14 @@ from typing import Any
 from medfl.errors import ConfigError
 from medfl.reporting.population_schema import Figure, Population
 from medfl.reporting.report_schema import Report
-from medfl.reporting.wording import EST, as_float, format_metric, metric_digits, suppressed_text
+from medfl.reporting.wording import (
+    EST,
+    as_float,
+    format_count,
+    format_metric,
+    metric_digits,
+    suppressed_text,
+)
 
 CSS = """
 *{box-sizing:border-box}
@@ -128,11 +135,14 @@ class Page:
             out += f'<sup class="est" title="estimated">{EST}</sup>'
         return out
 
-    def count(self, n: Any) -> str:
-        """A count, or the suppression text when it was withheld."""
+    def count(self, n: Any, noise_sd: Any = None) -> str:
+        """A count (``≈`` when noisy), or the suppression text when it was withheld (a
+        report from before test-set DP)."""
         if n is None:
             return f'<span class="supp">{html.escape(suppressed_text(self.k))}</span>'
-        return html.escape(f"{n:,}" if isinstance(n, int) else str(n))
+        if not isinstance(n, (int, float)) or isinstance(n, bool):
+            return html.escape(str(n))
+        return html.escape(format_count(n, noise_sd))
 
     def prevalence(self, p: Population) -> str:
         """A population's prevalence."""

@@ -17,6 +17,8 @@ from medfl.reporting.wording import (
     format_number,
     metric_label,
     metric_order,
+    noise_note,
+    sites_text,
 )
 
 __all__ = ["data_section", "fairness_section", "subgroups_section", "summary_section"]
@@ -28,19 +30,29 @@ FLAGGED = '<span class="flagtxt">⚑ flagged</span>'
 
 
 def summary_section(page: Page) -> str:
-    """Every metric of every shown population, and the ROC and reliability curves."""
-    rows = [[html.escape(metric_label(n)),
-             *(page.figure(p.metrics.get(n), n) for p in page.shown)]
-            for n in metric_order(page.shown)]
+    """Every metric of every shown population, each column with its test cases and the
+    sites it is computed from, and the ROC and reliability curves."""
+    rows = [["Test cases", *(page.count(p.n_test, p.n_test_noise_sd) for p in page.shown)],
+            ["Sites", *(_sites(page, p) for p in page.shown)]]
+    rows += [[html.escape(metric_label(n)),
+              *(page.figure(p.metrics.get(n), n) for p in page.shown)]
+             for n in metric_order(page.shown)]
     threshold = page.report.operating_threshold
     value, rule = (threshold.value, threshold.rule) if threshold else (None, None)
     out = ['<section id="summary"><h2>Summary</h2>',
+           f'<p class="lead">{page.text(noise_note(page.report))}</p>',
            page.table(["Metric", *map(page.label, page.shown)], rows),
            '<p class="note">Each cell: estimate (95% CI). ↓ lower is better. '
            f"Threshold-dependent metrics at {format_number(value)} ({page.text(rule)}).</p>"]
     if page.kind == "classification":
         out.append(_curves(page))
     return "".join(out) + "</section>"
+
+
+def _sites(page: Page, p: Population) -> str:
+    """The sites a population's figures are computed from: named in the consortium's
+    view, only counted for the pooled population in a site's view."""
+    return page.text(sites_text(p.sites_included, named=not (page.site_view and p.pooled)))
 
 
 def _curves(page: Page) -> str:
@@ -67,7 +79,8 @@ def data_section(page: Page) -> str:
         head.append("Prevalence")
     rows = []
     for p in page.shown:
-        row = [page.text(page.label(p)), page.count(p.n_train), page.count(p.n_test)]
+        row = [page.text(page.label(p)), page.count(p.n_train),
+               page.count(p.n_test, p.n_test_noise_sd)]
         if with_prevalence:
             row.append(page.prevalence(p))
         rows.append(row)
@@ -82,8 +95,12 @@ def _pooled_note(page: Page) -> str:
     """Which sites the pooled figures combine (in a site's view: whether it is one)."""
     if page.pooled is None or page.pooled.sites_included is None:
         return ""
-    included = page.pooled.sites_included
-    note = f'<p class="note">Pooled figures combine {len(included)} site(s)'
+    pooled = page.pooled
+    included = pooled.sites_included or []
+    n = page.count(pooled.n_test, pooled.n_test_noise_sd)
+    equals = "" if pooled.noisy else "= "  # a noisy count reads "≈190"
+    note = (f'<p class="note">Pooled figures and counts are sums over the same '
+            f"{len(included)} site(s) (n {equals}{n})")
     if page.site is None:
         note += f": {page.text(', '.join(included))}."
     elif page.site in included:
@@ -99,11 +116,11 @@ def _demographics(page: Page) -> str:
                                 for p in page.shown for d in p.demographics))
     if not levels:
         return ""
-    counts = [{(d.attribute, d.level): d.n for d in p.demographics} for p in page.shown]
+    counts = [{(d.attribute, d.level): d for d in p.demographics} for p in page.shown]
     rows = []
     for attribute, level in levels:
-        cells = [page.count(n[(attribute, level)]) if (attribute, level) in n
-                 else '<span class="na">—</span>' for n in counts]
+        cells = [page.count(n[(attribute, level)].n, n[(attribute, level)].n_noise_sd)
+                 if (attribute, level) in n else '<span class="na">—</span>' for n in counts]
         rows.append([f"{page.text(attribute)}: {page.text(level)}", *cells])
     return ("<h3>Demographics of the test sets</h3>"
             + page.table(["Group", *map(page.label, page.shown)], rows))
@@ -124,7 +141,9 @@ def _subgroups(page: Page, p: Population, compare: list[Subgroup]) -> str:
     primary = PRIMARY.get(page.kind, "auroc")
     subs = p.subgroups
     names = [n for n in HEADLINE.get(page.kind, ()) if any(n in s.metrics for s in subs)]
-    head = ["Attribute", "Level", "n", *map(metric_label, names)]
+    with_sites = p.pooled and not page.site_view  # each pooled row names its sites
+    head = ["Attribute", "Level", "n", *(["Sites"] if with_sites else []),
+            *map(metric_label, names)]
     if compare:
         head.append(f"pooled {metric_label(primary)}")
     twins = {(s.attribute, s.level): s for s in compare}
@@ -140,8 +159,9 @@ def _subgroups(page: Page, p: Population, compare: list[Subgroup]) -> str:
             if s.reason not in notes:
                 notes.append(s.reason)
             mark = f'<sup class="note">{notes.index(s.reason) + 1}</sup>'
-        rows.append([page.text(s.attribute), page.text(s.level) + mark, page.count(s.n),
-                     *cells])
+        sites = [page.text(sites_text(s.sites_included))] if with_sites else []
+        rows.append([page.text(s.attribute), page.text(s.level) + mark,
+                     page.count(s.n, s.n_noise_sd), *sites, *cells])
     title = f"<h3>{page.text(page.label(p))}</h3>"
     if subs and all(s.n is None for s in subs):
         return (f'{title}<p class="na">Every subgroup is withheld here: '
@@ -150,7 +170,7 @@ def _subgroups(page: Page, p: Population, compare: list[Subgroup]) -> str:
         return f'{title}<p class="na">No subgroup results.</p>'
     foot = "".join(f'<p class="note"><sup>{i}</sup> {page.text(r)}</p>'
                    for i, r in enumerate(notes, start=1))
-    table = page.table(head, rows, num_from=2)
+    table = page.table(head, rows, num_from=4 if with_sites else 2)
     return f'{title}<div class="row"><div>{table}{foot}</div>{_forest(page, p, compare)}</div>'
 
 
@@ -200,6 +220,9 @@ def _fairness(page: Page, p: Population) -> str:
             classes.append("flag" if gap.flagged else "")
     out = (f"<h3>{page.text(page.label(p))} <span class='note'>"
            f"({classes.count('flag')} flagged)</span></h3>")
+    if p.pooled:
+        out += (f'<p class="note">Both subgroups of each gap are summed over '
+                f"{page.text(sites_text(p.sites_included))}.</p>")
     if not rows:
         return out + '<p class="na">No fairness comparisons.</p>'
     every_gap = [g for f in p.fairness for g in f.gaps.values()]

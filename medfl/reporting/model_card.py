@@ -24,6 +24,7 @@ from medfl.reporting.wording import (
     HEADLINE,
     METRICS,
     PRIMARY,
+    format_count,
     format_delta,
     format_metric,
     format_number,
@@ -31,6 +32,9 @@ from medfl.reporting.wording import (
     metric_digits,
     metric_label,
     metric_order,
+    noise_note,
+    saliency_note,
+    sites_text,
     suppressed_text,
 )
 
@@ -108,9 +112,14 @@ class _Card:
             self.estimated = True
         return format_metric(m, k=self.k, digits=metric_digits(name))
 
-    def count(self, n: Any) -> str:
-        """A count, or the suppression text when it was withheld."""
-        return suppressed_text(self.k) if n is None else _md(n)
+    def count(self, n: Any, noise_sd: Any = None) -> str:
+        """A count (``≈`` when noisy), or the suppression text when it was withheld (a
+        report from before test-set DP)."""
+        if n is None:
+            return suppressed_text(self.k)
+        if isinstance(n, bool) or not isinstance(n, (int, float)):
+            return _md(n)
+        return format_count(n, noise_sd)
 
     def prevalence(self, p: Population) -> str:
         """A population's prevalence; n/a for segmentation, else withheld when null."""
@@ -155,10 +164,11 @@ class _Card:
                                     for p in self.pops for d in p.demographics))
         rows = []
         for p in self.pops:
-            n = {(d.attribute, d.level): d.n for d in p.demographics}
-            rows.append([self.name(p), self.count(p.n_train), self.count(p.n_test),
-                         self.prevalence(p),
-                         *(self.count(n[g]) if g in n else "—" for g in groups)])
+            n = {(d.attribute, d.level): d for d in p.demographics}
+            rows.append([self.name(p), self.count(p.n_train),
+                         self.count(p.n_test, p.n_test_noise_sd), self.prevalence(p),
+                         *(self.count(n[g].n, n[g].n_noise_sd) if g in n else "—"
+                           for g in groups)])
         head = ["Population", "Training cases", "Test cases", "Prevalence",
                 *(f"{_md(a)}: {_md(lv)} (test)" for a, lv in groups)]
         return ["## Data", "", intro, "", *_table(head, rows)]
@@ -191,13 +201,16 @@ class _Card:
         return out
 
     def evaluation(self) -> list[str]:
-        """The headline figures of every population."""
-        rows = [[metric_label(n), *(self.figure(p.metrics.get(n), n) for p in self.pops)]
-                for n in metric_order(self.pops)]
+        """The headline figures of every population, with its test cases and sites."""
+        rows = [["Test cases", *(self.count(p.n_test, p.n_test_noise_sd) for p in self.pops)],
+                ["Sites", *(_md(sites_text(p.sites_included, named=p.pooled))
+                            for p in self.pops)]]
+        rows += [[metric_label(n), *(self.figure(p.metrics.get(n), n) for p in self.pops)]
+                 for n in metric_order(self.pops)]
         return ["## Evaluation", "",
                 "Final global model on each site's held-out test set; estimate (95% CI). "
-                "↓: lower is better.", "", *_table(["Metric", *map(self.name, self.pops)], rows),
-                *self.personalised()]
+                f"↓: lower is better. {_md(noise_note(self.report))}", "",
+                *_table(["Metric", *map(self.name, self.pops)], rows), *self.personalised()]
 
     def personalised(self) -> list[str]:
         """The personalised evaluation, in one paragraph (none when not run)."""
@@ -221,8 +234,9 @@ class _Card:
             for s in p.subgroups:
                 cells = [suppressed_text(self.k) if s.suppressed
                          else self.figure(s.metrics.get(n), n) for n in names]
-                rows.append([self.name(p), _md(s.attribute), _md(s.level), self.count(s.n),
-                             *cells])
+                sites = _md(sites_text(s.sites_included, named=p.pooled))
+                rows.append([self.name(p), _md(s.attribute), _md(s.level),
+                             self.count(s.n, s.n_noise_sd), sites, *cells])
         gaps = [[self.name(p), _md(f.attribute), f"{_md(f.comparison)} vs {_md(f.reference)}",
                  GAPS.get(g, _md(g)), self.figure(v, g), "**yes**" if v.flagged else "no"]
                 for p in self.pops for f in p.fairness for g, v in f.gaps.items()]
@@ -230,8 +244,8 @@ class _Card:
         out = ["## Subgroups and fairness", "",
                f"Subgroups per population (primary metric: {primary}):", ""]
         if rows:
-            out += _table(["Population", "Attribute", "Level", "n", *map(metric_label, names)],
-                          rows, text=3)
+            out += _table(["Population", "Attribute", "Level", "n", "Sites",
+                           *map(metric_label, names)], rows, text=3)
         else:
             out += ["No subgroup results.", ""]
         out += ["Fairness gaps (flagged: the 95% CI excludes 0):", ""]
@@ -248,7 +262,7 @@ class _Card:
             named = ", ".join(f"{_md(f.name)} ({format_number(f.mean_abs_shap)})" for f in top)
             text = f"Most influential features (mean |SHAP|, pooled): {named or 'none reported'}."
         elif ex is not None and ex.kind == "grad-cam":
-            text = _saliency_note(ex.saliency_grid)
+            text = saliency_note(ex.saliency_grid)
         else:
             text = "No explanations were computed for this run."
         notes = [ex.method, ex.site_local_note] if ex is not None else []
@@ -260,8 +274,10 @@ class _Card:
         items = [*self.report.limitations, *known_limitations(self.report),
                  "Differential privacy bounds what the model updates reveal about any one "
                  "patient; it does not make the model fair, calibrated or valid elsewhere.",
-                 f"Confidence intervals are wide at small sites; values over fewer than "
-                 f"{self.k} patients are not reported at all, so small subgroups are unseen."]
+                 "Confidence intervals are wide at small sites and subgroups, wider still "
+                 "with the DP noise on the test-set statistics; figures of a cell whose "
+                 f"noisy count of a class is under {self.k} are not shown, so small "
+                 "subgroups go unseen."]
         return ["## Limitations and known failure modes", "",
                 *(f"- {_md(x)}" for x in items), ""]
 
@@ -296,24 +312,6 @@ class _Card:
             body += [f"{EST} Estimated rather than computed exactly from the sites' "
                      "statistics (see the report's Methods).", ""]
         return "\n".join(body)
-
-
-def _saliency_note(grid: Any) -> str:
-    """Where the pooled Grad-CAM saliency sits, in words."""
-    try:
-        cells = [[float(v) for v in row] for row in grid]
-        total = sum(map(sum, cells))
-        n = len(cells)
-        centre = sum(v for row in cells[n // 4: n - n // 4] for v in row[n // 4: n - n // 4])
-        r, c = max(((i, j) for i in range(n) for j in range(len(cells[i]))),
-                   key=lambda ij: cells[ij[0]][ij[1]])
-    except (TypeError, ValueError):
-        return "No pooled saliency grid was reported."
-    if total <= 0:
-        return "No pooled saliency grid was reported."
-    return (f"Pooled Grad-CAM saliency ({n} × {n} grid): the central half of the image holds "
-            f"{centre / total:.0%} of it; the largest share, {cells[r][c] / total:.1%}, is in "
-            f"row {r + 1}, column {c + 1}.")
 
 
 def render_model_card(report: Report | Mapping[str, Any]) -> str:

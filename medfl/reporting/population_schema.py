@@ -12,8 +12,9 @@ from medfl.reporting.schema import records, strings
 
 @dataclass
 class Figure:
-    """One reported figure: the estimate, its 95% CI, and whether it was withheld at a site
-    (``suppressed``) or estimated rather than computed exactly."""
+    """One reported figure: the estimate, its 95% CI, and whether it is not shown
+    (``suppressed``: under the utility floor k, or withheld at a site in reports before
+    test-set DP) or estimated rather than computed exactly."""
 
     value: float | None
     ci: list[float] | None = None
@@ -94,9 +95,21 @@ def _record_dict(obj: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return {name: plain(getattr(obj, name)) for name in names}
 
 
+def _noise_sd(data: Mapping[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
+
+
 @dataclass
 class Subgroup:
-    """One level of a declared attribute in one population (``reason``: why withheld)."""
+    """One level of a declared attribute in one population.
+
+    ``n``: its test cases, the rounded sum of the noisy counts of ``sites_included``
+    (every site whose release the figures are computed from), with noise standard
+    deviation ``n_noise_sd`` (0 or None: an exact count). ``reason``: why its figures are
+    not shown (under the utility floor k).
+    """
 
     attribute: str | None
     level: str | None
@@ -105,11 +118,12 @@ class Subgroup:
     reason: str | None
     metrics: dict[str, Figure]
     sites_included: list[str]
+    n_noise_sd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written in ``report.json``."""
-        return _record_dict(self, ("attribute", "level", "n", "suppressed", "reason",
-                                   "metrics", "sites_included"))
+        return _record_dict(self, ("attribute", "level", "n", "n_noise_sd", "suppressed",
+                                   "reason", "metrics", "sites_included"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Subgroup:
@@ -117,7 +131,8 @@ class Subgroup:
         return cls(attribute=data.get("attribute"), level=data.get("level"), n=data.get("n"),
                    suppressed=bool(data.get("suppressed")), reason=data.get("reason"),
                    metrics=_figures(data.get("metrics")),
-                   sites_included=strings(data, "sites_included"))
+                   sites_included=strings(data, "sites_included"),
+                   n_noise_sd=_noise_sd(data, "n_noise_sd"))
 
 
 @dataclass
@@ -142,23 +157,28 @@ class Comparison:
 
 @dataclass
 class Demographic:
-    """How many test cases of a population fall in one level (None: under k)."""
+    """How many test cases of a population fall in one level (a noisy count when
+    ``n_noise_sd`` > 0; None: not reported)."""
 
     attribute: str | None
     level: str | None
     n: int | None
+    n_noise_sd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written in ``report.json``."""
-        return {"attribute": self.attribute, "level": self.level, "n": self.n}
+        return {"attribute": self.attribute, "level": self.level, "n": self.n,
+                "n_noise_sd": self.n_noise_sd}
 
 
 @dataclass
 class Population:
     """The pooled population (``scope`` "consortium") or one site's.
 
-    ``roc`` is ``{"fpr": [...], "tpr": [...]}`` and ``reliability`` a list of bins
-    (``predicted``, ``observed``, ``n``): plot data, None where not computed.
+    ``sites_included``: every site whose release the figures and ``n_test`` are sums
+    of; ``n_test`` is rounded from a noisy count when ``n_test_noise_sd`` > 0. ``roc`` is
+    ``{"fpr": [...], "tpr": [...]}`` and ``reliability`` a list of bins (``predicted``,
+    ``observed``, ``n``): plot data, None where not computed.
     """
 
     name: str
@@ -173,14 +193,21 @@ class Population:
     subgroups: list[Subgroup]
     fairness: list[Comparison]
     n_train: int | None = None
+    n_test_noise_sd: float | None = None
 
-    _KEYS = ("name", "scope", "n_test", "prevalence", "demographics", "sites_included",
-             "metrics", "roc", "reliability", "subgroups", "fairness", "n_train")
+    _KEYS = ("name", "scope", "n_test", "n_test_noise_sd", "prevalence", "demographics",
+             "sites_included", "metrics", "roc", "reliability", "subgroups", "fairness",
+             "n_train")
 
     @property
     def pooled(self) -> bool:
         """Whether this is the pooled (consortium) population."""
         return self.scope == "consortium"
+
+    @property
+    def noisy(self) -> bool:
+        """Whether its figures come from DP-noised statistics."""
+        return bool(self.n_test_noise_sd)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written in ``report.json``."""
@@ -193,11 +220,12 @@ class Population:
         return cls(
             name=str(data.get("name")), scope=data.get("scope"), n_test=data.get("n_test"),
             prevalence=data.get("prevalence"),
-            demographics=[Demographic(d.get("attribute"), d.get("level"), d.get("n"))
+            demographics=[Demographic(d.get("attribute"), d.get("level"), d.get("n"),
+                                      _noise_sd(d, "n_noise_sd"))
                           for d in records(data, "demographics")],
             sites_included=[str(s) for s in included] if included is not None else None,
             metrics=_figures(data.get("metrics")), roc=data.get("roc"),
             reliability=data.get("reliability"),
             subgroups=[Subgroup.from_dict(s) for s in records(data, "subgroups")],
             fairness=[Comparison.from_dict(f) for f in records(data, "fairness")],
-            n_train=data.get("n_train"))
+            n_train=data.get("n_train"), n_test_noise_sd=_noise_sd(data, "n_test_noise_sd"))

@@ -2,8 +2,12 @@
 hospital and patient group, built only from what the sites shared.
 
 Inputs: the run's config, ``summary.json``, ``rounds.jsonl`` and ``evaluation.json`` (each
-site's report statistics exactly as received). :func:`build_report` is a pure function of
-them, so ``medfl report RUN_DIR`` rebuilds the same report later. The renderers
+site's report release exactly as received: noisy histograms or sums, with the noise's
+standard deviation; :class:`~medfl.evaluation.release.ReportStats`). Every population's
+figures are computed from the sum of its sites' noisy releases
+(:mod:`medfl.evaluation.population`, :mod:`medfl.evaluation.population_seg`).
+:func:`build_report` is a pure function of them, so ``medfl report RUN_DIR`` rebuilds the
+same report later (the bootstrap is seeded with the run's seed). The renderers
 (``html.py``, ``model_card.py``) read only the :class:`Report` returned here (or loaded
 from ``report.json`` with :meth:`Report.from_dict`).
 """
@@ -11,7 +15,7 @@ from ``report.json`` with :meth:`Report.from_dict`).
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +23,16 @@ import medfl
 from medfl import tasks
 from medfl.config import RunConfig
 from medfl.evaluation import population as pop
-from medfl.evaluation.cellstats import CellStats, ReportStats
+from medfl.evaluation.population_seg import (
+    PooledSums,
+    dice_gap,
+    image_diagonal,
+    segmentation_metrics,
+)
+from medfl.evaluation.population_seg import floor_reason as seg_floor_reason
+from medfl.evaluation.release import ReportStats
 from medfl.evaluation.subgroups import Cell, attributes
+from medfl.reporting.explanations import explanations
 from medfl.reporting.methods import report_methods
 from medfl.reporting.population_schema import (
     Comparison,
@@ -33,8 +45,6 @@ from medfl.reporting.population_schema import (
 from medfl.reporting.report_schema import (
     SCHEMA_VERSION,
     DatasetCard,
-    Explanations,
-    Feature,
     Personalised,
     Problem,
     Report,
@@ -50,157 +60,115 @@ __all__ = ["SCHEMA_VERSION", "build_report"]
 CLASS_GAPS = ("auroc", "tpr", "fpr", "calibration")
 _GAP_METRIC = {"auroc": "auroc", "tpr": "sensitivity", "fpr": "fpr",
                "calibration": "calibration"}
-
+_Cell = pop.Analysis | PooledSums
 
 class _Populations:
-    """Builds the report's populations from the sites' statistics."""
+    """Builds the report's populations from the sites' noisy report releases: every
+    population's cells are sums over its sites' releases (one site's own, or every
+    reporting site's for the pooled population)."""
 
     def __init__(self, cfg: RunConfig, stats: dict[str, ReportStats], order: list[str]):
-        self.cfg, self.stats, self.order = cfg, stats, [s for s in order if s in stats]
-        self.cells: list[Cell] = tasks.task_for(cfg).cells()
-        self.kind = "segmentation" if tasks.task_for(cfg).segmentation else "classification"
-        t = cfg.evaluation.threshold
-        self.cut = math.log(t) - math.log1p(-t)
+        self.cfg, self.stats = cfg, stats
+        self.order = [s for s in order if s in stats] + sorted(set(stats) - set(order))
+        task = tasks.task_for(cfg)
+        self.cells: list[Cell] = task.cells()
+        self.kind = "segmentation" if task.segmentation else "classification"
+        self.k = cfg.privacy.k_threshold
+        self.diagonal = image_diagonal(cfg.data.image_size) if task.segmentation else 1.0
         self.rng = np.random.default_rng(cfg.seed)
+        self._done: dict[tuple[tuple[str, ...], int], _Cell] = {}
 
-    def _cell(self, sites: list[str], i: int) -> list[tuple[str, CellStats]]:
-        return [(s, self.stats[s].cells[i]) for s in sites if i < len(self.stats[s].cells)]
+    def _rows(self, sites: list[str], i: int) -> list[pop.SiteCell]:
+        out = []
+        for s in sites:
+            st = self.stats[s]
+            std = st.hist_std if self.kind == "classification" else st.sums_std
+            out.append(pop.SiteCell(s, st.cells[i], std))
+        return out
 
-    def analysis(self, sites: list[str], i: int) -> tuple[pop.Analysis | None, list[str]]:
-        """Classification analysis of cell ``i`` over ``sites`` and the sites it used."""
-        rows = [(s, c) for s, c in self._cell(sites, i) if c.groups]
-        if not rows:
-            return None, []
-        groups = [(j, g) for j, (_, c) in enumerate(rows) for g in c.groups or ()]
-        exact: dict[str, float] = {}
-        if len(rows) == 1 and rows[0][1].auroc is not None:
-            exact["auroc"] = rows[0][1].auroc
-        if all(c.brier_sum is not None for _, c in rows):
-            exact["brier"] = _pooled_brier([c for _, c in rows])
-        a = pop.analyse(pop.expand(groups, cut=self.cut),
-                        threshold=self.cfg.evaluation.threshold, rng=self.rng, exact=exact)
-        return a, [s for s, _ in rows]
+    def cell(self, sites: list[str], i: int) -> _Cell:
+        """Cell ``i`` pooled over ``sites`` (analysed once, so that a gap pairs the same
+        replicates its subgroups show)."""
+        key = (tuple(sites), i)
+        if key not in self._done:
+            rows = self._rows(sites, i)
+            if self.kind == "segmentation":
+                self._done[key] = PooledSums.pool(rows)
+            else:
+                self._done[key] = pop.analyse(
+                    pop.PooledHistogram.pool(rows), threshold=self.cfg.evaluation.threshold,
+                    k=self.k, rng=self.rng)
+        return self._done[key]
 
-    def metrics(self, sites: list[str], i: int) -> tuple[dict, list[str], pop.Analysis | None]:
-        """Figures of cell ``i`` over ``sites`` (as :mod:`medfl.evaluation.population`
-        records), the sites used, and the classification analysis behind them."""
-        if self.kind == "segmentation":
-            rows = [(s, c) for s, c in self._cell(sites, i) if c.n is not None]
-            return pop.segmentation_metrics([c for _, c in rows]), [s for s, _ in rows], None
-        a, used = self.analysis(sites, i)
-        if a is None:
-            out = pop.suppressed_metrics(pop.CLASSIFICATION)
-            shown = [c for _, c in self._cell(sites, i) if c.brier_sum is not None]
-            if shown:  # sums over >= k patients are shared even when a class is under k
-                out["brier"] = pop.metric(_pooled_brier(shown))
-            return out, [], None
-        return pop.classification_metrics(a), used, a
+    def metrics(self, c: _Cell) -> dict[str, dict]:
+        """The figures of a pooled cell (as :mod:`medfl.evaluation.population` records)."""
+        if isinstance(c, PooledSums):
+            return segmentation_metrics(c, k=self.k, diagonal=self.diagonal)
+        return pop.classification_metrics(c)
 
-    def _count(self, sites: list[str], i: int) -> int | None:
-        """Test cases in cell ``i`` over ``sites``; None when every site withheld it."""
-        shown = [c.n for _, c in self._cell(sites, i) if c.n is not None]
-        return sum(shown) if shown else None
+    @staticmethod
+    def count(c: _Cell) -> tuple[int, float]:
+        """A cell's noisy count, rounded (never below 0), and its noise sd."""
+        if isinstance(c, PooledSums):
+            n, var = c.get("n")
+            return max(int(round(n)), 0), math.sqrt(var)
+        return max(int(round(c.n)), 0), c.n_sd
+
+    def reason(self, c: _Cell) -> str | None:
+        """Why a cell's figures are not shown, or None."""
+        if isinstance(c, PooledSums):
+            return seg_floor_reason(c, k=self.k)
+        return c.reason
 
     def population(self, name: str, sites: list[str]) -> Population:
         """The population ``name`` over ``sites``: figures, curves, subgroups, gaps."""
-        metrics, used, a = self.metrics(sites, 0)
+        whole = self.cell(sites, 0)
+        analysis = whole if isinstance(whole, pop.Analysis) else None
+        n, sd = self.count(whole)
         out = Population(
             name=name, scope="consortium" if name == "pooled" else "site",
-            n_test=self._count(sites, 0), prevalence=a.prevalence if a else None,
-            demographics=[], sites_included=used, metrics=_figures(metrics),
-            roc=a.roc if a else None, reliability=a.reliability if a else None,
+            n_test=n, n_test_noise_sd=sd,
+            prevalence=analysis.prevalence if analysis else None,
+            demographics=[], sites_included=list(sites), metrics=_figures(self.metrics(whole)),
+            roc=analysis.roc if analysis else None,
+            reliability=analysis.reliability if analysis else None,
             subgroups=[], fairness=[])
         for attr, idx in attributes(self.cells).items():
-            results = []
             for i in idx:
-                subgroup, analysis = self._subgroup(attr, sites, i)
-                out.demographics.append(Demographic(attr, subgroup.level, subgroup.n))
+                subgroup = self._subgroup(attr, sites, i)
+                out.demographics.append(Demographic(attr, subgroup.level, subgroup.n,
+                                                    subgroup.n_noise_sd))
                 out.subgroups.append(subgroup)
-                shown = [c for _, c in self._cell(sites, i) if c.n is not None]
-                results.append((i, analysis, shown))
-            out.fairness += self._fairness(attr, results)
+            out.fairness += self._fairness(attr, sites, idx)
         return out
 
-    def _subgroup(self, attr: str, sites: list[str], i: int
-                  ) -> tuple[Subgroup, pop.Analysis | None]:
-        """Cell ``i`` (a level of ``attr``) as a subgroup, and its analysis."""
-        metrics, used, a = self.metrics(sites, i)
-        n, k = self._count(sites, i), self.cfg.privacy.k_threshold
-        reason = None
-        if n is None:
-            reason = f"a level of {attr} has fewer than k={k} patients (complementary suppression)"
-        elif self.kind == "classification" and a is None:
-            reason = f"a class has fewer than k={k} patients in a level of {attr}"
-        return Subgroup(attribute=attr, level=self.cells[i].level, n=n,
+    def _subgroup(self, attr: str, sites: list[str], i: int) -> Subgroup:
+        """Cell ``i`` (a level of ``attr``) over ``sites`` as a subgroup."""
+        c = self.cell(sites, i)
+        n, sd = self.count(c)
+        reason = self.reason(c)
+        return Subgroup(attribute=attr, level=self.cells[i].level, n=n, n_noise_sd=sd,
                         suppressed=reason is not None, reason=reason,
-                        metrics=_figures(metrics), sites_included=used), a
+                        metrics=_figures(self.metrics(c)), sites_included=list(sites))
 
-    def _fairness(self, attr: str, results: list) -> list[Comparison]:
-        (ref_i, ref_a, ref_cells), rest = results[0], results[1:]
+    def _fairness(self, attr: str, sites: list[str], idx: list[int]) -> list[Comparison]:
+        ref = self.cell(sites, idx[0])
         out = []
-        for i, a, comp_cells in rest:
-            if self.kind == "segmentation":
-                gaps = {"dice": pop.dice_gap(ref_cells, comp_cells)}
-            elif ref_a is None or a is None:
-                gaps = {g: dict(pop.SUPPRESSED_GAP) for g in CLASS_GAPS}
-            else:
-                gaps = {g: pop.gap(ref_a, a, _GAP_METRIC[g]) for g in CLASS_GAPS}
-            out.append(Comparison(attribute=attr, reference=self.cells[ref_i].level,
-                                  comparison=self.cells[i].level,
-                                  gaps=gaps_from(gaps)))
+        for i in idx[1:]:
+            comp = self.cell(sites, i)
+            if isinstance(ref, PooledSums) and isinstance(comp, PooledSums):
+                gaps = {"dice": dice_gap(ref, comp, k=self.k)}
+            elif isinstance(ref, pop.Analysis) and isinstance(comp, pop.Analysis):
+                gaps = {g: pop.gap(ref, comp, _GAP_METRIC[g]) for g in CLASS_GAPS}
+            else:  # pragma: no cover - one run has one kind
+                raise TypeError("cells of one attribute are of different kinds")
+            out.append(Comparison(attribute=attr, reference=self.cells[idx[0]].level,
+                                  comparison=self.cells[i].level, gaps=gaps_from(gaps)))
         return out
-
-
-def _pooled_brier(cells: list[CellStats]) -> float:
-    """Mean Brier score over ``cells``, each sharing its Brier sum (so its ``n`` too)."""
-    return (sum(cast(float, c.brier_sum) for c in cells)
-            / sum(cast(int, c.n) for c in cells))
 
 
 def _figures(records: dict[str, dict]) -> dict[str, Figure]:
     return {name: Figure.from_dict(record) for name, record in records.items()}
-
-
-def _explanations(cfg: RunConfig, stats: dict[str, ReportStats],
-                  order: list[str]) -> Explanations:
-    task = tasks.task_for(cfg)
-    shown = {s: st for s, st in stats.items() if st.explain and st.explain_n}
-    if task.segmentation:
-        return Explanations(method="none: the predicted mask is itself the model's spatial "
-                                   "answer, reported through Dice, IoU and HD95")
-    if not shown:
-        return Explanations()
-    total = sum(cast(int, st.explain_n) for st in shown.values())  # shown: explain_n set
-    pooled = np.asarray(sum(np.asarray(st.explain) * cast(int, st.explain_n)
-                            for st in shown.values()) / total)
-    if task.is_tabular:
-        names = task.feature_spec().feature_names
-        feats = [Feature(name=n, mean_abs_shap=float(pooled[j]),
-                         per_site={s: float(shown[s].explain[j]) if s in shown else None
-                                   for s in order})
-                 for j, n in enumerate(names)]
-        feats.sort(key=lambda f: -(f.mean_abs_shap or 0.0))
-        return Explanations(
-            kind="shap", features=feats,
-            method=("SHAP values of the model's logit against a public reference "
-                    "row (all zeros in model-input space: the consortium-mean patient, "
-                    "binary and one-hot features 0) for each site's test rows; each "
-                    "site shares the mean |SHAP| per feature; pooled weighted by "
-                    "test-set size."))
-    g = int(round(math.sqrt(len(pooled))))
-
-    def grid(v: Any) -> list[list[float]]:
-        return np.asarray(v).reshape(g, g).round(5).tolist()
-
-    return Explanations(
-        kind="grad-cam", saliency_grid=grid(pooled),
-        per_site={s: grid(shown[s].explain) if s in shown else None for s in order},
-        method=(f"Grad-CAM of the positive logit on each site's test images, summed "
-                f"into a {g}x{g} grid, each image normalised to 1; each site shares "
-                "the mean share per cell; pooled weighted by test-set size."),
-        site_local_note=("Grad-CAM overlays of individual images are in each "
-                         "hospital's site-local report (<site-dir>/reports/<run>/"
-                         "report.html); images are PHI and never leave the site."))
 
 
 def _rounds(records: list[dict[str, Any]]) -> list[RoundRecord]:
@@ -218,12 +186,22 @@ def _rounds(records: list[dict[str, Any]]) -> list[RoundRecord]:
     return out
 
 
-def _limitations(cfg: RunConfig, report: Report) -> list[str]:
+def noisy(stats: dict[str, ReportStats]) -> bool:
+    """Whether any site's report release carries DP noise."""
+    return any(st.hist_std > 0 or any(v > 0 for v in st.sums_std) for st in stats.values())
+
+
+def _limitations(cfg: RunConfig, report: Report, *, with_noise: bool) -> list[str]:
     out = [medfl.DISCLAIMER,
            "Evaluated on each site's held-out split of its own data; no external "
            "validation set. Figures are estimates with the CIs shown."]
-    for p in report.populations[1:]:
-        out += _population_limits(p)
+    if with_noise:
+        out.append("Every figure is computed from statistics that each site released with "
+                   "Gaussian noise (differential privacy on its test set; ε per site under "
+                   "Privacy), and every count is a noisy one (marked ≈). The 95% CIs include "
+                   "both the sampling error and that noise, so they are wider than "
+                   "intervals from exact statistics, most of all for small sites and "
+                   "subgroups.")
     flagged = [(p.name, f.attribute, f.comparison, g)
                for p in report.populations for f in p.fairness
                for g, v in f.gaps.items() if v.flagged]
@@ -235,22 +213,6 @@ def _limitations(cfg: RunConfig, report: Report) -> list[str]:
         out.append(f"{tested} fairness gaps were tested without correction for multiple "
                    "comparisons; read flags as prompts for a closer look, not findings.")
     out += tasks.task_for(cfg).report_caveats()
-    return out
-
-
-def _population_limits(p: Population) -> list[str]:
-    """What a site's figures leave out: a test set or a class under k, hidden subgroups."""
-    out = []
-    auroc = p.metrics.get("auroc")
-    if p.n_test is None:
-        out.append(f"{p.name}: test set under k; no figures.")
-    elif auroc is not None and auroc.suppressed:
-        out.append(f"{p.name}: a class under k in its test set; discrimination "
-                   "figures suppressed, and the site is missing from pooled figures "
-                   "that need them.")
-    hidden = sorted({str(s.attribute) for s in p.subgroups if s.suppressed})
-    if hidden:
-        out.append(f"{p.name}: subgroup figures suppressed for {', '.join(hidden)}.")
     return out
 
 
@@ -298,16 +260,15 @@ def build_report(cfg: RunConfig, *, summary: Summary, rounds: list[dict[str, Any
         operating_threshold=Threshold(
             value=cfg.evaluation.threshold,
             rule="fixed, declared before the run (evaluation.threshold)"),
-        methods=report_methods(cfg, pops.kind), training=_training(cfg, summary),
+        methods=report_methods(cfg, pops.kind, site_stats), training=_training(cfg, summary),
         privacy=_privacy(summary), rounds=_rounds(rounds),
         populations=[pops.population("pooled", pops.order),
                      *(pops.population(s, [s]) for s in pops.order)],
-        explanations=_explanations(cfg, site_stats, order), personalised=_personalised(summary))
+        explanations=explanations(cfg, site_stats, order),
+        personalised=_personalised(summary))
     n_train = {s.name: s.n_train for s in summary.sites}
-    for p in report.populations:
-        if p.pooled:
-            p.n_train = sum(v for v in n_train.values() if v)
-        else:
-            p.n_train = n_train.get(p.name)
-    report.limitations = _limitations(cfg, report)
+    for p in report.populations:  # the training cases of the same sites as the figures
+        p.n_train = sum(n_train.get(s) or 0 for s in p.sites_included or []) if p.pooled \
+            else n_train.get(p.name)
+    report.limitations = _limitations(cfg, report, with_noise=noisy(site_stats))
     return report

@@ -1,5 +1,6 @@
-"""How the reports word values: ``0.853 (0.801–0.897)``, ``suppressed (n < k)``, "n/a",
-and the limitations that follow from a report's own figures. Shared by the model card
+"""How the reports word values: ``0.853 (0.801–0.897)``, ``suppressed (noisy n < k)``,
+"n/a", ``≈254`` for a noisy count, and the limitations that follow from a report's own
+figures. Shared by the model card
 (:mod:`medfl.reporting.model_card`) and the HTML report (:mod:`medfl.reporting.html`)."""
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any, TypeGuard
 from medfl.reporting.population_schema import Figure, Population, Subgroup
 from medfl.reporting.report_schema import Report
 
-__all__ = ["EST", "GAPS", "HEADLINE", "METRICS", "PRIMARY", "as_float", "format_delta",
-           "format_metric", "format_number", "known_limitations", "metric_label",
-           "metric_order", "suppressed_text"]
+__all__ = ["EST", "GAPS", "HEADLINE", "METRICS", "NOISY", "PRIMARY", "as_float",
+           "format_count", "format_delta", "format_metric", "format_number",
+           "known_limitations", "metric_label", "metric_order", "noise_note", "saliency_note",
+           "sites_text", "suppressed_text"]
 
 # name: (label, decimals, lower is better)
 METRICS: dict[str, tuple[str, int, bool]] = {
@@ -29,6 +31,7 @@ PRIMARY = {"classification": "auroc", "segmentation": "dice"}
 GAPS = {"auroc": "AUROC", "tpr": "TPR", "fpr": "FPR", "calibration": "Calibration",
         "dice": "Dice"}
 EST = "†"
+NOISY = "≈"
 
 
 def as_float(x: Any) -> float | None:
@@ -39,8 +42,38 @@ def as_float(x: Any) -> float | None:
 
 
 def suppressed_text(k: int) -> str:
-    """How a value withheld at the site (fewer than ``k`` patients) reads everywhere."""
-    return f"suppressed (n < {k})"
+    """How a figure not shown under the utility floor ``k`` (a cell whose noisy count of
+    a class is under k) reads everywhere."""
+    return f"suppressed (noisy n < {k})"
+
+
+def format_count(n: Any, noise_sd: Any = None) -> str:
+    """A count as ``254``, or ``≈254`` when it is a noisy one (``noise_sd`` > 0)."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return "n/a"
+    text = f"{n:,}" if isinstance(n, int) else str(n)
+    noisy = as_float(noise_sd)
+    return f"{NOISY}{text}" if noisy else text
+
+
+def sites_text(sites: Sequence[str] | None, *, named: bool = True) -> str:
+    """The sites a pooled row is computed from: ``4 sites: a, b, c, d`` (or only their
+    number when ``named`` is False)."""
+    if sites is None:
+        return "n/a"
+    count = f"{len(sites)} site{'' if len(sites) == 1 else 's'}"
+    return f"{count}: {', '.join(sites)}" if named and sites else count
+
+
+def noise_note(report: Report) -> str:
+    """One sentence on what every figure is computed from and what its CI includes."""
+    if any(p.noisy for p in report.populations):
+        return ("Every figure and count is computed from statistics that each site released "
+                "with differential-privacy noise (Gaussian, on its test set; ε per site "
+                "under Privacy), summed over the sites named; the 95% CIs include that "
+                f"noise as well as sampling error. {NOISY} marks a noisy count.")
+    return ("Every figure is computed from the statistics the sites released, summed over "
+            "the sites named; the 95% CIs cover sampling error.")
 
 
 def format_number(x: Any, digits: int = 3) -> str:
@@ -102,7 +135,7 @@ def metric_order(populations: Sequence[Population]) -> list[str]:
 
 
 def _suppressed_parts(p: Population) -> list[str]:
-    """What of a population was withheld at the sites, in words."""
+    """What of a population is not shown, in words."""
     what = [METRICS[n][0] if n in METRICS else n
             for n, m in p.metrics.items() if m.suppressed]
     if p.n_test is None:
@@ -122,8 +155,9 @@ def _suppression(report: Report) -> list[str]:
     if not parts:
         return []
     k = report.k_threshold if report.k_threshold is not None else "k"
-    return [f"Figures describing fewer than {k} patients were suppressed and are "
-            f"missing from these populations: {'; '.join(parts)}."]
+    return [f"Figures of cells whose noisy count of a class is under k={k} are not shown "
+            "(a utility floor: so few patients leave mostly noise; not a privacy measure): "
+            f"{'; '.join(parts)}."]
 
 
 def _exclusions(report: Report) -> list[str]:
@@ -166,3 +200,21 @@ def known_limitations(report: Report) -> list[str]:
         out.append("DP-SGD was off: model updates left the sites without differential "
                    "privacy.")
     return out
+
+
+def saliency_note(grid: Any) -> str:
+    """Where the pooled Grad-CAM saliency sits, in words."""
+    try:
+        cells = [[float(v) for v in row] for row in grid]
+        total = sum(map(sum, cells))
+        n = len(cells)
+        centre = sum(v for row in cells[n // 4: n - n // 4] for v in row[n // 4: n - n // 4])
+        r, c = max(((i, j) for i in range(n) for j in range(len(cells[i]))),
+                   key=lambda ij: cells[ij[0]][ij[1]])
+    except (TypeError, ValueError):
+        return "No pooled saliency grid was reported."
+    if total <= 0:
+        return "No pooled saliency grid was reported."
+    return (f"Pooled Grad-CAM saliency ({n} × {n} grid): the central half of the image holds "
+            f"{centre / total:.0%} of it; the largest share, {cells[r][c] / total:.1%}, is in "
+            f"row {r + 1}, column {c + 1}.")

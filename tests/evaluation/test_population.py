@@ -1,144 +1,142 @@
-"""Server-side metrics from shared groups: against sklearn on the real scores."""
+"""Server-side pooled figures from noisy histograms: pooling, the utility floor, CIs that
+include the DP noise, gaps, and coverage of a known truth."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
-from scipy import stats as sps
-from sklearn.metrics import (
-    accuracy_score,
-    brier_score_loss,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
+from scipy.stats import norm
 
 from medfl.evaluation import population as pop
-from medfl.evaluation.cellstats import CellStats, Group, class_groups
+from medfl.evaluation.histograms import (
+    N_BINS,
+    figures,
+    histogram,
+    point_metrics,
+    score_edges,
+)
+from medfl.evaluation.release import CellRelease
+from medfl.privacy.mechanisms import gaussian_release
 
-K = 10
 
-
-def _site(rng: np.random.Generator, n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+def _scores(rng: np.random.Generator, n: int, d: float) -> tuple[np.ndarray, np.ndarray]:
     y = (rng.random(n) < 0.45).astype(int)
-    logits = rng.normal(0, 1.2, n) + shift * (2 * y - 1)
-    return y, 1 / (1 + np.exp(-logits))
+    return y, 1 / (1 + np.exp(-(rng.normal(-0.5, 1.0, n) + d * y)))
 
 
-def _groups(y: np.ndarray, p: np.ndarray, *, cut: float = 0.0) -> list[Group]:
-    logit = np.log(p) - np.log1p(-p)
-    return (class_groups(logit[y == 0], cls=0, cut=cut, k=K)
-            + class_groups(logit[y == 1], cls=1, cut=cut, k=K))
+def _site(name: str, hist: np.ndarray, std: float = 0.0) -> pop.SiteCell:
+    return pop.SiteCell(name, CellRelease(hist=hist), std)
 
 
-def test_score_table_matches_sklearn_row_by_row():
-    rng = np.random.default_rng(3)
-    y, p = _site(rng, 200, 1.0)
-    t = pop.score_table(y, np.stack([p, p ** 2]), threshold=0.5)
-    for row, q in enumerate([p, p ** 2]):
-        pred = q >= 0.5
-        assert t["auroc"][row] == pytest.approx(roc_auc_score(y, q))
-        assert t["accuracy"][row] == pytest.approx(accuracy_score(y, pred))
-        assert t["sensitivity"][row] == pytest.approx(recall_score(y, pred))
-        assert t["specificity"][row] == pytest.approx(recall_score(1 - y, ~pred))
-        assert t["ppv"][row] == pytest.approx(precision_score(y, pred))
-        assert t["npv"][row] == pytest.approx(precision_score(1 - y, ~pred))
-        assert t["f1"][row] == pytest.approx(f1_score(y, pred))
-        assert t["brier"][row] == pytest.approx(brier_score_loss(y, q))
+def _analyse(hist: np.ndarray, noise_var: float = 0.0, *, k: int = 10, seed: int = 0,
+             reps: int = pop.B) -> pop.Analysis:
+    pooled = pop.PooledHistogram(("a",), hist, noise_var)
+    return pop.analyse(pooled, threshold=0.5, k=k, rng=np.random.default_rng(seed), reps=reps)
 
 
-def test_ece_by_hand():
-    # bins of width 0.1: {0.05, 0.05} -> |0.1 - 1| ; {0.95, 0.95} -> |1.9 - 1| ; n = 4
-    y = np.array([0, 1, 1, 0])
-    p = np.array([0.05, 0.05, 0.95, 0.95])
-    t = pop.score_table(y, p[None], threshold=0.5)
-    assert t["ece"][0] == pytest.approx((abs(0.1 - 1) + abs(1.9 - 1)) / 4)
-    assert t["calibration"][0] == pytest.approx(p.mean() - y.mean())
+def test_pooling_sums_the_sites_histograms_and_noise_variances():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(5, 3, (2, N_BINS)), rng.normal(7, 3, (2, N_BINS))
+
+    pooled = pop.PooledHistogram.pool([_site("north", a, 3.0), _site("south", b, 4.0)])
+
+    assert pooled.sites == ("north", "south")
+    np.testing.assert_allclose(pooled.hist, a + b)
+    assert pooled.noise_var == pytest.approx(3.0 ** 2 + 4.0 ** 2)
+    assert pooled.count_sd == pytest.approx(5.0 * math.sqrt(N_BINS))
 
 
-def test_pseudo_patients_keep_each_groups_size_mean_and_variance():
-    g = Group(cls=1, n=12, mean=0.7, var=0.25, side=-1)
-    ps = pop.expand([(0, g)], cut=0.0)
-    assert ps.n == 12 and ps.logits.mean() == pytest.approx(0.7)
-    assert ps.logits.var() == pytest.approx(0.25)
-    # a group above the threshold whose normal quantiles would cross it: the mean is kept,
-    # the spread shrunk just enough (never clamped, which would shift the mean)
-    above = pop.expand([(0, Group(1, 10, 0.3, 1.0, 1))], cut=0.0)
-    assert (above.logits > 0).all() and above.logits.mean() == pytest.approx(0.3)
-    assert above.logits.min() == pytest.approx(0.0, abs=1e-6)
-    below = pop.expand([(0, Group(0, 12, -0.5, 4.0, 0))], cut=0.0)
-    assert (below.logits < 0).all() and below.logits.mean() == pytest.approx(-0.5)
+def test_pooled_figures_are_the_figures_of_the_summed_histogram():
+    rng = np.random.default_rng(1)
+    sites = [histogram(*_scores(rng, n, 1.5), threshold=0.5) for n in (120, 80, 40)]
+    pooled = pop.PooledHistogram.pool([_site(str(i), h) for i, h in enumerate(sites)])
+    a = pop.analyse(pooled, threshold=0.5, k=10, rng=rng)
+    total = point_metrics(sum(sites), threshold=0.5)
+    assert a.point["auroc"] == pytest.approx(total["auroc"])
+    assert a.n == 240 and a.class_counts == (total["n_neg"], total["n_pos"])
+    assert pop.classification_metrics(a)["sensitivity"]["value"] == \
+        pytest.approx(total["sensitivity"])
 
 
-def test_pure_groups_give_exact_confusion_metrics_and_a_close_auroc():
-    rng = np.random.default_rng(7)
-    ys, ps, groups = [], [], []
-    for s, (n, shift) in enumerate([(200, 0.8), (160, 0.6), (140, 0.9)]):
-        y, p = _site(rng, n, shift)
-        ys.append(y), ps.append(p)
-        groups += [(s, g) for g in _groups(y, p)]
-    y, p = np.concatenate(ys), np.concatenate(ps)
-    assert all(g.side != -1 for _, g in groups), "every side holds >= k here"
-    a = pop.analyse(pop.expand(groups, cut=0.0), threshold=0.5,
-                    rng=np.random.default_rng(0))
-    pred = p >= 0.5
-    assert a.point["sensitivity"] == pytest.approx(recall_score(y, pred))
-    assert a.point["specificity"] == pytest.approx(recall_score(1 - y, ~pred))
-    assert a.point["ppv"] == pytest.approx(precision_score(y, pred))
-    assert a.point["accuracy"] == pytest.approx(accuracy_score(y, pred))
-    assert not any(a.estimated[m] for m in ("sensitivity", "specificity", "ppv", "accuracy"))
-    assert a.estimated["auroc"] and a.estimated["ece"]  # pooled from pseudo-patients
-    assert a.point["auroc"] == pytest.approx(roc_auc_score(y, p), abs=0.01)
-    assert a.point["brier"] == pytest.approx(brier_score_loss(y, p), abs=0.01)
+def test_a_cell_under_k_by_its_noisy_count_is_suppressed_with_its_reason():
+    hist = np.full((2, N_BINS), 3.0)
+    hist[1] = [2.0, 1.5, 0.0, -1.0, 1.0, 2.0, 1.0, 2.0]  # noisy positives: 8.5
+
+    a = _analyse(hist, noise_var=16.0, k=10)
+
+    assert a.suppressed and a.prevalence is None and a.roc is None
+    assert "k=10" in a.reason and "noisy" in a.reason and "positives ≈ 8" in a.reason
+    assert "privacy" in a.reason  # says it is not a privacy measure
+    shown = pop.classification_metrics(a)
+    assert all(m["suppressed"] and m["value"] is None for m in shown.values())
+    assert not _analyse(hist + 0.25, noise_var=16.0, k=10).suppressed  # 10.5 of each
 
 
-def test_bootstrap_ci_is_close_to_a_patient_level_bootstrap():
-    rng = np.random.default_rng(11)
-    y, p = _site(rng, 300, 0.9)
-    a = pop.analyse(pop.expand([(0, g) for g in _groups(y, p)], cut=0.0), threshold=0.5,
-                    rng=np.random.default_rng(1), exact={"auroc": roc_auc_score(y, p)})
-    lo, hi = pop.classification_metrics(a)["auroc"]["ci"]
-    # reference: the usual bootstrap on the real scores, stratified by class
-    idx0, idx1 = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-    reps = []
-    for _ in range(1000):
-        i = np.r_[rng.choice(idx0, len(idx0)), rng.choice(idx1, len(idx1))]
-        reps.append(roc_auc_score(y[i], p[i]))
-    ref_lo, ref_hi = np.percentile(reps, [2.5, 97.5])
-    assert lo < roc_auc_score(y, p) < hi
-    assert (hi - lo) == pytest.approx(ref_hi - ref_lo, rel=0.25)
-    assert lo == pytest.approx(ref_lo, abs=0.02) and hi == pytest.approx(ref_hi, abs=0.02)
+def test_the_ci_widens_with_the_noise():
+    rng = np.random.default_rng(2)
+    hist = histogram(*_scores(rng, 400, 1.5), threshold=0.5)
+
+    def width(noise_var: float) -> float:
+        lo, hi = pop.classification_metrics(_analyse(hist, noise_var))["auroc"]["ci"]
+        return hi - lo
+
+    exact, noisy = width(0.0), width(6.0 ** 2)
+    assert exact > 0 and noisy > 1.5 * exact
+    # exact release: the bootstrap's spread is sampling alone, close to the usual
+    # standard error of an AUROC (Hanley-McNeil) on the binned scores
+    f = point_metrics(hist, threshold=0.5)
+    a, n1, n0 = f["auroc"], f["n_pos"], f["n_neg"]
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    se = math.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a))
+                   / (n1 * n0))
+    assert exact == pytest.approx(2 * 1.96 * se, rel=0.2)
+
+
+def test_an_undefined_replicate_widens_the_interval_to_the_range():
+    reps = np.r_[np.full(900, 0.8), np.full(100, np.nan)]  # 10% undefined
+    assert pop.interval(reps) == (0.0, 1.0)
+    assert pop.interval(np.r_[np.full(990, 0.8), np.full(10, np.nan)]) == (0.8, 0.8)
 
 
 def test_a_real_gap_is_flagged_and_no_gap_is_not():
     rng = np.random.default_rng(5)
-    good, bad, same = _site(rng, 300, 1.5), _site(rng, 300, 0.1), _site(rng, 300, 1.5)
+    good = _analyse(histogram(*_scores(rng, 400, 2.5), threshold=0.5), seed=1)
+    bad = _analyse(histogram(*_scores(rng, 400, 0.2), threshold=0.5), seed=2)
+    same = _analyse(histogram(*_scores(rng, 400, 2.5), threshold=0.5), seed=3)
 
-    def analysis(site):
-        return pop.analyse(pop.expand([(0, g) for g in _groups(*site)], cut=0.0),
-                           threshold=0.5, rng=np.random.default_rng(2))
-
-    ref = analysis(good)
-    assert pop.gap(ref, analysis(bad), "auroc")["flagged"]
-    assert pop.gap(ref, analysis(bad), "auroc")["value"] < 0
-    assert not pop.gap(ref, analysis(same), "auroc")["flagged"]
+    g = pop.gap(good, bad, "auroc")
+    assert g["flagged"] and g["value"] == pytest.approx(bad.point["auroc"] - good.point["auroc"])
+    assert g["ci"][0] < g["value"] < g["ci"][1] < 0
+    assert not pop.gap(good, same, "auroc")["flagged"]
+    floor = _analyse(np.full((2, N_BINS), 0.5))
+    assert pop.gap(good, floor, "auroc") == pop.SUPPRESSED_GAP
 
 
-def test_segmentation_means_and_t_intervals_from_sums():
-    a = np.linspace(0.6, 0.9, 20)
-    b = np.linspace(0.4, 0.8, 15)
-    cells = [CellStats(n=len(v), dice_sum=v.sum(), dice_sqsum=(v ** 2).sum(),
-                       iou_sum=(v / 2).sum(), iou_sqsum=((v / 2) ** 2).sum())
-             for v in (a, b)]
-    m = pop.segmentation_metrics(cells)
-    both = np.r_[a, b]
-    ref = sps.t.interval(0.95, len(both) - 1, loc=both.mean(), scale=sps.sem(both))
-    assert m["dice"]["value"] == pytest.approx(both.mean())
-    assert m["dice"]["ci"] == pytest.approx(list(ref))
-    assert m["hd95"]["suppressed"] and m["hd95"]["value"] is None
-    g = pop.dice_gap([cells[0]], [cells[1]])
-    welch = sps.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)  # the reference
-    assert g["value"] == pytest.approx(b.mean() - a.mean())
-    assert g["ci"] == pytest.approx([welch.low, welch.high])
-    assert g["flagged"] is True
+def _binormal_truth(mean0: float, d: float, n: int, prevalence: float) -> np.ndarray:
+    edges = np.r_[-np.inf, score_edges(0.5), np.inf]
+    share = [np.diff(norm.cdf(edges - m)) for m in (mean0, mean0 + d)]
+    return n * np.stack([(1 - prevalence) * share[0], prevalence * share[1]])
+
+
+def test_noisy_cis_cover_the_population_value():
+    """200 replicates of a 300-patient pooled cell from three sites with noise sd 4 per
+    count each: coverage of the population value well above chance (95% expected)."""
+    rng = np.random.default_rng(11)
+    sizes, prevalence, mean0, d, std = (150, 100, 50), 0.45, -0.8, 1.8, 4.0
+    truth = figures(_binormal_truth(mean0, d, sum(sizes), prevalence), threshold=0.5)
+    hits = {m: 0 for m in ("auroc", "sensitivity", "specificity")}
+    for _ in range(200):
+        rows = []
+        for j, n in enumerate(sizes):
+            y = (rng.random(n) < prevalence).astype(int)
+            p = 1 / (1 + np.exp(-(mean0 + d * y + rng.standard_normal(n))))
+            rel = gaussian_release(histogram(y, p, threshold=0.5), 1.0, sensitivity=1.0,
+                                   sigma=std, rng=rng)
+            rows.append(_site(str(j), rel.values, std))
+        a = pop.analyse(pop.PooledHistogram.pool(rows), threshold=0.5, k=10, rng=rng, reps=400)
+        for m in hits:
+            lo, hi = pop.interval(a.reps[m])
+            hits[m] += lo <= truth[m] <= hi
+    assert all(h / 200 >= 0.88 for h in hits.values()), hits

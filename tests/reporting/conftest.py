@@ -2,7 +2,9 @@
 
 Every number is chosen by hand, so a test can look for its exact formatting; the site
 names are distinctive words that occur nowhere else in the reports, so a test can check
-that a site's view does not mention the others.
+that a site's view does not mention the others. Counts are noisy ones (test-set DP), with
+the noise standard deviation beside them; figures under the utility floor k are
+suppressed.
 """
 
 from __future__ import annotations
@@ -39,11 +41,17 @@ def _class_metrics(auroc: dict, shift: float = 0.0) -> dict[str, dict]:
                                for k, v in base.items()}}
 
 
+FLOOR = ("noisy class count under k=10 (negatives ≈ 4): too few patients for readable "
+         "figures (a utility floor, not a privacy measure)")
+N_SD = 12.4  # noise sd of a subgroup's count
+
+
 def _sub(attribute: str, level: str, n: int | None, metrics: dict | None,
-         reason: str | None = None) -> dict[str, Any]:
+         reason: str | None = None, sites: list[str] | None = None) -> dict[str, Any]:
     supp = metrics is None
-    return {"attribute": attribute, "level": level, "n": n, "suppressed": supp,
-            "reason": reason, "metrics": {} if supp else metrics}
+    return {"attribute": attribute, "level": level, "n": n, "n_noise_sd": N_SD,
+            "suppressed": supp, "reason": reason, "metrics": {} if supp else metrics,
+            "sites_included": sites or []}
 
 
 def _roc(bend: float) -> dict[str, list[float]]:
@@ -59,9 +67,9 @@ def _reliability(slope: float) -> list[dict[str, Any]]:
 def _class_pop(name: str, n_train: int, n_test: int | None, prevalence: float | None,
                auroc: dict, **extra: Any) -> dict[str, Any]:
     pop = {"name": name, "scope": "site", "n_train": n_train, "n_test": n_test,
-           "prevalence": prevalence,
-           "demographics": [{"attribute": "sex", "level": "female", "n": 28},
-                            {"attribute": "sex", "level": "male", "n": 63}],
+           "n_test_noise_sd": 17.6, "prevalence": prevalence,
+           "demographics": [{"attribute": "sex", "level": "female", "n": 28, "n_noise_sd": N_SD},
+                            {"attribute": "sex", "level": "male", "n": 63, "n_noise_sd": N_SD}],
            "sites_included": [name], "metrics": _class_metrics(auroc),
            "roc": _roc(0.4), "reliability": _reliability(1.05),
            "subgroups": [_sub("sex", "female", 28, {"auroc": m(0.801, 0.702, 0.884)}),
@@ -74,17 +82,20 @@ def _class_pop(name: str, n_train: int, n_test: int | None, prevalence: float | 
 
 
 def classification_report() -> dict[str, Any]:
-    """Heart disease, four sites: switzerland has suppressed figures (few negatives),
-    hungary a suppressed subgroup and an estimated AUROC, longbeach no curves."""
+    """Heart disease, four sites: switzerland's figures are under the floor (few
+    negatives), hungary has a subgroup under the floor and an estimated AUROC, longbeach
+    no curves."""
+    every = list(CLASS_SITES)
     pooled = _class_pop(
         "pooled", 606, 262, 0.473, m(0.853, 0.801, 0.897), scope="consortium",
-        sites_included=list(CLASS_SITES), roc=_roc(0.3), reliability=_reliability(0.98),
-        demographics=[{"attribute": "sex", "level": "female", "n": 61},
-                      {"attribute": "sex", "level": "male", "n": 201}],
-        subgroups=[_sub("sex", "female", 61, {"auroc": m(0.812, 0.731, 0.880)}),
-                   _sub("sex", "male", 201, {"auroc": m(0.861, 0.812, 0.903)}),
-                   _sub("age", "< 55", 104, {"auroc": m(0.874, 0.809, 0.925)}),
-                   _sub("age", ">= 55", 158, {"auroc": m(0.833, 0.771, 0.889)})],
+        sites_included=every, roc=_roc(0.3), reliability=_reliability(0.98),
+        n_test_noise_sd=35.2,
+        demographics=[{"attribute": "sex", "level": "female", "n": 61, "n_noise_sd": 24.8},
+                      {"attribute": "sex", "level": "male", "n": 201, "n_noise_sd": 24.8}],
+        subgroups=[_sub("sex", "female", 61, {"auroc": m(0.812, 0.731, 0.880)}, sites=every),
+                   _sub("sex", "male", 201, {"auroc": m(0.861, 0.812, 0.903)}, sites=every),
+                   _sub("age", "< 55", 104, {"auroc": m(0.874, 0.809, 0.925)}, sites=every),
+                   _sub("age", ">= 55", 158, {"auroc": m(0.833, 0.771, 0.889)}, sites=every)],
         fairness=[{"attribute": "sex", "reference": "male", "comparison": "female",
                    "gaps": {"auroc": g(-0.049, -0.131, 0.033), "tpr": g(-0.142, -0.251, -0.033,
                                                                         flagged=True),
@@ -92,10 +103,10 @@ def classification_report() -> dict[str, Any]:
                             "calibration": g(0.012, -0.020, 0.044)}}])
     swiss = _class_pop(
         "switzerland", 86, 37, None, SUPP,
-        demographics=[{"attribute": "sex", "level": "female", "n": None},
-                      {"attribute": "sex", "level": "male", "n": 33}],
+        demographics=[{"attribute": "sex", "level": "female", "n": 3, "n_noise_sd": N_SD},
+                      {"attribute": "sex", "level": "male", "n": 33, "n_noise_sd": N_SD}],
         roc=None, reliability=None,
-        subgroups=[_sub("sex", "female", None, None, "n < 10"),
+        subgroups=[_sub("sex", "female", 3, None, FLOOR),
                    _sub("sex", "male", 33, {"auroc": SUPP})],
         fairness=[{"attribute": "sex", "reference": "male", "comparison": "female",
                    "gaps": {"auroc": G_SUPP, "tpr": G_SUPP}}])
@@ -103,7 +114,7 @@ def classification_report() -> dict[str, Any]:
     swiss["metrics"]["npv"] = SUPP
     hungary = _class_pop("hungary", 206, 88, 0.364, m(0.884, 0.817, 0.936, estimated=True),
                          roc=_roc(0.25), reliability=_reliability(0.9))
-    hungary["subgroups"][0] = _sub("sex", "female", None, None, "n < 10")
+    hungary["subgroups"][0] = _sub("sex", "female", 7, None, FLOOR)
     sites = [_class_pop("cleveland", 212, 91, 0.459, m(0.871, 0.798, 0.925)),
              hungary, swiss,
              _class_pop("longbeach", 102, 46, 0.739, m(0.712, 0.561, 0.839), roc=None,
@@ -120,17 +131,17 @@ def classification_report() -> dict[str, Any]:
         "disclaimer": "Research software: not a medical device and not for clinical use.",
         "label_names": ["absent", "present"], "k_threshold": 10,
         "operating_threshold": {"value": 0.5, "rule": "fixed in the run config"},
-        "methods": {"statistics": "Sites shared aggregates over at least k patients.",
-                    "metrics": "Pooled from per-site score histograms.",
-                    "ci": "95% CIs by the delta method.",
-                    "suppression": "Cells under k patients are withheld at the site.",
+        "methods": {"statistics": "Sites released noisy score histograms per cell.",
+                    "metrics": "Pooled from the sum of the sites' histograms.",
+                    "ci": "95% CIs by a parametric bootstrap with the noise.",
+                    "suppression": "A cell under k by its noisy class counts is not shown.",
                     "fairness": "Gap = comparison minus reference; flagged if the CI "
                                 "excludes 0."},
         "training": {"strategy": "FedAvg", "model": "logreg", "rounds": 3,
                      "rounds_planned": 3, "local_epochs": 1, "batch_size": 32,
                      "optimizer": "sgd", "lr": 0.5, "seed": 42},
         "privacy": {"dp_sgd": True, "mechanisms": ["DP-SGD at each site (Opacus)",
-                                                    "k-suppression of evaluation statistics"],
+                                                    "Gaussian noise on test-set statistics"],
                     "target_epsilon": 3.0, "delta": 0.001, "accountant": "prv",
                     "k_threshold": 10,
                     "non_dp_releases": ["training-set size per site (FedAvg weight)"],

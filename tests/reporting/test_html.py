@@ -134,23 +134,45 @@ def test_disclaimer_is_in_a_banner_at_the_top(kind):
     assert report_of(kind)["disclaimer"] in banner[1]
 
 
-def test_suppressed_values_read_suppressed_never_zero_or_blank():
+def test_figures_under_the_floor_read_suppressed_never_zero_or_blank():
     page = Page(rendered("classification"))
     summary = page.table("summary", "Metric")
     for metric in ("AUROC", "Specificity", "NPV"):
-        assert summary[metric]["switzerland"] == "suppressed (n < 10)"
+        assert summary[metric]["switzerland"] == "suppressed (noisy n < 10)"
     assert all(row["switzerland"] not in ("", "0.000", "n/a") for row in summary.values())
     data = page.table("data", "Population")
-    assert data["switzerland"]["Prevalence"] == "suppressed (n < 10)"
-    demo = page.table("data", "Group")
-    assert demo["sex: female"]["switzerland"] == "suppressed (n < 10)"
+    assert data["switzerland"]["Prevalence"] == "suppressed (noisy n < 10)"
     female, male = page.rows("subgroups", "Attribute", nth=2)  # hungary
-    assert female["Level"] in ("female", "female1")  # 1: the footnote giving the reason
-    assert female["n"] == female["AUROC"] == "suppressed (n < 10)"
-    assert male["n"] == "63" and male["AUROC"] == "0.866 (0.790–0.921)"
+    assert female["Level"] == "female1"  # 1: the footnote giving the reason
+    assert female["AUROC"] == "suppressed (noisy n < 10)"
+    assert male["n"] == "≈63" and male["AUROC"] == "0.866 (0.790–0.921)"
+    assert "k=10" in rendered("classification") and "not a privacy measure" in \
+        rendered("classification")
     own = Page(rendered("classification", "switzerland")).table("summary", "Metric")
-    assert own["AUROC"] == {"Metric": "AUROC", "switzerland": "suppressed (n < 10)",
+    assert own["AUROC"] == {"Metric": "AUROC", "switzerland": "suppressed (noisy n < 10)",
                             "pooled": "0.853 (0.801–0.897)"}
+
+
+def test_noisy_counts_are_marked_and_each_pooled_row_names_its_sites_and_n():
+    page = Page(rendered("classification"))
+    summary = page.table("summary", "Metric")
+    assert summary["Test cases"]["pooled"] == "≈262"
+    assert summary["Sites"]["pooled"] == "4 sites: cleveland, hungary, switzerland, longbeach"
+    assert summary["Sites"]["hungary"] == "1 site: hungary"
+    assert page.table("data", "Group")["sex: female"]["switzerland"] == "≈3"
+    pooled_rows = page.rows("subgroups", "Attribute", nth=0)
+    assert [r["n"] for r in pooled_rows] == ["≈61", "≈201", "≈104", "≈158"]
+    assert {r["Sites"] for r in pooled_rows} == {
+        "4 sites: cleveland, hungary, switzerland, longbeach"}
+    text = rendered("classification")
+    assert "differential-privacy noise" in text and "include that noise" in text
+    # a site's view counts the pooled sites without naming the others
+    own = Page(rendered("classification", "hungary")).table("summary", "Metric")
+    assert own["Sites"]["pooled"] == "4 sites"
+    # an exact release (the segmentation fixture) has plain counts and says so
+    seg = Page(rendered("segmentation")).table("summary", "Metric")
+    assert seg["Test cases"]["pooled"] == "160"
+    assert "differential-privacy noise" not in rendered("segmentation")
 
 
 def test_estimates_and_cis_are_written_as_given():
@@ -274,7 +296,7 @@ def test_plots_skip_malformed_entries():
 def test_forest_plot_writes_suppressed_subgroups_as_text(class_report):
     subgroups = class_report["populations"][2]["subgroups"]  # hungary: female suppressed
     svg = plots.forest_svg(subgroups, metric="auroc", k=10)
-    assert svg.startswith("<svg") and "suppressed (n &lt; 10)" in svg
+    assert svg.startswith("<svg") and "suppressed (noisy n &lt; 10)" in svg
     assert "<?xml" not in svg and "DOCTYPE" not in svg
     all_suppressed = class_report["populations"][3]["subgroups"]  # switzerland
     assert plots.forest_svg(all_suppressed, metric="auroc", k=10) == ""

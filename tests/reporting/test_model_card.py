@@ -55,13 +55,26 @@ def test_card_writes_suppressed_values_as_suppressed(class_report):
     card = render_model_card(class_report)
     head = row(card, "Metric")
     auroc = dict(zip(head, row(card, "AUROC"), strict=True))
-    assert auroc["switzerland"] == "suppressed (n < 10)"
+    assert auroc["switzerland"] == "suppressed (noisy n < 10)"
     assert auroc["pooled"] == "0.853 (0.801–0.897)"
     assert auroc["hungary"] == "0.884 (0.817–0.936) †"
     assert "† Estimated" in card
     swiss = dict(zip(row(card, "Population"), row(card, "switzerland"), strict=True))
-    assert swiss["Prevalence"] == swiss["sex: female (test)"] == "suppressed (n < 10)"
+    assert swiss["Prevalence"] == "suppressed (noisy n < 10)"
+    assert swiss["sex: female (test)"] == "≈3"
     assert "0.000" not in card
+
+
+def test_card_names_each_pooled_rows_sites_and_noisy_n(class_report):
+    card = render_model_card(class_report)
+    head = row(card, "Metric")
+    assert dict(zip(head, row(card, "Test cases"), strict=True))["pooled"] == "≈262"
+    assert dict(zip(head, row(card, "Sites"), strict=True))["pooled"] == \
+        "4 sites: cleveland, hungary, switzerland, longbeach"
+    female = dict(zip(row(card, "Population", nth=1), row(card, "pooled", nth=1), strict=True))
+    assert female["n"] == "≈61"
+    assert female["Sites"] == "4 sites: cleveland, hungary, switzerland, longbeach"
+    assert "differential-privacy noise" in card and "include that noise" in card
 
 
 def test_card_lists_fairness_gaps_and_flags(class_report):
@@ -74,6 +87,7 @@ def test_card_names_what_was_suppressed_among_its_limitations(class_report):
     limits = render_model_card(class_report).split("## Limitations")[1].split("## How")[0]
     assert "switzerland (AUROC, Specificity, NPV" in limits
     assert "hungary (subgroup sex=female)" in limits
+    assert "noisy count of a class is under k=10" in limits
     assert class_report["limitations"][0] in limits
 
 

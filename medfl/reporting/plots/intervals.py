@@ -22,8 +22,9 @@ from medfl.reporting.plots.style import (
 
 def _row_label(row: Mapping[str, Any]) -> str:
     n = row.get("n")
+    equals = "≈" if row.get("n_noise_sd") else "="  # a noisy count (test-set DP)
     return f"{literal(row.get('attribute', '?'))}: {literal(row.get('level', '?'))}" + (
-        f" (n={n})" if isinstance(n, int) and not row.get("suppressed") else "")
+        f" (n{equals}{n})" if isinstance(n, int) and not row.get("suppressed") else "")
 
 
 def _forest_marks(rows: list[Mapping[str, Any]], other: dict[Any, Mapping[str, Any]], *,
@@ -41,7 +42,7 @@ def _forest_marks(rows: list[Mapping[str, Any]], other: dict[Any, Mapping[str, A
             value, ci = finite(m.get("value")), interval(m.get("ci"))
             who = f"{literal(name)}: " if twin is not None else ""
             if rec.get("suppressed") or m.get("suppressed"):
-                notes.append((y + dy, f"{who}suppressed (n < {k})"))
+                notes.append((y + dy, f"{who}suppressed (noisy n < {k})"))
             elif value is None:
                 notes.append((y + dy, f"{who}not available"))
             else:
