@@ -124,3 +124,32 @@ def test_exact_test_figures_make_the_test_budget_infinite_and_leave_training(tmp
     assert row["test_epsilon"] == math.inf and row["epsilon"] == pytest.approx(_eps(*SGD))
     assert ledger.released("run-1-abc-test", "report", None)
     assert not ledger.released("run-1-abc-test", "monitor", None)
+
+
+def test_budget_command_shows_both_budgets_their_limits_and_the_per_patient_epsilon(
+        tmp_path):
+    from typer.testing import CliRunner
+
+    from medfl.cli import app as cli
+
+    _reserve(tmp_path, _attempt(TRAIN, limit=5.0), SGD)
+    test = Attempt(run_id=1, run_tag="run-1-abc-test", server_round=10, status="released",
+                   delta=DELTA, site_delta=2e-3, accountant="rdp", limit=9.0, budget=TEST,
+                   release="report")
+    _reserve(tmp_path, test, [(0.8, 1.0, 1)])
+    result = CliRunner().invoke(cli, ["budget", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    train_eps, test_eps = _eps(*SGD), _eps((0.8, 1.0, 1), delta=2e-3)
+    assert data["lifetime_epsilon"] == pytest.approx(train_eps)
+    assert (data["delta"], data["limit"]) == (DELTA, 5.0)
+    assert data["test"]["lifetime_epsilon"] == pytest.approx(test_eps)
+    assert (data["test"]["delta"], data["test"]["limit"]) == (2e-3, 9.0)
+    assert data["test"]["remaining"] == pytest.approx(max(0.0, 9.0 - test_eps))
+    assert data["per_patient_epsilon"] == pytest.approx(max(train_eps, test_eps))
+    [run] = data["runs"]
+    assert run["test_releases"] == 1
+    assert run["test_epsilon"] == pytest.approx(_eps((0.8, 1.0, 1), delta=DELTA))
+    table = CliRunner().invoke(cli, ["budget", str(tmp_path)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    assert "test rows" in table.output and "per-patient lifetime ε" in table.output
