@@ -41,6 +41,32 @@ def _site_privacy(cfg: RunConfig, t: TrainMetrics | None) -> dict[str, Any]:
     }
 
 
+#: how a site's two budgets combine for one patient (PRIVACY.md, "Two budgets")
+COMPOSITION = ("parallel composition: a site's training rows and test rows are disjoint "
+               "patients, so each patient's ε is the larger of the site's training ε and test "
+               "ε, at the larger of their δs")
+
+
+def site_test_epsilon(evaluation: SiteEvalStats | None,
+                      report: dict[str, Any] | None) -> float | None:
+    """A site's ε on its test rows this run, as its replies state it: the larger of its
+    last monitoring reply's and its report release's ``test-epsilon`` (the report comes
+    last); None when no reply stated one."""
+    stated = [getattr(evaluation, "test_epsilon", None),
+              (report or {}).get("test-epsilon")]
+    values = [float(v) for v in stated if v is not None]
+    return max(values) if values else None
+
+
+def per_patient_epsilon(sites: list[SiteSummary]) -> dict[str, float | None]:
+    """Each site's ε per patient this run: the larger of its training and test ε."""
+    out: dict[str, float | None] = {}
+    for s in sites:
+        values = [v for v in (s.epsilon, s.test_epsilon) if v is not None]
+        out[s.name] = max(values) if values else None
+    return out
+
+
 def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
     k = cfg.privacy.k_threshold
@@ -101,17 +127,22 @@ def build_summary(
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
     personal: dict[str, SiteEvalStats] | None = None,
+    report_stats: dict[str, dict[str, Any]] | None = None,
 ) -> Summary:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
     each site's statistics for the final global model; ``rounds_trained`` the rounds in
     which each site's update was aggregated; ``personal`` each site's statistics for its
-    locally fine-tuned copy (personalised evaluation), reported beside the global ones.
+    locally fine-tuned copy (personalised evaluation), reported beside the global ones;
+    ``report_stats`` each site's report release as received (its ``test-epsilon``).
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = [_site(cfg, name, train.get(name), evaluation.get(name),
                    rounds_trained.get(name, []), personal) for name in site_order]
+    for site in sites:
+        site.test_epsilon = site_test_epsilon(evaluation.get(site.name),
+                                              (report_stats or {}).get(site.name))
     pooled = pool_site_stats(list(evaluation.values()))  # its counts are always ints
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
@@ -186,6 +217,9 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
         central_dp=central,
         secure_aggregation=False,
         audit=audit_section(audits or {}, order),
+        test_epsilon_target=cfg.privacy.test_epsilon,
+        per_patient_epsilon=per_patient_epsilon(sites),
+        composition=COMPOSITION,
     )
 
 
