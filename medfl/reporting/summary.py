@@ -70,12 +70,11 @@ def per_patient_epsilon(sites: list[SiteSummary]) -> dict[str, float | None]:
 def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
     k = cfg.privacy.k_threshold
-    out = ["training-set size per site (FedAvg weight)",
-           f"test-set evaluation statistics, suppressed below k={k}",
-           f"the final report's test-set statistics per subgroup cell, suppressed below k={k} "
-           "with complementary suppression",
-           f"explanation aggregates over >= k={k} test cases (mean |SHAP| per feature against "
-           "a public reference row, or Grad-CAM shares on an 8 x 8 grid)"]
+    out = ["training-set size per site (FedAvg weight)"]
+    if cfg.privacy.test_epsilon == 0:
+        out.append("exact test-set statistics (privacy.test-epsilon = 0, where the site's "
+                   "policy allows it): the monitoring evaluations, the final report's cells "
+                   "and explanation sums, without noise")
     if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
             and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
@@ -102,7 +101,15 @@ def mechanisms(cfg: RunConfig) -> list[str]:
     if cfg.privacy.central_noise_multiplier > 0:
         out.append("central DP: server-side clipping of site updates and Gaussian noise on "
                    "their uniform average (Flower)")
-    out.append(f"k-suppression of evaluation statistics (k={cfg.privacy.k_threshold})")
+    if cfg.privacy.test_epsilon > 0:
+        every = cfg.evaluation.monitor_every
+        monitoring = (f"monitoring evaluations every {every} rounds and at the last" if every
+                      else "no monitoring evaluations")
+        out.append(f"Gaussian mechanism on every test-set statistic ({monitoring}, one final "
+                   "report per site), accounted in each site's test budget: ε ≤ "
+                   f"{cfg.privacy.test_epsilon:g} per site and run")
+    out.append(f"k = {cfg.privacy.k_threshold}: a utility floor on the figures the server "
+               "reports from pooled cells (the guarantee is DP)")
     return out
 
 
@@ -193,6 +200,15 @@ def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | 
     )
 
 
+def _guarantee(cfg: RunConfig) -> str:
+    """The run's guarantee in one line: the training rows' and the test rows'."""
+    train = ("sample-level (ε, δ)-DP per site for the model updates" if cfg.privacy.enabled
+             else "none for the model updates (DP-SGD off)")
+    test = ("(ε, δ)-DP per site for every test-set statistic" if cfg.privacy.test_epsilon > 0
+            else "none for the test-set statistics (exact, privacy.test-epsilon = 0)")
+    return f"{train}; {test}"
+
+
 def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
              audits: dict[str, AuditResult] | None,
              central: dict[str, Any] | None) -> PrivacySummary:
@@ -201,8 +217,7 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
     eps = [s.epsilon for s in sites if s.epsilon is not None]
     return PrivacySummary(
         dp_sgd=dp,
-        guarantee=("sample-level (ε, δ)-DP per site for the model updates" if dp
-                   else "none (DP-SGD off)"),
+        guarantee=_guarantee(cfg),
         target_epsilon=cfg.privacy.target_epsilon if dp else None,
         target_delta=cfg.privacy.target_delta if dp else None,
         max_epsilon=max(eps) if eps else None,

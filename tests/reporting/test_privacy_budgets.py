@@ -105,3 +105,18 @@ def test_a_report_asking_exact_test_figures_says_so():
     report = _with_test_budget()
     report["privacy"]["test_epsilon_target"] = 0.0
     assert "exact figures (no DP) on its test rows" in render_model_card(report)
+
+
+def test_test_set_statistics_are_listed_as_dp_unless_exact():
+    from medfl.reporting.summary import mechanisms, non_dp_releases
+
+    noised = parse_run_config(run_config(privacy__test_epsilon=0.5))
+    # (the personalised evaluation, where asked, is listed apart)
+    assert not any(x.startswith(("exact test-set", "test-set", "the final report's"))
+                   for x in non_dp_releases(noised))
+    assert any(x.startswith("Gaussian mechanism on every test-set statistic (monitoring "
+                            "evaluations every 5 rounds") and "ε ≤ 0.5" in x
+               for x in mechanisms(noised))
+    exact = parse_run_config(run_config(privacy__test_epsilon=0.0))
+    assert any(x.startswith("exact test-set statistics") for x in non_dp_releases(exact))
+    assert not any("test-set" in x for x in mechanisms(exact))
