@@ -17,9 +17,9 @@ from medfl.errors import ConfigError
 from medfl.site.policy import SITE_POLICY_KEYS, SitePolicy
 from medfl.site.releases import check_releases
 
-__all__ = ["SITE_POLICY_KEYS", "enforce_site_policy", "lifetime_limit",
-           "lifetime_test_limit", "load_node_site", "load_site", "resolve_site", "round_seed",
-           "site_config", "site_state_dir"]
+__all__ = ["SITE_POLICY_KEYS", "check_test_epsilon", "enforce_site_policy", "lifetime_limit",
+           "load_node_site", "load_site", "resolve_site", "round_seed", "site_config",
+           "site_state_dir"]
 
 
 def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
@@ -88,13 +88,6 @@ def lifetime_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
     own = SitePolicy.from_node_config(node_config).lifetime_epsilon
     limits = [v for v in (own or 0.0, cfg.privacy.lifetime_epsilon) if v > 0]
     return min(limits) if limits else 0.0
-
-
-def lifetime_test_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
-    """The test rows' lifetime ε limit in force (see :meth:`SitePolicy.test_limit`): the
-    site's ``lifetime-test-epsilon`` (by default its ``lifetime-epsilon``), tightened by
-    the run's ``privacy.lifetime-epsilon``; 0 means none."""
-    return SitePolicy.from_node_config(node_config).test_limit(cfg.privacy.lifetime_epsilon)
 
 
 def check_test_epsilon(cfg: RunConfig, policy: SitePolicy) -> None:
