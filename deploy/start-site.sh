@@ -7,7 +7,12 @@
 #   DATA_PATH          this site's data: a folder (heart disease) or a CSV (default /data)
 #   STATE_DIR          privacy ledger, DP state and the approved apps, writable (default /state)
 #   MAX_EPSILON, MIN_K, LIFETIME_EPSILON   this site's own privacy policy
-#   MAX_DELTA          cap on a run's delta (default: unset, 1/(10 n) for n training rows)
+#   MAX_DELTA          cap on a run's delta (default: unset, 1/(10 n) for n training rows,
+#                      and for n test rows on the test rows' budget)
+#   MAX_TEST_EPSILON   cap on a run's privacy.test-epsilon, the test rows' epsilon (default 1.0)
+#   LIFETIME_TEST_EPSILON  the test rows' lifetime epsilon (default: LIFETIME_EPSILON; 0: none)
+#   ALLOW_EXACT_EVALUATION  true to answer privacy.test-epsilon=0, exact test-set figures
+#                      without DP (default false: refused)
 #   ALLOW_PERSONAL_EVAL, ALLOW_AUDIT, ALLOW_EXACT_MOMENTS, ALLOW_SITE_SCALING
 #                      true to allow that release outside DP (default false: refused):
 #                      personalised evaluation, the membership audit on training rows,
@@ -25,4 +30,4 @@ exec medfl site supernode --state-dir "${STATE_DIR:-/state}" \
     --superlink "$SUPERLINK" \
     --root-certificates "${CA_CERT:-/keys/ca.crt}" \
     --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \
-    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false}${MAX_DELTA:+ max-delta=$MAX_DELTA}"
+    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false} max-test-epsilon=${MAX_TEST_EPSILON:-1.0} lifetime-test-epsilon=${LIFETIME_TEST_EPSILON:-${LIFETIME_EPSILON:-10.0}} allow-exact-evaluation=${ALLOW_EXACT_EVALUATION:-false}${MAX_DELTA:+ max-delta=$MAX_DELTA}"

@@ -2,14 +2,14 @@
 
 This module assembles the app: the run commands (``medfl.commands.runs``), the serving
 commands (``medfl.commands.serving``), the app-approval and launcher commands
-(``medfl.commands.apps``), the privacy officer's ``budget`` and ``audit`` (here)
-and the deployment commands (``medfl.deployment.cli``). No command module imports this one.
+(``medfl.commands.apps``), the privacy officer's ``budget`` (``medfl.commands.budget``)
+and ``audit`` (here), and the deployment commands (``medfl.deployment.cli``). No command
+module imports this one.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +19,7 @@ from rich.table import Table
 
 import medfl
 from medfl.commands import apps, runs, serving
-from medfl.commands.display import format_epsilon as _eps
+from medfl.commands.budget import budget
 from medfl.commands.display import format_value as _fmt
 from medfl.deployment import cli as deployment
 
@@ -30,53 +30,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.callback()
 def _root() -> None:
     """MedFL command line."""
-
-
-def budget(
-    site_dir: Annotated[Path, typer.Argument(help="a site's state folder (its node-config "
-                                                  "site-dir, or <state-dir>/<site>)")],
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-) -> None:
-    """Print a site's lifetime privacy ledger: ε per run, total spent, limit, remaining."""
-    from medfl.errors import MedflError
-    from medfl.privacy.ledger import Ledger
-
-    try:
-        ledger = Ledger.read(site_dir)
-    except MedflError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    last = ledger.entries[-1] if ledger.entries else None
-    # the site's δ, which the ledger composes at (entries before it was kept: the run's)
-    delta = last.get("site_delta", last["delta"]) if last else None
-    total = (ledger.lifetime_epsilon(delta=delta, accountant=last["accountant"])
-             if last else 0.0)
-    limit = last["lifetime_limit"] if last else None
-    remaining = None if limit is None else max(0.0, limit - total)
-    runs = ledger.runs()
-    if as_json:
-        def clean(v):
-            return "inf" if isinstance(v, float) and math.isinf(v) else v
-
-        typer.echo(json.dumps({
-            "site": ledger.site, "lifetime_epsilon": clean(total), "delta": delta,
-            "limit": limit, "remaining": clean(remaining),
-            "runs": [{k: clean(v) for k, v in r.items()} for r in runs],
-        }, indent=2))
-        return
-    table = Table(title=f"privacy ledger of site {ledger.site}")
-    for col in ("run", "first round (UTC)", "trained", "refused", "ε this run", "δ",
-                "accountant"):
-        table.add_column(col, justify="left" if col in ("run", "first round (UTC)") else "right")
-    for r in runs:
-        table.add_row(str(r["run_id"]), r["first_utc"], str(r["rounds_trained"]),
-                      str(r["rounds_refused"]), _eps(r["epsilon"]), f"{r['delta']:g}",
-                      r["accountant"])
-    console = Console()
-    console.print(table)
-    console.print(f"lifetime ε spent: [bold]{_eps(total)}[/bold] (δ={delta}, all runs composed)"
-                  f"; limit: {limit if limit is not None else 'none'}"
-                  + (f"; remaining: {remaining:.3f}" if remaining is not None else ""))
 
 
 def audit(

@@ -79,7 +79,8 @@ def finish_run(
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
-                            audits=audits or {}, central=central, personal=personal)
+                            audits=audits or {}, central=central, personal=personal,
+                            report_stats=report_stats)
     manifest = {
         "task": cfg.task.value,
         **tasks.task_for(cfg).model_io(scaler),

@@ -1,8 +1,8 @@
 """A site's lifetime privacy ledger: every release's spend, across runs.
 
 One JSON file per site (``<site-dir>/privacy-ledger.json``). Every attempt that reads
-training rows under DP (a training round, a noised feature-moment release) is *reserved*
-here before it runs (:meth:`Ledger.reserve`): under an exclusive lock on
+rows under DP (a training round, a noised feature-moment release, a test-set release) is
+*reserved* here before it runs (:meth:`Ledger.reserve`): under an exclusive lock on
 ``privacy-ledger.json.lock`` the ledger is re-read and verified, the lifetime ε with this
 attempt composed is checked against the limit, and the entry is appended before the lock
 is released. The entry stays whatever happens next (an exception, a crash, a kill): an
@@ -19,6 +19,13 @@ accountant at the *site's* δ. Entries written before spends were recorded (no `
 key) hold cumulative histories: the last history of each run, and any earlier history a
 run lost by restarting, are composed as before. The chain detects an edited, reordered or
 removed entry; removing the *last* entries cannot be detected without an outside anchor.
+
+Two budgets share the ledger (each entry's ``budget``): ``train``, every release of the
+training rows (DP-SGD rounds, noised feature moments), and ``test``, every release of the
+test rows (monitoring evaluations, the final report). The rows are disjoint patients, so
+each budget is composed on its own, at its own δ and against its own limit; a patient's ε
+is the larger of the two (parallel composition). Entries written before the key existed
+are training entries, and their hashes are unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import fcntl
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +44,19 @@ from typing import Any
 from medfl.errors import DataError, PrivacyBudgetExceeded
 from medfl.io import atomic_write_json
 from medfl.privacy.dp import History, epsilon_from_history, extend_history
+from medfl.privacy.ledger_entry import (
+    BUDGETS,
+    LIMIT_KEYS,
+    TEST,
+    TRAIN,
+    UNBOUNDED,
+    Attempt,
+    Decide,
+    budget_of,
+)
+
+__all__ = ["BUDGETS", "LEDGER_FILE", "TEST", "TRAIN", "Attempt", "Decide", "Ledger",
+           "budget_of"]
 
 LEDGER_FILE = "privacy-ledger.json"
 FORMAT = "medfl-privacy-ledger/1"
@@ -112,6 +132,10 @@ class Ledger:
                     or entry.get("hash") != _entry_hash(entry)):
                 raise DataError(f"{LEDGER_FILE} entry {i} fails its integrity check (edited, "
                                 "reordered, or an earlier entry removed); the ledger is refused")
+            if budget_of(entry) not in BUDGETS:
+                raise DataError(f"{LEDGER_FILE} entry {i} spends from budget "
+                                f"{budget_of(entry)!r}; this MedFL knows {' and '.join(BUDGETS)}"
+                                " (a newer version wrote it): upgrade before reading it")
             previous = entry["hash"]
         return cls(path, site, list(entries))
 
@@ -128,7 +152,7 @@ class Ledger:
         """
         closed: list[History] = []
         current: dict[int, History] = {}
-        for e in self.entries:
+        for e in self.of(TRAIN):
             history = [tuple(h) for h in e["history"]]
             if "spend" in e or e["status"] == "no-dp" or not history:
                 continue
@@ -138,10 +162,22 @@ class Ledger:
             current[run] = history
         return closed, current
 
-    def spends(self) -> list[History]:
-        """The spend of every entry that records one: each attempt on its own."""
+    def of(self, budget: str) -> list[dict[str, Any]]:
+        """The entries of one budget (``TRAIN`` or ``TEST``), in order."""
+        return [e for e in self.entries if budget_of(e) == budget]
+
+    def spends(self, budget: str = TRAIN) -> list[History]:
+        """The spend of every entry of ``budget`` that records one: each on its own."""
         return [[(float(s), float(q), int(n)) for s, q, n in e["spend"]]
-                for e in self.entries if e.get("spend")]
+                for e in self.of(budget) if e.get("spend")]
+
+    def released(self, run_tag: str, release: str, server_round: int | None) -> bool:
+        """Whether ``release`` of the run ``run_tag`` was already reserved (at
+        ``server_round``; None: at any round): a test-set release is made once."""
+        return any(e.get("run_tag") == run_tag and e.get("release") == release
+                   and e["status"] != "refused"
+                   and (server_round is None or e["round"] == server_round)
+                   for e in self.of(TEST))
 
     def run_history(self, run_tag: str, fallback: History) -> History:
         """The run's cumulative history after its last recorded attempt (``run_tag``
@@ -152,30 +188,32 @@ class Ledger:
         return list(fallback)
 
     def lifetime_epsilon(self, *, delta: float, accountant: str,
-                         extra: History | None = None) -> float:
-        """ε at ``delta`` of every recorded release composed, plus ``extra`` (the spend
-        of an attempt about to be reserved)."""
-        if any(e["status"] == "no-dp" for e in self.entries):
-            return math.inf  # a round trained without DP has no finite ε
-        closed, current = self.segments()
-        histories = [*closed, *current.values(), *self.spends(), list(extra or [])]
+                         extra: History | None = None, budget: str = TRAIN) -> float:
+        """ε at ``delta`` of every recorded release of ``budget`` composed, plus
+        ``extra`` (the spend of an attempt about to be reserved)."""
+        if any(e["status"] == UNBOUNDED[budget] for e in self.of(budget)):
+            return math.inf  # training without DP, or exact test figures: no finite ε
+        closed, current = self.segments() if budget == TRAIN else ([], {})
+        histories = [*closed, *current.values(), *self.spends(budget), list(extra or [])]
         return epsilon_from_history([h for hist in histories for h in hist], delta=delta,
                                     accountant=accountant)
 
-    def check(self, *, spend: History, delta: float, accountant: str, limit: float) -> None:
+    def check(self, *, spend: History, delta: float, accountant: str, limit: float,
+              budget: str = TRAIN) -> None:
         """Refuse (``PrivacyBudgetExceeded``) if ``spend`` composed with every recorded
-        release would take the lifetime ε at ``delta`` past ``limit``.
+        release of ``budget`` would take its lifetime ε at ``delta`` past ``limit``.
 
         ``limit`` <= 0 or infinite means no lifetime limit (simulation default).
         """
         if not 0 < limit < math.inf:
             return
-        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, extra=spend)
+        eps = self.lifetime_epsilon(delta=delta, accountant=accountant, extra=spend,
+                                    budget=budget)
         if eps > limit:
-            spent = self.lifetime_epsilon(delta=delta, accountant=accountant)
+            spent = self.lifetime_epsilon(delta=delta, accountant=accountant, budget=budget)
             raise PrivacyBudgetExceeded(
-                f"lifetime budget: spent ε={spent:.3f}, this attempt would bring it to "
-                f"ε={eps:.3f}, limit privacy.lifetime-epsilon={limit}"
+                f"lifetime budget ({budget} rows): spent ε={spent:.3f}, this attempt would "
+                f"bring it to ε={eps:.3f}, limit {LIMIT_KEYS[budget]}={limit}"
             )
 
     # --- writing ---------------------------------------------------------------------
@@ -190,22 +228,23 @@ class Ledger:
             yield
 
     def reserve(self, attempt: Attempt, decide: Decide, *, fallback: History) -> History:
-        """Check and record one attempt atomically, before it reads any training row.
+        """Check and record one attempt atomically, before it reads any row.
 
         Under the lock: the ledger is re-read and verified; the run's history before this
         attempt is the last one recorded for ``attempt.run_tag`` (else ``fallback``);
         ``decide(before)`` gives this attempt's spend and the run's ε after it, or raises
-        ``PrivacyBudgetExceeded`` (a run-level refusal); the lifetime ε at the site's δ
-        with the spend composed must stay within the limit. A refusal is recorded (status
-        ``refused``, nothing spent) and raised; otherwise the entry is appended, and it
-        stays whatever happens next. Returns the run's history after this attempt.
+        ``PrivacyBudgetExceeded`` (a run-level refusal); the lifetime ε of the attempt's
+        budget at the site's δ with the spend composed must stay within the limit. A
+        refusal is recorded (status ``refused``, nothing spent) and raised; otherwise the
+        entry is appended, and it stays whatever happens next. Returns the run's history
+        after this attempt.
         """
         with self._locked():
             before = self.run_history(attempt.run_tag, fallback)
             try:
                 spend, epsilon_run = decide(before)
-                self.check(spend=spend, delta=attempt.site_delta,
-                           accountant=attempt.accountant, limit=attempt.limit)
+                self.check(spend=spend, delta=attempt.site_delta, accountant=attempt.accountant,
+                           limit=attempt.limit, budget=attempt.budget)
             except PrivacyBudgetExceeded:
                 self._append_locked(attempt.entry("refused", [], before, math.nan))
                 raise
@@ -246,54 +285,25 @@ class Ledger:
     # --- reporting -------------------------------------------------------------------
 
     def runs(self) -> list[dict[str, Any]]:
-        """One row per run: rounds trained/refused, ε of the run, δ, accountant, times.
+        """One row per run: training rounds trained/refused and the run's training ε;
+        test-set releases made/refused and the run's test ε; δ, accountant, times.
 
-        A reserved round counts as trained: it was spent whether or not it finished."""
+        A reserved round counts as trained: it was spent whether or not it finished. An
+        exact test release makes the run's test ε infinite, as a round without DP its
+        training ε."""
         rows: dict[int, dict[str, Any]] = {}
         for e in self.entries:
             r = rows.setdefault(e["run_id"], {
                 "run_id": e["run_id"], "first_utc": e["time_utc"], "rounds_trained": 0,
-                "rounds_refused": 0, "epsilon": 0.0, "delta": e["delta"],
-                "accountant": e["accountant"]})
+                "rounds_refused": 0, "epsilon": 0.0, "test_releases": 0, "test_refused": 0,
+                "test_epsilon": 0.0, "delta": e["delta"], "accountant": e["accountant"]})
             r["last_utc"] = e["time_utc"]
-            if e["status"] in ("trained", "reserved", "no-dp"):
-                r["rounds_trained"] += 1
-                r["epsilon"] = e["epsilon_run"] if e["status"] != "no-dp" else math.inf
+            prefix, spent = ("test_", ("released", "exact")) if budget_of(e) == TEST else (
+                "", ("trained", "reserved", "no-dp"))
+            if e["status"] in spent:
+                r["test_releases" if prefix else "rounds_trained"] += 1
+                r[prefix + "epsilon"] = (math.inf if e["status"] in UNBOUNDED.values()
+                                         else e["epsilon_run"])
             elif e["status"] == "refused":
-                r["rounds_refused"] += 1
+                r["test_refused" if prefix else "rounds_refused"] += 1
         return list(rows.values())
-
-
-Decide = Callable[[History], tuple[History, float]]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """Who spends in a ledger entry, and under which limit.
-
-    ``run_tag`` names the run's DP state (its key and settings), so that only an attempt
-    that continues that very state continues its history; ``site_delta`` is the δ the
-    lifetime ε is composed at; ``delta`` the run's own δ (its ``epsilon_run``)."""
-
-    run_id: int
-    run_tag: str
-    server_round: int
-    status: str
-    delta: float
-    site_delta: float
-    accountant: str
-    limit: float
-
-    def entry(self, status: str, spend: History, history: History,
-              epsilon_run: float) -> dict[str, Any]:
-        """The entry body (without time and chain) for this attempt."""
-        return {
-            "run_id": int(self.run_id), "run_tag": self.run_tag,
-            "round": int(self.server_round), "status": status,
-            "spend": [[float(s), float(q), int(n)] for s, q, n in spend],
-            "history": [[float(s), float(q), int(n)] for s, q, n in history],
-            "epsilon_run": float(epsilon_run) if math.isfinite(epsilon_run) else None,
-            "delta": float(self.delta), "site_delta": float(self.site_delta),
-            "accountant": self.accountant,
-            "lifetime_limit": float(self.limit) if 0 < self.limit < math.inf else None,
-        }

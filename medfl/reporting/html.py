@@ -103,20 +103,25 @@ def _privacy(page: Page) -> str:
     pv = page.report.privacy or ReportPrivacy(None, [], None, None, None, None, [], [])
     sites = [s for s in pv.sites if page.site is None or s.name == page.site]
     rows = [[page.text(s.name), format_number(s.epsilon, 2), html.escape(format_delta(s.delta)),
+             format_number(s.test_epsilon, 2), format_number(s.per_patient_epsilon, 2),
              format_number(s.noise_multiplier, 2),
              page.text("n/a" if s.steps is None else s.steps)] for s in sites]
     k = pv.k_threshold if pv.k_threshold is not None else page.k
-    facts = [("Target ε per site", format_number(pv.target_epsilon, 2)),
+    facts = [("Target ε per site, training rows", format_number(pv.target_epsilon, 2)),
+             ("Target ε per site, test rows", pv.test_target()),
              ("δ", format_delta(pv.delta)), ("Accountant", pv.accountant or "n/a"),
              ("Suppression threshold k", k)]
+    composition = (f'<p class="note">Per patient: {page.text(pv.composition)}.</p>'
+                   if pv.composition else "")
     epsilon = plots.epsilon_svg([s.to_dict() for s in sites],
                                 target=as_float(pv.target_epsilon))
     mechanisms = "".join(f"<li>{page.text(m)}</li>" for m in pv.mechanisms)
     releases = "".join(f"<li>{page.text(x)}</li>" for x in pv.non_dp_releases)
     return ('<section id="privacy"><h2>Privacy</h2>' + ("" if pv.dp_sgd else DP_OFF)
             + page.facts(facts) + f"<h3>Mechanisms</h3><ul>{mechanisms}</ul>"
-            + "<h3>Privacy spent per site (this run)</h3><div class='row'>"
-            + page.table(["Site", "ε", "δ", "Noise multiplier", "Steps"], rows)
+            + "<h3>Privacy spent per site (this run)</h3>" + composition + "<div class='row'>"
+            + page.table(["Site", "ε training rows", "δ", "ε test rows", "ε per patient",
+                          "Noise multiplier", "Steps"], rows)
             + page.fig(epsilon, "ε spent per site over the run; dashed: target")
             + "</div><h3>What left the sites outside any DP mechanism</h3>"
             + f"<ul>{releases}</ul></section>")

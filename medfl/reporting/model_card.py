@@ -182,19 +182,24 @@ class _Card:
                 *self.privacy()]
 
     def privacy(self) -> list[str]:
-        """Mechanisms, targets, each site's (ε, δ), and what left the sites outside DP."""
+        """Mechanisms, targets, each site's (ε, δ) on its training and its test rows and
+        per patient, and what left the sites outside DP."""
         pv = self.report.privacy or ReportPrivacy(None, [], None, None, None, None, [], [])
         out = ["### Privacy", "", *(f"- {_md(m)}" for m in pv.mechanisms),
-               f"- Target ε per site: {format_number(pv.target_epsilon, 2)}; "
+               f"- Target ε per site: {format_number(pv.target_epsilon, 2)} on its training "
+               f"rows, {pv.test_target()} on its test rows; "
                f"δ: {format_delta(pv.delta)}; accountant: {_md(pv.accountant or 'n/a')}; "
-               f"suppression threshold k = {self.k}", ""]
+               f"suppression threshold k = {self.k}",
+               *([f"- Per patient: {_md(pv.composition)}."] if pv.composition else []), ""]
         if not pv.dp_sgd:
             out += ["**DP-SGD was off:** model updates left the sites without differential "
                     "privacy.", ""]
         rows = [[_md(s.name), f"(ε = {format_number(s.epsilon, 2)}, δ = {format_delta(s.delta)})",
+                 format_number(s.test_epsilon, 2), format_number(s.per_patient_epsilon, 2),
                  format_number(s.noise_multiplier, 2), _md("n/a" if s.steps is None else s.steps)]
                 for s in pv.sites]
-        out += _table(["Site", "(ε, δ) this run", "Noise multiplier", "Steps"], rows)
+        out += _table(["Site", "(ε, δ) training rows", "ε test rows", "ε per patient",
+                       "Noise multiplier", "Steps"], rows)
         if pv.non_dp_releases:
             out += ["Released outside any DP mechanism:", "",
                     *(f"- {_md(x)}" for x in pv.non_dp_releases), ""]

@@ -228,13 +228,17 @@ def _personalised(summary: Summary) -> Personalised | None:
 
 def _privacy(summary: Summary) -> ReportPrivacy:
     privacy = summary.privacy
+    per_patient = privacy.per_patient_epsilon or {}
     return ReportPrivacy(
         dp_sgd=privacy.dp_sgd, mechanisms=privacy.mechanisms,
         target_epsilon=privacy.target_epsilon, delta=privacy.target_delta,
         accountant=privacy.accountant, k_threshold=privacy.k_threshold,
         non_dp_releases=privacy.non_dp_releases,
-        sites=[SitePrivacy(s.name, s.epsilon, s.delta, s.noise_multiplier, s.steps)
-               for s in summary.sites])
+        sites=[SitePrivacy(s.name, s.epsilon, s.delta, s.noise_multiplier, s.steps,
+                           test_epsilon=s.test_epsilon,
+                           per_patient_epsilon=per_patient.get(s.name))
+               for s in summary.sites],
+        test_epsilon_target=privacy.test_epsilon_target, composition=privacy.composition)
 
 
 def _training(cfg: RunConfig, summary: Summary) -> Training:

@@ -80,13 +80,16 @@ class Training:
 
 @dataclass
 class SitePrivacy:
-    """The (ε, δ) one site spent in this run, and its DP-SGD noise and steps."""
+    """The (ε, δ) one site spent in this run on its training rows, its DP-SGD noise and
+    steps; the ε it spent on its test rows, and the larger of the two (per patient)."""
 
     name: str | None
     epsilon: float | None
     delta: float | None
     noise_multiplier: float | None
     steps: int | None
+    test_epsilon: float | None = None
+    per_patient_epsilon: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written in ``report.json``."""
@@ -95,7 +98,9 @@ class SitePrivacy:
 
 @dataclass
 class ReportPrivacy:
-    """The privacy section; ``dp_sgd`` None when the report does not say."""
+    """The privacy section; ``dp_sgd`` None when the report does not say.
+    ``test_epsilon_target``: the run's ``privacy.test-epsilon``; ``composition``: how a
+    site's training and test ε combine per patient (None in older reports)."""
 
     dp_sgd: bool | None
     mechanisms: list[str]
@@ -105,10 +110,21 @@ class ReportPrivacy:
     k_threshold: int | None
     non_dp_releases: list[str]
     sites: list[SitePrivacy]
+    test_epsilon_target: float | None = None
+    composition: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The section as written in ``report.json``."""
         return _as_dict(self)
+
+    def test_target(self) -> str:
+        """The run's test-set ε target in words: a number, "exact (no DP)" for 0, or
+        "n/a" in a report written before the test budget."""
+        if self.test_epsilon_target is None:
+            return "n/a"
+        if self.test_epsilon_target == 0:
+            return "exact figures (no DP)"
+        return f"{float(self.test_epsilon_target):.2f}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ReportPrivacy:
@@ -117,7 +133,9 @@ class ReportPrivacy:
                    target_epsilon=data.get("target_epsilon"), delta=data.get("delta"),
                    accountant=data.get("accountant"), k_threshold=data.get("k_threshold"),
                    non_dp_releases=strings(data, "non_dp_releases"),
-                   sites=[_fields(SitePrivacy, s) for s in records(data, "sites")])
+                   sites=[_fields(SitePrivacy, s) for s in records(data, "sites")],
+                   test_epsilon_target=data.get("test_epsilon_target"),
+                   composition=data.get("composition"))
 
 
 @dataclass

@@ -41,15 +41,40 @@ def _site_privacy(cfg: RunConfig, t: TrainMetrics | None) -> dict[str, Any]:
     }
 
 
+#: how a site's two budgets combine for one patient (PRIVACY.md, "Two budgets")
+COMPOSITION = ("parallel composition: a site's training rows and test rows are disjoint "
+               "patients, so each patient's ε is the larger of the site's training ε and test "
+               "ε, at the larger of their δs")
+
+
+def site_test_epsilon(evaluation: SiteEvalStats | None,
+                      report: dict[str, Any] | None) -> float | None:
+    """A site's ε on its test rows this run, as its replies state it: the larger of its
+    last monitoring reply's and its report release's ``test-epsilon`` (the report comes
+    last); None when no reply stated one."""
+    stated = [getattr(evaluation, "test_epsilon", None),
+              (report or {}).get("test-epsilon")]
+    values = [float(v) for v in stated if v is not None]
+    return max(values) if values else None
+
+
+def per_patient_epsilon(sites: list[SiteSummary]) -> dict[str, float | None]:
+    """Each site's ε per patient this run: the larger of its training and test ε."""
+    out: dict[str, float | None] = {}
+    for s in sites:
+        values = [v for v in (s.epsilon, s.test_epsilon) if v is not None]
+        out[s.name] = max(values) if values else None
+    return out
+
+
 def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
     k = cfg.privacy.k_threshold
-    out = ["training-set size per site (FedAvg weight)",
-           f"test-set evaluation statistics, suppressed below k={k}",
-           f"the final report's test-set statistics per subgroup cell, suppressed below k={k} "
-           "with complementary suppression",
-           f"explanation aggregates over >= k={k} test cases (mean |SHAP| per feature against "
-           "a public reference row, or Grad-CAM shares on an 8 x 8 grid)"]
+    out = ["training-set size per site (FedAvg weight)"]
+    if cfg.privacy.test_epsilon == 0:
+        out.append("exact test-set statistics (privacy.test-epsilon = 0, where the site's "
+                   "policy allows it): the monitoring evaluations, the final report's cells "
+                   "and explanation sums, without noise")
     if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
             and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
@@ -76,7 +101,15 @@ def mechanisms(cfg: RunConfig) -> list[str]:
     if cfg.privacy.central_noise_multiplier > 0:
         out.append("central DP: server-side clipping of site updates and Gaussian noise on "
                    "their uniform average (Flower)")
-    out.append(f"k-suppression of evaluation statistics (k={cfg.privacy.k_threshold})")
+    if cfg.privacy.test_epsilon > 0:
+        every = cfg.evaluation.monitor_every
+        monitoring = (f"monitoring evaluations every {every} rounds and at the last" if every
+                      else "no monitoring evaluations")
+        out.append(f"Gaussian mechanism on every test-set statistic ({monitoring}, one final "
+                   "report per site), accounted in each site's test budget: ε ≤ "
+                   f"{cfg.privacy.test_epsilon:g} per site and run")
+    out.append(f"k = {cfg.privacy.k_threshold}: a utility floor on the figures the server "
+               "reports from pooled cells (the guarantee is DP)")
     return out
 
 
@@ -101,17 +134,22 @@ def build_summary(
     audits: dict[str, AuditResult] | None = None,
     central: dict[str, Any] | None = None,
     personal: dict[str, SiteEvalStats] | None = None,
+    report_stats: dict[str, dict[str, Any]] | None = None,
 ) -> Summary:
     """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
     each site's statistics for the final global model; ``rounds_trained`` the rounds in
     which each site's update was aggregated; ``personal`` each site's statistics for its
-    locally fine-tuned copy (personalised evaluation), reported beside the global ones.
+    locally fine-tuned copy (personalised evaluation), reported beside the global ones;
+    ``report_stats`` each site's report release as received (its ``test-epsilon``).
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = [_site(cfg, name, train.get(name), evaluation.get(name),
                    rounds_trained.get(name, []), personal) for name in site_order]
+    for site in sites:
+        site.test_epsilon = site_test_epsilon(evaluation.get(site.name),
+                                              (report_stats or {}).get(site.name))
     pooled = pool_site_stats(list(evaluation.values()))  # its counts are always ints
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
@@ -162,6 +200,15 @@ def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | 
     )
 
 
+def _guarantee(cfg: RunConfig) -> str:
+    """The run's guarantee in one line: the training rows' and the test rows'."""
+    train = ("sample-level (ε, δ)-DP per site for the model updates" if cfg.privacy.enabled
+             else "none for the model updates (DP-SGD off)")
+    test = ("(ε, δ)-DP per site for every test-set statistic" if cfg.privacy.test_epsilon > 0
+            else "none for the test-set statistics (exact, privacy.test-epsilon = 0)")
+    return f"{train}; {test}"
+
+
 def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
              audits: dict[str, AuditResult] | None,
              central: dict[str, Any] | None) -> PrivacySummary:
@@ -170,8 +217,7 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
     eps = [s.epsilon for s in sites if s.epsilon is not None]
     return PrivacySummary(
         dp_sgd=dp,
-        guarantee=("sample-level (ε, δ)-DP per site for the model updates" if dp
-                   else "none (DP-SGD off)"),
+        guarantee=_guarantee(cfg),
         target_epsilon=cfg.privacy.target_epsilon if dp else None,
         target_delta=cfg.privacy.target_delta if dp else None,
         max_epsilon=max(eps) if eps else None,
@@ -186,6 +232,9 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
         central_dp=central,
         secure_aggregation=False,
         audit=audit_section(audits or {}, order),
+        test_epsilon_target=cfg.privacy.test_epsilon,
+        per_patient_epsilon=per_patient_epsilon(sites),
+        composition=COMPOSITION,
     )
 
 

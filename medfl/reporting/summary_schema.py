@@ -62,6 +62,8 @@ class SiteSummary:
 
     ``accountant_history`` lists ``[noise_multiplier, sample_rate, steps]`` of every
     accounted release, so that ``epsilon`` can be recomputed with ``accountant``.
+    ``epsilon`` is the training rows' ε this run, ``test_epsilon`` the test rows' (None
+    when no reply stated it, as in files written before the test budget).
     """
 
     name: str
@@ -81,6 +83,7 @@ class SiteSummary:
     last_round_trained: int | None
     metrics: Metrics
     personal_metrics: Metrics | None = None
+    test_epsilon: float | None = None
 
     _SCALARS = ("n_train", "n_test", "epsilon", "epsilon_lifetime", "steps", "delta",
                 "noise_multiplier", "sample_rate", "max_grad_norm", "accountant",
@@ -90,6 +93,7 @@ class SiteSummary:
         """The site's entry in ``summary.json``'s ``sites``."""
         out: dict[str, Any] = {"name": self.name}
         out |= {key: getattr(self, key) for key in self._SCALARS}
+        out |= _optional(test_epsilon=self.test_epsilon)
         out |= {"other_releases": self.other_releases,
                 "accountant_history": self.accountant_history,
                 "rounds_trained": self.rounds_trained, "metrics": self.metrics.to_dict()}
@@ -108,7 +112,8 @@ class SiteSummary:
             accountant_history=list(data.get("accountant_history") or []),
             rounds_trained=int(data.get("rounds_trained") or 0),
             metrics=Metrics.from_dict(require(data, "metrics", where="summary.json sites")),
-            personal_metrics=Metrics.from_dict(personal) if personal is not None else None)
+            personal_metrics=Metrics.from_dict(personal) if personal is not None else None,
+            test_epsilon=data.get("test_epsilon"))
 
 
 @dataclass
@@ -134,7 +139,11 @@ class Audit:
 
 @dataclass
 class PrivacySummary:
-    """The run's privacy set-up and what left the sites outside DP."""
+    """The run's privacy set-up and what left the sites outside DP.
+
+    ``test_epsilon_target`` is the run's ``privacy.test-epsilon`` (0: exact test figures);
+    ``per_patient_epsilon`` each site's larger of its training and test ε this run, as
+    ``composition`` states (None in files written before the test budget)."""
 
     dp_sgd: bool
     guarantee: str
@@ -152,15 +161,21 @@ class PrivacySummary:
     central_dp: dict[str, Any] | None
     secure_aggregation: bool
     audit: Audit | None
+    test_epsilon_target: float | None = None
+    per_patient_epsilon: dict[str, float | None] | None = None
+    composition: str | None = None
 
     _PLAIN = ("dp_sgd", "guarantee", "target_epsilon", "target_delta", "max_epsilon",
               "lifetime_epsilon_limit", "secure_noise", "k_threshold", "feature_scaling",
               "stats_noise_multiplier", "non_dp_releases", "mechanisms", "accountant",
               "central_dp", "secure_aggregation")
+    #: written only by runs with a test budget (left out when None)
+    _TEST_BUDGET = ("test_epsilon_target", "per_patient_epsilon", "composition")
 
     def to_dict(self) -> dict[str, Any]:
         """The block as written in ``summary.json``."""
         out = {key: getattr(self, key) for key in self._PLAIN}
+        out |= _optional(**{key: getattr(self, key) for key in self._TEST_BUDGET})
         out["audit"] = self.audit.to_dict() if self.audit is not None else None
         return out
 
@@ -168,7 +183,7 @@ class PrivacySummary:
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacySummary:
         """Read a block written by :meth:`to_dict`."""
         audit = section(data, "audit")
-        plain: dict[str, Any] = {key: data.get(key) for key in cls._PLAIN}
+        plain: dict[str, Any] = {key: data.get(key) for key in cls._PLAIN + cls._TEST_BUDGET}
         plain |= {"non_dp_releases": strings(data, "non_dp_releases"),
                   "mechanisms": strings(data, "mechanisms"),
                   "k_threshold": int(require(data, "k_threshold", where="summary.json privacy"))}

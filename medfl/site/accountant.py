@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from medfl.errors import ConfigError, PrivacyBudgetExceeded
 from medfl.io import atomic_write_json
 from medfl.privacy import replay as replay_lib
 from medfl.privacy.dp import DPPlan, History, epsilon_from_history, extend_history
-from medfl.privacy.ledger import Attempt, Decide, Ledger
-from medfl.privacy.mechanisms import TestPlan, monitor_rounds, plan_test_releases
+from medfl.privacy.ledger import TEST, Attempt, Decide, Ledger
+from medfl.privacy.mechanisms import MONITOR, REPORT, TestPlan, monitor_rounds, plan_test_releases
 from medfl.site.identity import lifetime_limit, site_state_dir
 from medfl.site.memory import NodeMemory, Record
 from medfl.site.metrics import TrainMetrics
@@ -50,6 +51,12 @@ def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_ke
                    cfg.preprocessing.stats_noise_multiplier, cfg.task.value, cfg.model.name)
     tag = hashlib.sha256(repr(plan_inputs).encode()).hexdigest()[:12]
     return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}-{tag}.json"
+
+
+def _extend(history: History, spend: History) -> History:
+    for sigma, rate, steps in spend:
+        history = extend_history(history, sigma, rate, steps)
+    return history
 
 
 def state_record(plan: DPPlan | None, history: History) -> Record:
@@ -94,7 +101,9 @@ class SiteAccountant:
     any training row; :meth:`save` persists the plan and history; ``replayed`` / ``keep``
     answer a repeated round from the kept update at no privacy cost
     (:mod:`medfl.privacy.replay`). The lifetime ε is composed at the site's δ
-    (:meth:`site_delta`), never at the δ a run asks for.
+    (:meth:`site_delta`), never at the δ a run asks for. The test rows have their own
+    budget in the same ledger: :meth:`reserve_test` before each test-set release,
+    :meth:`test_spent` for the run's test ε.
     """
 
     def __init__(self, cfg: RunConfig, *, ledger: Ledger, run_key: int, limit: float,
@@ -102,6 +111,8 @@ class SiteAccountant:
         self.cfg, self.ledger, self.run_key, self.limit = cfg, ledger, int(run_key), limit
         self.path, self.memory = path, memory
         self.policy = policy or SitePolicy.from_node_config({})
+        #: the test rows' lifetime ε limit (0: none), see :meth:`SitePolicy.test_limit`
+        self.test_limit = self.policy.test_limit(cfg.privacy.lifetime_epsilon)
         self.plan: DPPlan | None = None
         self.history: History = []
 
@@ -211,18 +222,95 @@ class SiteAccountant:
             report_share=p.report_share,
             rounds=monitor_rounds(self.cfg.num_server_rounds, self.cfg.evaluation.monitor_every))
 
+    @property
+    def test_tag(self) -> str:
+        """The ledger's name for this run's test-set releases."""
+        return f"{self.path.stem}-test"
+
+    def test_site_delta(self, n_test: int) -> float:
+        """The δ this site accepts for its test rows and composes their lifetime ε at:
+        ``max-delta``, else 1/(10·n) for its ``n_test`` test rows, when deployed or when
+        ``max-delta`` is set; in a simulation without it, the run's own δ."""
+        return self.site_delta(n_test)
+
+    def require_test_delta(self, n_test: int) -> None:
+        """Refuse (``ConfigError``) a run whose δ exceeds the site's test δ."""
+        delta, site_delta = self.cfg.privacy.target_delta, self.test_site_delta(n_test)
+        if delta > site_delta:
+            raise ConfigError(f"privacy.target-delta={delta:g} exceeds this site's test-set "
+                              f"δ={site_delta:g} (node-config max-delta, or 1/(10·n) for its "
+                              "n test rows); ask for a δ at most that")
+
+    def _check_test_request(self, plan: TestPlan, release: str, server_round: int,
+                            n_test: int) -> None:
+        """Refuse what no ledger state could make valid: an unknown release, monitoring at
+        an unplanned round, exact figures the policy forbids, a δ above the site's."""
+        if release not in (REPORT, MONITOR):
+            raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r} and "
+                              f"{MONITOR!r}")
+        if release == MONITOR and server_round not in plan.monitor_rounds:
+            raise ConfigError(
+                f"a monitoring evaluation at server-round={server_round}: this run monitors "
+                f"only at rounds {list(plan.monitor_rounds)} (every evaluation.monitor-every="
+                f"{self.cfg.evaluation.monitor_every} and the last)")
+        if plan.exact and not self.policy.allow_exact_evaluation:
+            raise ConfigError("privacy.test-epsilon=0 asks for exact test-set figures; this "
+                              "site would need allow-exact-evaluation=true")
+        if not plan.exact:
+            self.require_test_delta(n_test)
+
     def reserve_test(self, release: str, *, server_round: int, n_test: int) -> float:
         """Check and reserve one test-set release (``REPORT`` or ``MONITOR``) before any
         test row is read; returns its noise multiplier σ (0: exact).
 
-        STUB (issue 19 in progress): the ledger's test budget and the site policy's
-        checks are added by the accounting change; this returns the planned σ only."""
-        del server_round, n_test
-        return self.test_plan().sigma(release)
+        Refuses (``ConfigError``) a monitoring release at a round the plan has none, a
+        release already reserved in this run (the report: at any round), exact figures
+        the site's policy does not allow, and a δ above the site's test δ. Under the
+        ledger's lock, refuses (``PrivacyBudgetExceeded``, recorded) a release that
+        would take the run's test ε past ``privacy.test-epsilon``, or the test rows'
+        lifetime ε at the site's test δ past the limit; an exact release is refused
+        wherever a lifetime test limit is in force (its ε is infinite). Otherwise the
+        ledger records it (``released``, or ``exact`` spending nothing), in the test
+        budget, and it stays spent whatever happens next.
+        """
+        plan, p = self.test_plan(), self.cfg.privacy
+        self._check_test_request(plan, release, server_round, n_test)
+        attempt = Attempt(run_id=self.run_key, run_tag=self.test_tag, server_round=server_round,
+                          status="exact" if plan.exact else "released", delta=p.target_delta,
+                          site_delta=self.test_site_delta(n_test), accountant=p.accountant,
+                          limit=self.test_limit, budget=TEST, release=release)
+
+        def decide(before: History) -> tuple[History, float]:
+            if self.ledger.released(self.test_tag, release,
+                                    None if release == REPORT else server_round):
+                raise ConfigError(f"this site already reserved this run's {release} release"
+                                  + ("" if release == REPORT else f" of round {server_round}")
+                                  + "; each test-set release is made once per run")
+            if plan.exact:
+                if 0 < self.test_limit < math.inf:
+                    raise PrivacyBudgetExceeded(
+                        "exact test-set figures have no finite ε, and this site has a "
+                        f"lifetime limit on its test rows (ε={self.test_limit}); ask for "
+                        "privacy.test-epsilon above 0")
+                return [], math.inf
+            spend = plan.spend(release)
+            eps = self.spent(_extend(before, spend))
+            if eps > p.test_epsilon * (1 + 1e-6):
+                raise PrivacyBudgetExceeded(
+                    f"this {release} release would bring the run's test-set ε to {eps:.3f}, "
+                    f"past privacy.test-epsilon={p.test_epsilon}")
+            return spend, eps
+
+        self.ledger.reserve(attempt, decide, fallback=[])
+        return plan.sigma(release)
 
     def test_spent(self) -> float:
-        """This run's ε on its test rows so far (STUB: the planned total)."""
-        return self.test_plan().epsilon
+        """This run's ε on its test rows so far, from the ledger, at the run's δ with the
+        run's accountant (infinite after an exact release)."""
+        mine = [e for e in self.ledger.of(TEST) if e.get("run_tag") == self.test_tag]
+        if any(e["status"] == "exact" for e in mine):
+            return math.inf
+        return self.spent(self.ledger.run_history(self.test_tag, []))
 
     # --- the replay of the last released round -------------------------------------------
 

@@ -17,8 +17,9 @@ from medfl.errors import ConfigError
 from medfl.site.policy import SITE_POLICY_KEYS, SitePolicy
 from medfl.site.releases import check_releases
 
-__all__ = ["SITE_POLICY_KEYS", "enforce_site_policy", "lifetime_limit", "load_node_site",
-           "load_site", "resolve_site", "round_seed", "site_config", "site_state_dir"]
+__all__ = ["SITE_POLICY_KEYS", "check_test_epsilon", "enforce_site_policy", "lifetime_limit",
+           "load_node_site", "load_site", "resolve_site", "round_seed", "site_config",
+           "site_state_dir"]
 
 
 def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
@@ -89,6 +90,23 @@ def lifetime_limit(cfg: RunConfig, node_config: dict[str, Any]) -> float:
     return min(limits) if limits else 0.0
 
 
+def check_test_epsilon(cfg: RunConfig, policy: SitePolicy) -> None:
+    """Refuse (``ConfigError``) a run whose ``privacy.test-epsilon`` this site does not
+    accept: above its ``max-test-epsilon``, or 0 (exact test-set figures) without
+    ``allow-exact-evaluation=true``."""
+    eps, cap = cfg.privacy.test_epsilon, policy.max_test_epsilon
+    valid = f"a value in (0, {cap:g}]" if cap is not None else "a value above 0"
+    if policy.allow_exact_evaluation:
+        valid += " or 0 (exact)"
+    if eps == 0 and not policy.allow_exact_evaluation:
+        raise ConfigError("privacy.test-epsilon=0 asks for exact test-set figures (no noise); "
+                          "this site does not allow it: its node config would need "
+                          f"allow-exact-evaluation=true. Valid here: {valid}")
+    if cap is not None and eps > cap:
+        raise ConfigError(f"privacy.test-epsilon={eps:g} exceeds this site's "
+                          f"max-test-epsilon={cap:g}. Valid here: {valid}")
+
+
 def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePolicy:
     """Refuse a run whose privacy settings are weaker than this site's own policy, and
     return that policy (:class:`SitePolicy`).
@@ -96,14 +114,17 @@ def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePoli
     The run config comes from the server, so a site must not trust it: ``max-epsilon``
     caps ``privacy.target-epsilon``, ``min-k`` floors ``privacy.k-threshold`` (10 when a
     deployed site sets none), ``require-dp`` (true when deployed) demands DP-SGD with
-    secure noise, and each non-DP release the run asks must be allowed (``allow-*``). A
-    deployed site with no explicit policy refuses every run (``ConfigError``).
+    secure noise, ``max-test-epsilon`` (1.0 when deployed) caps ``privacy.test-epsilon``
+    and ``allow-exact-evaluation`` (false when deployed) allows it to be 0, and each
+    non-DP release the run asks must be allowed (``allow-*``). A deployed site with no
+    explicit policy refuses every run (``ConfigError``).
     """
     policy = SitePolicy.from_node_config(node_config)
     p = cfg.privacy
     if policy.max_epsilon is not None and p.target_epsilon > policy.max_epsilon:
         raise ConfigError(f"privacy.target-epsilon={p.target_epsilon} exceeds this site's "
                           f"max-epsilon={policy.max_epsilon}")
+    check_test_epsilon(cfg, policy)
     if p.k_threshold < policy.min_k:
         raise ConfigError(f"privacy.k-threshold={p.k_threshold} is below this site's "
                           f"min-k={policy.min_k}")

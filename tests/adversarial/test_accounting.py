@@ -248,3 +248,82 @@ def test_the_lifetime_is_composed_at_the_sites_delta_not_the_runs(tmp_path):
     expected = _rdp(releases, SITE_DELTA)
     assert float(m["epsilon-lifetime"]) == pytest.approx(expected, rel=1e-6)
     assert float(m["epsilon-lifetime"]) != pytest.approx(_rdp(releases, 1e-4), rel=1e-3)
+
+
+# --- the test rows' budget ----------------------------------------------------------------
+# The site reserves each test-set release through its accountant before any test row is
+# read (the evaluate and report handlers call ``reserve_test``); these tests play the
+# server's requests against that reservation directly, as concurrent messages would.
+
+N_TEST = 104  # Cleveland's test rows (the embedded data's fixed split)
+
+
+def _test_accountant(site_dir: Path, run_key: int, **policy: Any):
+    from medfl.site import DictMemory, SiteAccountant
+
+    cfg = parse_run_config(_raw(num_server_rounds=10))
+    return SiteAccountant.open(cfg, site=SITE, node_config=_node(site_dir, **policy),
+                               run_key=run_key, memory=DictMemory())
+
+
+def test_more_test_releases_than_planned_are_refused_and_the_spend_stays_planned(tmp_path):
+    """The server asks a monitoring evaluation at every round and the report eight times
+    at once: only the planned rounds (5 and 10) and one report are released, and the
+    run's test ε (Opacus, over what was released) stays within privacy.test-epsilon."""
+    from medfl.errors import ConfigError
+    from medfl.privacy.mechanisms import MONITOR, REPORT
+
+    site_dir = tmp_path / "site"
+    released = []
+    for rnd in range(1, 11):
+        try:
+            released.append(_test_accountant(site_dir, 4).reserve_test(
+                MONITOR, server_round=rnd, n_test=N_TEST))
+        except ConfigError as exc:
+            assert "monitors only at rounds [5, 10]" in str(exc)
+    assert len(released) == 2
+
+    def report(_: int) -> float | None:
+        try:
+            return _test_accountant(site_dir, 4).reserve_test(REPORT, server_round=10,
+                                                              n_test=N_TEST)
+        except ConfigError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        reports = [s for s in pool.map(report, range(8)) if s is not None]
+    assert len(reports) == 1
+    spent = _rdp([(s, 1.0, 1) for s in released + reports], 1e-4)
+    assert spent <= 1.0 + 1e-9
+    assert _test_accountant(site_dir, 4).test_spent() == pytest.approx(spent, rel=1e-6)
+    ledger = Ledger.read(site_dir)
+    assert ledger.lifetime_epsilon(delta=1 / (10 * N_TEST), accountant="rdp",
+                                   budget="test") == pytest.approx(
+        _rdp([(s, 1.0, 1) for s in released + reports], 1 / (10 * N_TEST)))
+    assert len(ledger.of("test")) == 3
+
+
+def test_exact_test_figures_are_refused_even_where_allowed_under_a_test_limit(tmp_path):
+    """A run asking test-epsilon = 0 is refused by a deployed site's policy (see
+    test_site_policy); a site that allows exact evaluation still refuses it while it has a
+    lifetime limit on its test rows (by default its lifetime-epsilon): exact figures have
+    no finite ε. Only a site that sets lifetime-test-epsilon=0 answers exactly."""
+    from medfl.config import parse_run_config as parse
+    from medfl.errors import PrivacyBudgetExceeded
+    from medfl.privacy.mechanisms import REPORT
+    from medfl.site import DictMemory, SiteAccountant
+
+    cfg = parse(_raw(num_server_rounds=10, privacy__test_epsilon=0.0))
+
+    def ask(site_dir: Path, **policy: Any) -> float:
+        node = _node(site_dir, **{"allow-exact-evaluation": True, **policy})
+        return SiteAccountant.open(cfg, site=SITE, node_config=node, run_key=1,
+                                   memory=DictMemory()).reserve_test(
+            REPORT, server_round=10, n_test=N_TEST)
+
+    with pytest.raises(PrivacyBudgetExceeded, match="no finite ε"):
+        ask(tmp_path / "limited")
+    assert [e["status"] for e in Ledger.read(tmp_path / "limited").entries] == ["refused"]
+    assert ask(tmp_path / "open", **{"lifetime-test-epsilon": 0}) == 0.0
+    [row] = Ledger.read(tmp_path / "open").runs()
+    assert row["test_epsilon"] == math.inf

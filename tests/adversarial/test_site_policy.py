@@ -107,3 +107,36 @@ def test_an_audit_the_run_did_not_ask_for_is_refused_even_where_allowed(tmp_path
     node = deployed_node(tmp_path, **{"allow-audit": True})
     reply, _ = send(safe_run(privacy__audit=False), node, "query.audit")
     assert reply.has_error() and "privacy.audit" in reply.error.reason
+
+
+# (what the run asks of the test rows, the node-config keys the refusal must name)
+TEST_SET_ASKS = [
+    ({"privacy__test_epsilon": 2.0}, {}, ("privacy.test-epsilon=2", "max-test-epsilon=1")),
+    ({"privacy__test_epsilon": 1.5}, {"max-test-epsilon": 1.2},
+     ("privacy.test-epsilon=1.5", "max-test-epsilon=1.2", "(0, 1.2]")),
+    ({"privacy__test_epsilon": 0.0}, {}, ("privacy.test-epsilon=0",
+                                          "allow-exact-evaluation=true", "(0, 1]")),
+]
+
+
+@pytest.mark.parametrize(("asks", "policy", "named"), TEST_SET_ASKS,
+                         ids=["above-default-cap", "above-own-cap", "exact"])
+def test_a_test_epsilon_the_site_does_not_accept_is_refused_before_reading(tmp_path, asks,
+                                                                           policy, named):
+    """A run asking more of the test rows than the site's max-test-epsilon (1.0 when it
+    sets none), or exact test figures without allow-exact-evaluation, is refused at its
+    first message, before any row is read or anything is reserved."""
+    node = deployed_node(tmp_path, **policy)
+    reply, _ = send(safe_run(**asks), node, "train")
+    assert reply.has_error() and reply.error.code == CONFIG_ERROR, reply.error
+    assert all(text in reply.error.reason for text in named), reply.error.reason
+    assert not (tmp_path / "cleveland" / "privacy-ledger.json").exists()
+
+
+@pytest.mark.parametrize(("asks", "policy"), [
+    ({"privacy__test_epsilon": 2.0}, {"max-test-epsilon": 2.0}),
+    ({"privacy__test_epsilon": 0.0}, {"allow-exact-evaluation": True}),
+], ids=["own-cap", "exact-allowed"])
+def test_a_test_epsilon_within_the_sites_policy_is_accepted(tmp_path, asks, policy):
+    reply, _ = send(safe_run(**asks), deployed_node(tmp_path, **policy), "train")
+    assert not reply.has_error(), reply.error

@@ -73,8 +73,12 @@ def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run)
     for x in s["sites"]:
         assert x["accountant"] == "prv"
         assert 0 < x["epsilon"] <= target
+        # every accounted release: the noised feature moments (the default σ = 5, one
+        # Gaussian step at sample rate 1), then DP-SGD's steps
+        assert x["accountant_history"] == [
+            [5.0, 1.0, 1], [x["noise_multiplier"], x["sample_rate"], x["steps"]]]
         acc = create_accountant(x["accountant"])  # Opacus' own, from the reported fields
-        acc.history = [(x["noise_multiplier"], x["sample_rate"], x["steps"])]
+        acc.history = [tuple(h) for h in x["accountant_history"]]
         assert acc.get_epsilon(delta=x["delta"]) == pytest.approx(x["epsilon"], rel=1e-9)
 
 

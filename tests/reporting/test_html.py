@@ -219,7 +219,8 @@ def test_site_view_names_no_other_site(kind):
 def test_site_view_keeps_its_own_problems_and_epsilon():
     page = Page(rendered("classification", "longbeach"))
     assert page.table("privacy", "Site") == {"longbeach": {
-        "Site": "longbeach", "ε": "2.84", "δ": "0.001", "Noise multiplier": "1.12", "Steps": "21"}}
+        "Site": "longbeach", "ε training rows": "2.84", "δ": "0.001", "ε test rows": "n/a",
+        "ε per patient": "n/a", "Noise multiplier": "1.12", "Steps": "21"}}
     assert page.table("training", "Round")["2"]["Reason"] == "timeout"
     other = Page(rendered("classification", "cleveland"))
     assert "Round" not in {t[0][0] for t in other.tables.get("training", [])}
@@ -272,7 +273,7 @@ def test_missing_pieces_are_tolerated(class_report):
     report["privacy"]["sites"][0]["epsilon"] = None
     text = render_report_html(report)
     assert Page(text).errors == []
-    assert Page(text).table("privacy", "Site")["cleveland"]["ε"] == "n/a"
+    assert Page(text).table("privacy", "Site")["cleveland"]["ε training rows"] == "n/a"
 
 
 @pytest.mark.parametrize("draw", [
