@@ -24,7 +24,7 @@ from medfl.federation.records import (
     moments_from_metrics,
     site_of,
 )
-from medfl.privacy.audit import AuditResult
+from medfl.privacy.audit import AuditRelease, AuditResult
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def query_audit(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: Co
     """Ask every node to run the membership-inference audit on the final model."""
     content = RecordDict({"arrays": arrays, "config": config})
     replies = ask(grid, nodes, f"query.{QUERY_AUDIT}", content, timeout=timeout)
-    return {site: AuditResult.from_metrics(dict(rep.content.metric_records["metrics"]))
-            for site, rep in replies.items()}
+    return {site: AuditRelease.from_metrics(dict(rep.content.metric_records["metrics"]))
+            .result() for site, rep in replies.items()}
 
 
 def query_report(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,

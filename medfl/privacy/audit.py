@@ -101,14 +101,16 @@ def loss_histogram(loss: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class AuditRelease:
     """The audit as it leaves a site: noisy loss histograms of members (training rows)
-    and non-members (test rows), each with noise standard deviation ``std``."""
+    and non-members (test rows), with each one's noise standard deviation (0: exact)."""
 
     member_hist: tuple[float, ...]
     non_member_hist: tuple[float, ...]
-    std: float
+    member_std: float
+    non_member_std: float
 
     WIRE: ClassVar[WireKeys] = WireKeys(
-        scalars=("audit-std",), lists=("member-hist", "non-member-hist"),
+        scalars=("member-std", "non-member-std"), lists=("member-hist", "non-member-hist"),
+        noise={"non-member-std": "non-member-hist"},
         max_length={"member-hist": len(LOSS_EDGES) + 1,
                     "non-member-hist": len(LOSS_EDGES) + 1})
 
@@ -116,13 +118,15 @@ class AuditRelease:
         """Flat numeric form for the wire."""
         return {"member-hist": [float(v) for v in self.member_hist],
                 "non-member-hist": [float(v) for v in self.non_member_hist],
-                "audit-std": float(self.std)}
+                "member-std": float(self.member_std),
+                "non-member-std": float(self.non_member_std)}
 
     @classmethod
     def from_metrics(cls, m: dict[str, Any]) -> AuditRelease:
         """Parse :meth:`to_metrics`' form."""
         return cls(tuple(float(v) for v in m["member-hist"]),
-                   tuple(float(v) for v in m["non-member-hist"]), float(m["audit-std"]))
+                   tuple(float(v) for v in m["non-member-hist"]), float(m["member-std"]),
+                   float(m["non-member-std"]))
 
     def result(self) -> AuditResult:
         """The attack's figures from the noisy histograms (counts clipped at 0); ``None``
@@ -141,14 +145,16 @@ class AuditRelease:
                            int(round(n_m)), int(round(n_n)))
 
 
-def audit_release(loss_members: np.ndarray, loss_non_members: np.ndarray, *, sigma: float,
+def audit_release(loss_members: np.ndarray, loss_non_members: np.ndarray, *,
+                  member_sigma: float, non_member_sigma: float,
                   rng: np.random.Generator) -> AuditRelease:
-    """The two loss histograms, each a Gaussian release of sensitivity 1 at ``sigma``."""
+    """The two loss histograms, each a Gaussian release of sensitivity 1 at its σ (the
+    members' in the training budget, the non-members' in the test budget)."""
     from medfl.privacy.mechanisms import gaussian_release
 
-    mem = gaussian_release(loss_histogram(loss_members), 1.0, sensitivity=1.0, sigma=sigma,
-                           rng=rng)
+    mem = gaussian_release(loss_histogram(loss_members), 1.0, sensitivity=1.0,
+                           sigma=member_sigma, rng=rng)
     non = gaussian_release(loss_histogram(loss_non_members), 1.0, sensitivity=1.0,
-                           sigma=sigma, rng=rng)
+                           sigma=non_member_sigma, rng=rng)
     return AuditRelease(tuple(mem.values.tolist()), tuple(non.values.tolist()),
-                        float(mem.std.max(initial=0.0)))
+                        float(mem.std.max(initial=0.0)), float(non.std.max(initial=0.0)))

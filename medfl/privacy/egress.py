@@ -4,8 +4,8 @@
 offending record or key and never its value. The Flower client mod in
 ``medfl.federation`` applies it to every outgoing reply and fails closed.
 
-Exact counts that still leave a site (the training-set size, the audit's group sizes) are
-held to ``k``. The test-set releases (the monitoring evaluation, the report) are noisy
+Exact counts that still leave a site (the training-set size) are held to ``k``. The
+test-set releases (the monitoring evaluation, the report, the audit's histograms) are noisy
 sums through an accounted Gaussian mechanism: nothing in them is checked as a count, but
 every value must be finite, every list must have the length the run's public settings
 fix, and every noise standard deviation must be positive unless the run asked for exact
@@ -19,7 +19,7 @@ from typing import Any
 
 from medfl.evaluation.release import ReportStats
 from medfl.evaluation.stats import PERSONAL, SUPPRESSED, SiteEvalStats  # one sentinel
-from medfl.privacy.audit import AuditResult
+from medfl.privacy.audit import AuditRelease
 from medfl.site.metrics import MOMENTS_WIRE, TrainMetrics
 from medfl.wire import LIST, SCALAR, ReplyBounds, WireKeys
 
@@ -31,7 +31,7 @@ __all__ = ["COUNT_KEYS", "DECLARED", "FIXED_LENGTH", "LIST", "MAX_LENGTH", "NOIS
 #: fine-tuned model (``evaluation.personal-epochs`` > 0).
 REPLIES: dict[str, WireKeys] = {
     "query.moments": MOMENTS_WIRE,
-    "query.audit": AuditResult.WIRE,
+    "query.audit": AuditRelease.WIRE,
     "train": TrainMetrics.WIRE,
     "evaluate": SiteEvalStats.WIRE | SiteEvalStats.WIRE.prefixed(PERSONAL),
     "query.report": ReportStats.WIRE,

@@ -71,7 +71,7 @@ class TestPlan:
     report_sigma: float
     monitor_sigma: float
     monitor_rounds: tuple[int, ...]
-    #: the membership audit's non-member histogram (0: no audit in this run)
+    #: the membership audit's non-member histogram (0: no audit, or exact figures)
     audit_sigma: float = 0.0
 
     @property
@@ -80,7 +80,8 @@ class TestPlan:
         return self.epsilon == 0
 
     def sigma(self, release: str) -> float:
-        """The noise multiplier of ``release`` (``REPORT``, ``MONITOR`` or ``AUDIT``)."""
+        """The noise multiplier of ``release`` (``REPORT``, ``MONITOR`` or ``AUDIT``; 0 for
+        each when exact)."""
         return {REPORT: self.report_sigma, MONITOR: self.monitor_sigma,
                 AUDIT: self.audit_sigma}[release]
 
@@ -112,7 +113,7 @@ def plan_test_releases(*, epsilon: float, delta: float, accountant: str, report_
     release in each of ``rounds`` and, with ``audit_sigma`` > 0, the audit's non-member
     histogram at that fixed σ (see the module docstring); ``epsilon = 0``: exact."""
     if epsilon == 0:
-        return TestPlan(0.0, delta, accountant, 0.0, 0.0, tuple(rounds), audit_sigma)
+        return TestPlan(0.0, delta, accountant, 0.0, 0.0, tuple(rounds))
     report, monitor = _calibrate(float(epsilon), float(delta), accountant,
                                  float(report_share), len(rounds), float(audit_sigma))
     return TestPlan(float(epsilon), float(delta), accountant, report, monitor, tuple(rounds),

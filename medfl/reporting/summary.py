@@ -69,7 +69,6 @@ def per_patient_epsilon(sites: list[SiteSummary]) -> dict[str, float | None]:
 
 def non_dp_releases(cfg: RunConfig) -> list[str]:
     """What left the sites outside any DP mechanism in this run (see PRIVACY.md)."""
-    k = cfg.privacy.k_threshold
     out = ["training-set size per site (FedAvg weight)"]
     if cfg.privacy.test_epsilon == 0:
         out.append("exact test-set statistics (privacy.test-epsilon = 0, where the site's "
@@ -79,11 +78,9 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
             and cfg.preprocessing.stats_noise_multiplier == 0:
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
     if cfg.evaluation.personal_epochs > 0:
-        out.append(f"personalised evaluation statistics, suppressed below k={k}: test-set "
-                   "figures of a copy of the global model fine-tuned at the site on its "
-                   "training rows without DP (the copy never leaves the site)")
-    if cfg.privacy.audit:
-        out.append("membership-inference audit figures (attack AUC, TPR; groups >= k)")
+        out.append("personalised evaluation: its test-set histogram is noised in the test "
+                   "budget, but the copy of the global model it scores was fine-tuned on "
+                   "the site's training rows without DP (the copy never leaves the site)")
     if not cfg.privacy.enabled:
         out.insert(0, "model updates (DP-SGD is off)")
     return out
@@ -108,6 +105,10 @@ def mechanisms(cfg: RunConfig) -> list[str]:
         out.append(f"Gaussian mechanism on every test-set statistic ({monitoring}, one final "
                    "report per site), accounted in each site's test budget: ε ≤ "
                    f"{cfg.privacy.test_epsilon:g} per site and run")
+    if cfg.privacy.audit:
+        out.append("membership audit as two Gaussian loss histograms (σ = 10 each): the "
+                   "training rows' in the training budget (planned into DP-SGD), the test "
+                   "rows' in the test budget")
     out.append(f"k = {cfg.privacy.k_threshold}: a utility floor on the figures the server "
                "reports from pooled cells (the guarantee is DP)")
     return out

@@ -24,9 +24,17 @@ from medfl.config import RunConfig
 from medfl.errors import ConfigError, PrivacyBudgetExceeded
 from medfl.io import atomic_write_json
 from medfl.privacy import replay as replay_lib
+from medfl.privacy.audit import AUDIT_SIGMA
 from medfl.privacy.dp import DPPlan, History, epsilon_from_history, extend_history
 from medfl.privacy.ledger import TEST, Attempt, Decide, Ledger
-from medfl.privacy.mechanisms import MONITOR, REPORT, TestPlan, monitor_rounds, plan_test_releases
+from medfl.privacy.mechanisms import (
+    AUDIT,
+    MONITOR,
+    REPORT,
+    TestPlan,
+    monitor_rounds,
+    plan_test_releases,
+)
 from medfl.site.identity import lifetime_limit, site_state_dir
 from medfl.site.memory import NodeMemory, Record
 from medfl.site.metrics import TrainMetrics
@@ -193,20 +201,34 @@ class SiteAccountant:
                                             accountant=self.cfg.privacy.accountant)
 
     def release_moments(self, n_train: int) -> None:
-        """Reserve the Gaussian release of the feature moments before they are computed.
+        """Reserve the Gaussian release of the feature moments before they are computed
+        (see :meth:`_release_train`)."""
+        self._release_train(self.cfg.preprocessing.stats_noise_multiplier, n_train,
+                            "the feature-moment release",
+                            "raise preprocessing.stats-noise-multiplier")
 
-        Refuses when the release would pass this run's target ε or the lifetime limit;
-        otherwise the ledger records it (status ``released``) and the history is saved.
-        """
-        p, sigma = self.cfg.privacy, self.cfg.preprocessing.stats_noise_multiplier
+    def release_audit(self, n_train: int) -> float:
+        """Reserve the audit's members' histogram (training rows, planned into DP-SGD's
+        calibration); returns its σ, 0 when the run trains without DP (its training rows
+        have no finite ε to protect)."""
+        if not self.cfg.privacy.enabled:
+            return 0.0
+        self._release_train(AUDIT_SIGMA, n_train, "the audit's members' histogram",
+                            "turn privacy.audit off or raise privacy.target-epsilon")
+        return AUDIT_SIGMA
+
+    def _release_train(self, sigma: float, n_train: int, what: str, fix: str) -> None:
+        """Reserve one Gaussian release of the training rows at ``sigma``: refused when it
+        would pass this run's target ε or the lifetime limit; otherwise the ledger
+        records it (status ``released``) and the history is saved."""
+        p = self.cfg.privacy
         self.require_delta(n_train)
 
         def decide(before: History) -> tuple[History, float]:
             eps = self.spent(extend_history(before, sigma, 1.0, 1))
-            if eps >= p.target_epsilon:
-                raise PrivacyBudgetExceeded(
-                    f"the feature-moment release would spend ε={eps:.3f} of this run's "
-                    f"target ε={p.target_epsilon}; raise preprocessing.stats-noise-multiplier")
+            if eps > p.target_epsilon * (1 + 1e-6):
+                raise PrivacyBudgetExceeded(f"{what} would spend ε={eps:.3f} of this run's "
+                                            f"target ε={p.target_epsilon}; {fix}")
             return [(sigma, 1.0, 1)], eps
 
         self.reserve(self.attempt("released", server_round=0, n_train=n_train), decide)
@@ -219,7 +241,7 @@ class SiteAccountant:
         p = self.cfg.privacy
         return plan_test_releases(
             epsilon=p.test_epsilon, delta=p.target_delta, accountant=p.accountant,
-            report_share=p.report_share,
+            report_share=p.report_share, audit_sigma=AUDIT_SIGMA if p.audit else 0.0,
             rounds=monitor_rounds(self.cfg.num_server_rounds, self.cfg.evaluation.monitor_every))
 
     @property
@@ -245,9 +267,10 @@ class SiteAccountant:
                             n_test: int) -> None:
         """Refuse what no ledger state could make valid: an unknown release, monitoring at
         an unplanned round, exact figures the policy forbids, a δ above the site's."""
-        if release not in (REPORT, MONITOR):
-            raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r} and "
-                              f"{MONITOR!r}")
+        if release not in (REPORT, MONITOR, AUDIT) or (release == AUDIT
+                                                       and not plan.audit_sigma):
+            raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r}, "
+                              f"{MONITOR!r} and, when privacy.audit is on, {AUDIT!r}")
         if release == MONITOR and server_round not in plan.monitor_rounds:
             raise ConfigError(
                 f"a monitoring evaluation at server-round={server_round}: this run monitors "
@@ -260,19 +283,15 @@ class SiteAccountant:
             self.require_test_delta(n_test)
 
     def reserve_test(self, release: str, *, server_round: int, n_test: int) -> float:
-        """Check and reserve one test-set release (``REPORT`` or ``MONITOR``) before any
-        test row is read; returns its noise multiplier σ (0: exact).
+        """Check and reserve one test-set release (``REPORT``, ``MONITOR``, ``AUDIT``)
+        before any test row is read; returns its noise multiplier σ (0: exact).
 
-        Refuses (``ConfigError``) a monitoring release at a round the plan has none, a
-        release already reserved in this run (the report: at any round), exact figures
-        the site's policy does not allow, and a δ above the site's test δ. Under the
-        ledger's lock, refuses (``PrivacyBudgetExceeded``, recorded) a release that
-        would take the run's test ε past ``privacy.test-epsilon``, or the test rows'
-        lifetime ε at the site's test δ past the limit; an exact release is refused
-        wherever a lifetime test limit is in force (its ε is infinite). Otherwise the
-        ledger records it (``released``, or ``exact`` spending nothing), in the test
-        budget, and it stays spent whatever happens next.
-        """
+        Refuses (``ConfigError``) monitoring at an unplanned round, a release already
+        reserved in this run, exact figures the policy forbids, a δ above the site's test
+        δ; under the ledger's lock (``PrivacyBudgetExceeded``, recorded) one that would
+        pass ``privacy.test-epsilon`` or the test rows' lifetime limit (an exact release
+        wherever such a limit is in force). Otherwise it is recorded in the test budget
+        (``released``, or ``exact`` spending nothing) and stays spent."""
         plan, p = self.test_plan(), self.cfg.privacy
         self._check_test_request(plan, release, server_round, n_test)
         attempt = Attempt(run_id=self.run_key, run_tag=self.test_tag, server_round=server_round,
@@ -282,9 +301,9 @@ class SiteAccountant:
 
         def decide(before: History) -> tuple[History, float]:
             if self.ledger.released(self.test_tag, release,
-                                    None if release == REPORT else server_round):
+                                    None if release != MONITOR else server_round):
                 raise ConfigError(f"this site already reserved this run's {release} release"
-                                  + ("" if release == REPORT else f" of round {server_round}")
+                                  + ("" if release != MONITOR else f" of round {server_round}")
                                   + "; each test-set release is made once per run")
             if plan.exact:
                 if 0 < self.test_limit < math.inf:

@@ -25,14 +25,14 @@ from medfl.evaluation.stats import (
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult, loss_threshold_attack, per_record_loss
 from medfl.privacy.dp import dp_seed
-from medfl.privacy.mechanisms import MONITOR, REPORT, gaussian_release
+from medfl.privacy.mechanisms import AUDIT, MONITOR, REPORT, gaussian_release
 from medfl.site.identity import round_seed
 from medfl.site.training import model_from
 from medfl.training import make_loader, make_optimizer, predict_proba, resolve_device, train_epochs
 
 #: The test-set releases' noise streams, apart from training's and the moments' (which
 #: seed from round_seed alone)
-_STREAMS = {REPORT: 0x7E57_0001, MONITOR: 0x7E57_0002}
+_STREAMS = {REPORT: 0x7E57_0001, MONITOR: 0x7E57_0002, AUDIT: 0x7E57_0003}
 
 
 def release_rng(cfg: RunConfig, site: str, release: str, *,
@@ -125,13 +125,20 @@ def _per_record_loss(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return means
 
 
-def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
-          scaler: Standardizer) -> AuditResult:
-    """Loss-threshold membership inference against the global model on this site's data."""
+def audit_losses(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+                 scaler: Standardizer) -> tuple[np.ndarray, np.ndarray]:
+    """Per-record losses of the global model on this site's training rows (members) and
+    test rows (non-members); they never leave the site as they are."""
     device = resolve_device(cfg.device)
     model = model_from(cfg, weights).to(device)
     p_train = predict_proba(model, scaler.transform(data.x_train), device=device)
     p_test = predict_proba(model, scaler.transform(data.x_test), device=device)
-    return loss_threshold_attack(_per_record_loss(data.y_train, p_train),
-                                 _per_record_loss(data.y_test, p_test),
-                                 k=cfg.privacy.k_threshold)
+    return _per_record_loss(data.y_train, p_train), _per_record_loss(data.y_test, p_test)
+
+
+def audit(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
+          scaler: Standardizer) -> AuditResult:
+    """Loss-threshold membership inference against the global model on this site's data:
+    the exact figures, for a hospital's own eyes (``medfl audit``)."""
+    members, non_members = audit_losses(cfg, data, weights=weights, scaler=scaler)
+    return loss_threshold_attack(members, non_members, k=cfg.privacy.k_threshold)

@@ -3,8 +3,9 @@
 A hostile coordinator may send any message any number of times. So a site answers each
 one-off query (the feature moments, the membership audit, the final report) at most once
 per run and the evaluation at most once per round, and it makes a release that is not
-DP-accounted (personalised evaluation, the audit, exact feature moments, site-local
-scaling) only when its own policy allows it (:class:`medfl.site.policy.SitePolicy`).
+DP-accounted (personalised evaluation, exact feature moments, site-local scaling), or the
+membership audit (accounted, but a consent of its own), only when its own policy allows
+it (:class:`medfl.site.policy.SitePolicy`).
 
 A request is recorded in the node's memory *before* it is answered, so an answer that
 fails half-way still counts.
@@ -25,8 +26,9 @@ logger = logging.getLogger(__name__)
 NON_DP_RELEASES = {
     "allow_personal_eval": ("allow-personal-eval", "a personalised evaluation (the global "
                             "model fine-tuned on training rows without DP)"),
-    "allow_audit": ("allow-audit", "the membership audit (the loss of every training row "
-                    "under a model the server chooses, outside DP)"),
+    "allow_audit": ("allow-audit", "the membership audit (loss histograms of the training "
+                    "and test rows under a model the server chooses; accounted in both "
+                    "budgets, but a consent of its own)"),
     "allow_exact_moments": ("allow-exact-moments", "exact feature moments (sums of the "
                             "training rows without noise)"),
     "allow_site_scaling": ("allow-site-scaling", "site-local scaling (a standardiser of "

@@ -20,8 +20,8 @@ from medfl.errors import ConfigError
 from medfl.evaluation.histograms import N_BINS
 from medfl.evaluation.release import SEG_SUMS, ReportStats
 from medfl.evaluation.stats import MONITOR_SUMS
-from medfl.privacy.audit import AuditResult
-from medfl.privacy.mechanisms import MONITOR, REPORT
+from medfl.privacy.audit import AuditRelease, audit_release
+from medfl.privacy.mechanisms import AUDIT, MONITOR, REPORT
 from medfl.site import evaluation, report
 from medfl.site.accountant import SiteAccountant
 from medfl.site.identity import (
@@ -187,17 +187,25 @@ class Site:
             rng=evaluation.release_rng(self.config, self.name, MONITOR, server_round=r),
             test_epsilon=self.accountant.test_spent())
 
-    def audit(self, request: ModelRequest) -> AuditResult:
-        """Membership-inference audit of the global model on this site's own data: once
-        per run, only when the run asks for it and the site's policy allows it."""
+    def audit(self, request: ModelRequest) -> AuditRelease:
+        """Membership-inference audit of the global model on this site's own data, once
+        per run and only when the run asks for it: the members' and non-members' loss
+        histograms, each reserved in its budget (training rows, test rows) before any row
+        is read (:mod:`medfl.privacy.audit`)."""
         if not self.config.privacy.audit:
             raise ConfigError("an audit query in a run whose privacy.audit is false; this "
                               "site answers the audit only when the run asks for it")
         refuse_unless_allowed(self.policy, "allow_audit", "an audit query")
         answer_once(self.memory, "audit")
         log_release(self.name, "allow_audit")
-        scaler = self.scaler(request.scaler)
-        return evaluation.audit(self.config, self.data, weights=request.weights, scaler=scaler)
+        data = self.data
+        member_sigma = self.accountant.release_audit(data.n_train)
+        sigma = self.accountant.reserve_test(AUDIT, server_round=0, n_test=data.n_test)
+        members, non_members = evaluation.audit_losses(
+            self.config, data, weights=request.weights, scaler=self.scaler(request.scaler))
+        rng = evaluation.release_rng(self.config, self.name, AUDIT, server_round=0)
+        return audit_release(members, non_members, member_sigma=member_sigma,
+                             non_member_sigma=sigma, rng=rng)
 
     def report(self, request: ModelRequest) -> ReportStats:
         """The final model's report release, answered once per run, its σ reserved in

@@ -72,7 +72,7 @@ def test_release_figures_are_sklearns_on_the_binned_losses():
 
     rng = np.random.default_rng(1)
     lm, ln = rng.exponential(0.4, 200), rng.exponential(0.6, 90)
-    r = audit_release(lm, ln, sigma=0.0, rng=rng).result()
+    r = audit_release(lm, ln, member_sigma=0.0, non_member_sigma=0.0, rng=rng).result()
     bins = np.searchsorted(LOSS_EDGES, np.r_[lm, ln], side="right")
     labels = np.r_[np.ones(200), np.zeros(90)]
     assert r.attack_auc == pytest.approx(roc_auc_score(labels, -bins))
@@ -86,10 +86,10 @@ def test_release_noise_has_the_mechanisms_scale_and_no_exact_count_leaves():
     from medfl.privacy.audit import AUDIT_SIGMA, AuditRelease, audit_release
 
     lm, ln = np.full(50, 0.03), np.full(20, 3.0)
-    draws = [audit_release(lm, ln, sigma=AUDIT_SIGMA, rng=np.random.default_rng(i))
-             for i in range(400)]
+    draws = [audit_release(lm, ln, member_sigma=AUDIT_SIGMA, non_member_sigma=AUDIT_SIGMA,
+                           rng=np.random.default_rng(i)) for i in range(400)]
     member_bin = np.array([d.member_hist[1] for d in draws])  # holds the 50 members
-    assert draws[0].std == AUDIT_SIGMA  # sensitivity 1: std = σ
+    assert draws[0].member_std == draws[0].non_member_std == AUDIT_SIGMA  # sensitivity 1
     assert abs(member_bin.mean() - 50) < 4 * AUDIT_SIGMA / np.sqrt(400)
     assert 0.85 < member_bin.std() / AUDIT_SIGMA < 1.15
     assert AuditRelease.from_metrics(draws[0].to_metrics()) == draws[0]
