@@ -78,7 +78,7 @@ class SiteEvalStats:
     def n(self) -> int:
         """The test set's (noisy) size, rounded, at least 0."""
         if self.hist is not None:
-            return round(self.figures()["n"])
+            return max(0, round(self.figures()["n"]))
         return round(max(0.0, float(self.sums[0]))) if self.sums is not None else 0
 
     @property

@@ -262,8 +262,11 @@ class DPPlan:
         max_grad_norm: float,
         accountant: str,
         prior: History | None = None,
+        after: History | None = None,
     ) -> DPPlan:
-        """Plan the run so that the last round ends exactly at (≤) ``target_epsilon``.
+        """Plan the run so that the last round ends exactly at (≤) ``target_epsilon``,
+        with ``prior`` (releases made before training) and ``after`` (releases planned
+        after it, e.g. the audit's) composed; the plan records ``prior`` only.
 
         Opacus' Poisson loader samples each record with rate ``1 / len(loader)``, where
         the loader has ``ceil(n / batch_size)`` batches; an epoch is that many steps.
@@ -273,7 +276,8 @@ class DPPlan:
         steps_per_round = batches * local_epochs
         sigma = calibrate_noise(
             target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-            steps=steps_per_round * rounds, accountant=accountant, prior=prior,
+            steps=steps_per_round * rounds, accountant=accountant,
+            prior=[*(prior or ()), *(after or ())],
         )
         return cls(sigma, sample_rate, steps_per_round, rounds, max_grad_norm, delta,
                    accountant, target_epsilon, tuple(prior or ()))

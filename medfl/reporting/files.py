@@ -84,6 +84,7 @@ def merge_into_summary(summary: Summary, report: Report) -> Summary:
     for site in summary.sites:
         if site.name in pops:
             _merge(site.metrics, _figures(pops[site.name]))
+            site.n_test = pops[site.name].n_test  # the report's (less noisy) count
     pooled = pops["pooled"]
     _merge(summary.pooled.metrics, _figures(pooled))
     summary.pooled.auroc_method = report.methods["metrics"]

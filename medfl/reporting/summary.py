@@ -6,7 +6,8 @@ from typing import Any, cast
 
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
-from medfl.privacy.audit import AuditResult
+from medfl.privacy.audit import AUDIT_SIGMA, AuditResult
+from medfl.privacy.dp import epsilon_from_history
 from medfl.reporting.summary_schema import (
     Audit,
     Metrics,
@@ -151,6 +152,8 @@ def build_summary(
     for site in sites:
         site.test_epsilon = site_test_epsilon(evaluation.get(site.name),
                                               (report_stats or {}).get(site.name))
+        if site.name in (audits or {}):
+            _compose_audit(cfg, site)
     pooled = pool_site_stats(list(evaluation.values()))  # its counts are always ints
     # Sampled evaluation (fraction-evaluate < 1): the mean over the sites that evaluated
     # the final model; every site otherwise.
@@ -171,9 +174,8 @@ def build_summary(
             metrics=_pooled_metrics(pooled),
             n_test=cast(int, pooled["n"]),
             auroc_method=(
-                "estimated from pooled per-class score groups (size, mean, variance of >= "
-                f"k={cfg.privacy.k_threshold} consecutive sorted scores, each taken as a "
-                "normal distribution); sites with a class under k are left out"),
+                "from the sum of the sites' noisy class-wise score histograms on the public "
+                "grid (pairs in one bin count one half)"),
             auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
             sites_suppressed=cast(int, pooled["sites_suppressed"])),
         mean_site_accuracy=_site_mean([s.metrics for s in evaluated], "accuracy"),
@@ -181,6 +183,20 @@ def build_summary(
         sites_evaluated=len(evaluated) if sampled else None,
         personal=_personal(cfg, evaluated, personal) if personal else None,
     )
+
+
+def _compose_audit(cfg: RunConfig, site: SiteSummary) -> None:
+    """The audit's members' histogram (a Gaussian release of the training rows after
+    training) joins the site's accounted releases and its training ε."""
+    if not cfg.privacy.enabled or not site.accountant_history or site.delta is None:
+        return
+    site.other_releases.append({"mechanism": "Gaussian, audit members' loss histogram",
+                                "noise_multiplier": AUDIT_SIGMA, "sample_rate": 1.0,
+                                "steps": 1})
+    site.accountant_history.append([AUDIT_SIGMA, 1.0, 1])
+    site.epsilon = epsilon_from_history(
+        [(float(a), float(b), int(c)) for a, b, c in site.accountant_history],
+        delta=site.delta, accountant=cfg.privacy.accountant)
 
 
 def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | None,

@@ -268,7 +268,7 @@ class SiteAccountant:
         """Refuse what no ledger state could make valid: an unknown release, monitoring at
         an unplanned round, exact figures the policy forbids, a δ above the site's."""
         if release not in (REPORT, MONITOR, AUDIT) or (release == AUDIT
-                                                       and not plan.audit_sigma):
+                                                       and not self.cfg.privacy.audit):
             raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r}, "
                               f"{MONITOR!r} and, when privacy.audit is on, {AUDIT!r}")
         if release == MONITOR and server_round not in plan.monitor_rounds:

@@ -118,7 +118,7 @@ def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: 
             local_epochs=cfg.train.local_epochs, rounds=cfg.num_server_rounds,
             target_epsilon=p.target_epsilon, delta=p.target_delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant,
-            prior=[*history, *planned_releases(cfg)],
+            prior=history, after=planned_releases(cfg),
         )
     after = extend_history(history, plan.noise_multiplier, plan.sample_rate,
                            plan.steps_per_round)

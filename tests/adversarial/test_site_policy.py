@@ -74,18 +74,21 @@ def test_a_deployed_site_floors_k_at_10_when_it_sets_no_min_k(tmp_path):
     assert "min-k=10" in reply.error.reason
 
 
-# (what the run asks, the message that releases it, the node-config key that allows it)
+# (what the run asks, the message that releases it, the node-config key that allows it);
+# the evaluate message goes at round 1, a monitoring round with monitor-every = 1
 GATES = [
-    ({"evaluation__personal_epochs": 1}, "evaluate", "allow-personal-eval"),
+    ({"evaluation__personal_epochs": 1, "evaluation__monitor_every": 1}, "evaluate",
+     "allow-personal-eval"),
     ({"privacy__audit": True}, "query.audit", "allow-audit"),
     ({"preprocessing__scaling": "federated", "preprocessing__stats_noise_multiplier": 0.0},
      "query.moments", "allow-exact-moments"),
-    ({"preprocessing__scaling": "site"}, "evaluate", "allow-site-scaling"),
+    ({"preprocessing__scaling": "site", "evaluation__monitor_every": 1}, "evaluate",
+     "allow-site-scaling"),
 ]
 
 
 @pytest.mark.parametrize(("asks", "kind", "key"), GATES, ids=[g[2] for g in GATES])
-def test_each_release_outside_dp_is_refused_unless_the_site_allows_it(tmp_path, asks, kind,
+def test_each_release_needing_consent_is_refused_unless_the_site_allows_it(tmp_path, asks, kind,
                                                                       key):
     raw = safe_run(**asks)
     refused, _ = send(raw, deployed_node(tmp_path), kind)

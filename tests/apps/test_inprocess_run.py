@@ -61,10 +61,13 @@ def test_summary_has_the_required_keys_and_site_sizes(dp_run):
 
 def test_mean_site_accuracy_is_the_unweighted_mean(dp_run):
     s = json.loads((dp_run[0] / "summary.json").read_text())
-    # every site releases its figures (noised, or here exact): none is withheld at k
-    accs = [x["metrics"]["accuracy"] for x in s["sites"]]
-    assert len(accs) == 4 and None not in accs
-    assert s["mean_site_accuracy"] == pytest.approx(sum(accs) / len(accs))
+    # every site releases its figures (noised, or here exact); the server's utility floor
+    # (a class under k in a site's cell: Switzerland has one patient without disease)
+    # leaves a site's classification figures out, and the mean is over the others
+    accs = {x["name"]: x["metrics"]["accuracy"] for x in s["sites"]}
+    assert accs["switzerland"] is None and None not in [accs[x] for x in SITES[:2] + SITES[3:]]
+    shown = [a for a in accs.values() if a is not None]
+    assert s["mean_site_accuracy"] == pytest.approx(sum(shown) / len(shown))
 
 
 def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run):
@@ -73,10 +76,12 @@ def test_every_epsilon_is_finite_positive_within_target_and_recomputable(dp_run)
     for x in s["sites"]:
         assert x["accountant"] == "prv"
         assert 0 < x["epsilon"] <= target
-        # every accounted release: the noised feature moments (the default σ = 5, one
-        # Gaussian step at sample rate 1), then DP-SGD's steps
+        # every accounted release of the training rows: the noised feature moments (the
+        # default σ = 5, one Gaussian step at sample rate 1), DP-SGD's steps, and the
+        # audit's members' histogram (σ = 10, after training)
         assert x["accountant_history"] == [
-            [5.0, 1.0, 1], [x["noise_multiplier"], x["sample_rate"], x["steps"]]]
+            [5.0, 1.0, 1], [x["noise_multiplier"], x["sample_rate"], x["steps"]],
+            [10.0, 1.0, 1]]
         acc = create_accountant(x["accountant"])  # Opacus' own, from the reported fields
         acc.history = [tuple(h) for h in x["accountant_history"]]
         assert acc.get_epsilon(delta=x["delta"]) == pytest.approx(x["epsilon"], rel=1e-9)
@@ -87,7 +92,13 @@ def test_rounds_log_one_line_per_round_with_all_sites(dp_run):
     assert len(lines) == 3
     rounds = [json.loads(line) for line in lines]
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    eps = [[r["train"][site]["epsilon"] for r in rounds] for site in SITES]
+    # every site trains every round (an update may still be rejected by the norm check:
+    # secure DP noise on Switzerland's 30 rows can pass 3x the round's median)
+    for r in rounds:
+        rejected = {p["site"] for p in r["train_problems"] if p["status"] == "rejected"}
+        assert sorted(set(r["train"]) | rejected) == SITES
+    eps = [[r["train"][site]["epsilon"] for r in rounds if site in r["train"]]
+           for site in SITES]
     for series in eps:
         assert series == sorted(series)  # cumulative across rounds
     # evaluated only at the monitoring rounds: 2 (monitor-every) and 3 (the last)
@@ -132,6 +143,8 @@ def test_exact_figures_match_an_independent_recomputation(dp_run):
     scores = _independent_scores(dp_run[0])
     for site in s["sites"]:
         y, p = scores[site["name"]]
+        if site["name"] == "switzerland":  # under the utility floor (one negative < k)
+            continue
         # the threshold is a bin edge: accuracy from the histogram is exact
         assert site["metrics"]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
         assert site["metrics"]["auroc"] == pytest.approx(_binned_auroc(y, p))
@@ -183,7 +196,7 @@ def _check_declared(grid, shapes, *, rounds: int, monitored: int, exact: bool) -
     k = 10
     declared = {
         "query.moments": {"count", "sums", "sumsq"},
-        "query.audit": {"attack-auc", "attack-tpr-at-fpr10", "members", "non-members"},
+        "query.audit": {"member-hist", "non-member-hist", "member-std", "non-member-std"},
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",
                   "epsilon-lifetime", "site-weight"},
@@ -204,7 +217,7 @@ def _check_declared(grid, shapes, *, rounds: int, monitored: int, exact: bool) -
         assert r.content["site"]["name"] in SITES
         if "arrays" in r.content:
             assert {k_: tuple(v.shape) for k_, v in r.content["arrays"].items()} == shapes
-        for key in ("num-examples", "count", "members", "non-members"):  # exact counts
+        for key in ("num-examples", "count"):  # exact counts
             if key in m:
                 assert m[key] == -1 or m[key] >= k, (kind, key)
         if kind in ("evaluate", "query.report"):
@@ -231,7 +244,8 @@ def test_a_noisy_run_releases_every_test_statistic_with_its_noise(run_inprocess)
 
 
 def test_dp_off_run_reports_infinite_epsilon(run_inprocess):
-    path, _ = run_inprocess(num_server_rounds=1, privacy__enabled=False)
+    path, _ = run_inprocess(num_server_rounds=1, privacy__enabled=False,
+                            privacy__test_epsilon=0.0)  # exact figures: the accuracy check
     s = json.loads((path / "summary.json").read_text())
     assert all(x["epsilon"] == "inf" for x in s["sites"])
     assert s["privacy"]["dp_sgd"] is False
