@@ -248,11 +248,13 @@ class SiteAccountant:
         if release not in (REPORT, MONITOR):
             raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r} and "
                               f"{MONITOR!r}")
+        every = self.cfg.evaluation.monitor_every
         if release == MONITOR and server_round not in plan.monitor_rounds:
             raise ConfigError(
                 f"a monitoring evaluation at server-round={server_round}: this run monitors "
-                f"only at rounds {list(plan.monitor_rounds)} (every evaluation.monitor-every="
-                f"{self.cfg.evaluation.monitor_every} and the last)")
+                + (f"only at rounds {list(plan.monitor_rounds)} (every evaluation.monitor-"
+                   f"every={every} and the last)" if plan.monitor_rounds
+                   else f"at no round (evaluation.monitor-every={every})"))
         if plan.exact and not self.policy.allow_exact_evaluation:
             raise ConfigError("privacy.test-epsilon=0 asks for exact test-set figures; this "
                               "site would need allow-exact-evaluation=true")
@@ -290,8 +292,9 @@ class SiteAccountant:
                 if 0 < self.test_limit < math.inf:
                     raise PrivacyBudgetExceeded(
                         "exact test-set figures have no finite ε, and this site has a "
-                        f"lifetime limit on its test rows (ε={self.test_limit}); ask for "
-                        "privacy.test-epsilon above 0")
+                        f"lifetime limit on its test rows (ε={self.test_limit}: node-config "
+                        "lifetime-test-epsilon, or the run's privacy.lifetime-epsilon); ask "
+                        "for privacy.test-epsilon above 0")
                 return [], math.inf
             spend = plan.spend(release)
             eps = self.spent(_extend(before, spend))
