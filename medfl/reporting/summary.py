@@ -18,6 +18,7 @@ from medfl.reporting.summary_schema import (
     Summary,
 )
 from medfl.site.metrics import TrainMetrics
+from medfl.site.releases import exact_moments
 from medfl.tasks import task_for
 
 
@@ -75,8 +76,7 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
         out.append("exact test-set statistics (privacy.test-epsilon = 0, where the site's "
                    "policy allows it): the monitoring evaluations, the final report's cells "
                    "and explanation sums, without noise")
-    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
-            and cfg.preprocessing.stats_noise_multiplier == 0:
+    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" and exact_moments(cfg):
         out.insert(0, "clipped sums and sums of squares of the numeric features (once)")
     if cfg.evaluation.personal_epochs > 0:
         out.append("personalised evaluation: its test-set histogram is noised in the test "
@@ -93,8 +93,7 @@ def mechanisms(cfg: RunConfig) -> list[str]:
     if cfg.privacy.enabled:
         out.append("DP-SGD at each site (Opacus, Poisson sampling, per-sample clipping, "
                    "Gaussian noise)")
-    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" \
-            and cfg.preprocessing.stats_noise_multiplier > 0:
+    if cfg.is_tabular and cfg.preprocessing.scaling == "federated" and not exact_moments(cfg):
         out.append("Gaussian mechanism on the feature moments (accounted)")
     if cfg.privacy.central_noise_multiplier > 0:
         out.append("central DP: server-side clipping of site updates and Gaussian noise on "

@@ -201,8 +201,7 @@ class SiteAccountant:
                                             accountant=self.cfg.privacy.accountant)
 
     def release_moments(self, n_train: int) -> None:
-        """Reserve the Gaussian release of the feature moments before they are computed
-        (see :meth:`_release_train`)."""
+        """Reserve the feature moments' Gaussian release (:meth:`_release_train`)."""
         self._release_train(self.cfg.preprocessing.stats_noise_multiplier, n_train,
                             "the feature-moment release",
                             "raise preprocessing.stats-noise-multiplier")
@@ -218,9 +217,8 @@ class SiteAccountant:
         return AUDIT_SIGMA
 
     def _release_train(self, sigma: float, n_train: int, what: str, fix: str) -> None:
-        """Reserve one Gaussian release of the training rows at ``sigma``: refused when it
-        would pass this run's target ε or the lifetime limit; otherwise the ledger
-        records it (status ``released``) and the history is saved."""
+        """Reserve one Gaussian release of the training rows at ``sigma`` (refused past
+        the run's target ε or the lifetime limit; else recorded ``released``)."""
         p = self.cfg.privacy
         self.require_delta(n_train)
 
@@ -271,11 +269,13 @@ class SiteAccountant:
                                                        and not self.cfg.privacy.audit):
             raise ConfigError(f"test-set release {release!r}: valid are {REPORT!r}, "
                               f"{MONITOR!r} and, when privacy.audit is on, {AUDIT!r}")
+        every = self.cfg.evaluation.monitor_every
         if release == MONITOR and server_round not in plan.monitor_rounds:
             raise ConfigError(
                 f"a monitoring evaluation at server-round={server_round}: this run monitors "
-                f"only at rounds {list(plan.monitor_rounds)} (every evaluation.monitor-every="
-                f"{self.cfg.evaluation.monitor_every} and the last)")
+                + (f"only at rounds {list(plan.monitor_rounds)} (every evaluation.monitor-"
+                   f"every={every} and the last)" if plan.monitor_rounds
+                   else f"at no round (evaluation.monitor-every={every})"))
         if plan.exact and not self.policy.allow_exact_evaluation:
             raise ConfigError("privacy.test-epsilon=0 asks for exact test-set figures; this "
                               "site would need allow-exact-evaluation=true")
@@ -309,8 +309,9 @@ class SiteAccountant:
                 if 0 < self.test_limit < math.inf:
                     raise PrivacyBudgetExceeded(
                         "exact test-set figures have no finite ε, and this site has a "
-                        f"lifetime limit on its test rows (ε={self.test_limit}); ask for "
-                        "privacy.test-epsilon above 0")
+                        f"lifetime limit on its test rows (ε={self.test_limit}: node-config "
+                        "lifetime-test-epsilon, or the run's privacy.lifetime-epsilon); ask "
+                        "for privacy.test-epsilon above 0")
                 return [], math.inf
             spend = plan.spend(release)
             eps = self.spent(_extend(before, spend))

@@ -26,7 +26,10 @@ def moments_rng(cfg: RunConfig, site: str) -> np.random.Generator:
 
 
 def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -> FeatureMoments:
-    """This site's clipped (and optionally noised) moments of the numeric features."""
+    """This site's clipped moments of the numeric features: noised when they are an
+    accounted release (:func:`noised_release`), exact otherwise (a run without DP has no
+    budget to account them in, so noise there would cost accuracy and protect nothing
+    that the run's own updates do not already give away)."""
     if data.n_train < cfg.privacy.k_threshold:
         raise DataError(
             f"site has fewer training rows than privacy.k-threshold="
@@ -35,7 +38,8 @@ def feature_stats(cfg: RunConfig, data: SiteData, *, rng: np.random.Generator) -
     spec = tasks.task_for(cfg).feature_spec()
     return site_moments(
         data.x_train[:, list(spec.numeric_idx)].astype(np.float64), bounds=spec.bounds,
-        noise_multiplier=cfg.preprocessing.stats_noise_multiplier, rng=rng,
+        noise_multiplier=cfg.preprocessing.stats_noise_multiplier if noised_release(cfg)
+        else 0.0, rng=rng,
     )
 
 

@@ -160,3 +160,9 @@ def test_a_run_delta_above_the_sites_test_delta_is_refused(tmp_path, node, n_tes
     with pytest.raises(ConfigError, match="test-set δ"):
         _open(_cfg(tmp_path), node).reserve_test(REPORT, server_round=10, n_test=n_test)
     assert not (tmp_path / "va" / "privacy-ledger.json").exists()
+
+
+def test_a_run_without_monitoring_refuses_every_monitoring_release(tmp_path):
+    accountant = _open(_cfg(tmp_path, evaluation__monitor_every=0))
+    with pytest.raises(ConfigError, match=r"at no round \(evaluation.monitor-every=0\)"):
+        accountant.reserve_test(MONITOR, server_round=10, n_test=N_TEST)
