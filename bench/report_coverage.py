@@ -23,7 +23,6 @@ sampling and the noise. Written to BENCHMARKS.md between markers.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -36,6 +35,8 @@ from bench.report import write_section
 from medfl.evaluation import population as pop
 from medfl.evaluation.histograms import N_BINS, figures, histogram, score_edges
 from medfl.evaluation.release import CellRelease
+from medfl.evaluation.report_cells import report_sensitivity
+from medfl.privacy.audit import AUDIT_SIGMA
 from medfl.privacy.mechanisms import gaussian_release, monitor_rounds, plan_test_releases
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,8 @@ SITES = (("cleveland", 104, 0.46, 0.32, -1.0), ("hungarian", 89, 0.36, 0.28, -1.
 SEPARATION = {"male": 2.0, "female": 1.2}  # binormal d' of each sex
 OLD = 0.5  # share of patients 55 and over (independent of everything else)
 CELLS_PER_PATIENT = 3  # the whole set, its sex, its age band
+#: the heart report's L2 sensitivity: 3 cells plus the explanation vector (as a site has)
+SENSITIVITY = report_sensitivity(cells=CELLS_PER_PATIENT, segmentation=False, explained=True)
 #: what is checked: name -> (cell or gap, the figure)
 TARGETS = {"AUROC": ("whole", "auroc"), "sensitivity": ("whole", "sensitivity"),
            "specificity": ("whole", "specificity"), "ECE": ("whole", "ece"),
@@ -57,9 +60,11 @@ TARGETS = {"AUROC": ("whole", "auroc"), "sensitivity": ("whole", "sensitivity"),
 
 def report_sigma(epsilon: float = 1.0) -> float:
     """The report's noise multiplier at test-set ``epsilon`` (report share 0.8, a
-    monitoring release every 5 of 10 rounds, δ = 1e-4, PRV accountant)."""
+    monitoring release every 5 of 10 rounds, the audit's non-member histogram at
+    σ = AUDIT_SIGMA, δ = 1e-4, PRV accountant: the default run's plan)."""
     plan = plan_test_releases(epsilon=epsilon, delta=1e-4, accountant="prv",
-                              report_share=0.8, rounds=monitor_rounds(10, 5))
+                              report_share=0.8, rounds=monitor_rounds(10, 5),
+                              audit_sigma=AUDIT_SIGMA)
     return plan.report_sigma
 
 
@@ -130,7 +135,7 @@ def run(replicates: int, reps: int, seed: int, *, epsilon: float = 1.0,
         progress: Callable[[int], None] | None = None) -> dict[str, dict[str, list]]:
     """Coverage records per target and mode ("dp", "exact")."""
     rng = np.random.default_rng(seed)
-    sigma, sensitivity = report_sigma(epsilon), math.sqrt(CELLS_PER_PATIENT)
+    sigma, sensitivity = report_sigma(epsilon), SENSITIVITY
     true = truth()
     out: dict[str, dict[str, list]] = {mode: {t: [] for t in TARGETS} for mode in ("dp", "exact")}
     for r in range(replicates):
@@ -190,7 +195,7 @@ def main() -> None:
                f"men's {SEPARATION['male']}; each site releases 5 cells (3 per patient) at "
                f"report σ = {sigma:.2f} (test-set ε = {eps}, report share 0.8, monitoring "
                "every 5 of 10 rounds, δ = 1e-4, PRV), noise sd "
-               f"{sigma * math.sqrt(CELLS_PER_PATIENT):.2f} per count per site. Truth: the "
+               f"{sigma * SENSITIVITY:.2f} per count per site. Truth: the "
                "population value of each figure on the public grid (the stricter target; "
                "not the replicate's own exact value). Coverage of the pooled 95% CI over all "
                "replicates, and over those where the report shows the figure (every noisy "

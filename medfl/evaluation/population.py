@@ -172,14 +172,21 @@ def replicates(hist: np.ndarray, noise_var: float, *, threshold: float,
     return figures(sims, threshold=threshold, noise_var=noise_var)
 
 
-def floor_reason(class_counts: tuple[float, float], *, k: int) -> str | None:
-    """Why a cell's figures are hidden under the utility floor ``k``, or None."""
+def floor_reason(class_counts: tuple[float, float], *, k: int, sd: float = 0.0
+                 ) -> str | None:
+    """Why a cell's figures are hidden under the utility floor ``k``, or None.
+
+    The floor is noise-aware: a cell is hidden when a class's noisy count is under ``k``
+    even at the upper end of its 95% noise interval (count + 1.96 sd), i.e. when the
+    data show the class is too small; a count that noise merely may have pushed under
+    ``k`` is shown, with a CI as wide as the noise makes it. With no noise this is the
+    plain count under ``k``."""
     low = [f"{CLASS_NAMES[c]} ≈ {class_counts[c]:.0f}" for c in (0, 1)
-           if class_counts[c] < k]
+           if class_counts[c] + 1.96 * sd < k]
     if not low:
         return None
-    return (f"noisy class count under k={k} ({', '.join(low)}): too few patients for "
-            "readable figures (a utility floor, not a privacy measure)")
+    return (f"noisy class count under k={k} even allowing for the noise ({', '.join(low)}): "
+            "too few patients for readable figures (a utility floor, not a privacy measure)")
 
 
 def analyse(pooled: PooledHistogram, *, threshold: float, k: int,
@@ -189,10 +196,16 @@ def analyse(pooled: PooledHistogram, *, threshold: float, k: int,
     The replicates are drawn even for a cell under the floor, so that a gap's
     replicates stay paired whatever is shown.
     """
-    point = {name: float(v) for name, v in
-             figures(pooled.hist, threshold=threshold, noise_var=pooled.noise_var).items()}
+    raw = figures(pooled.hist, threshold=threshold, noise_var=pooled.noise_var)
+    # The figures are those of the histogram with noisy negative counts set to 0 (post-
+    # processing, so that a figure is defined wherever a class has a count); the counts
+    # and the floor use the unbiased noisy totals, the CIs the bootstrap.
+    point = {name: float(v) for name, v in figures(
+        np.clip(pooled.hist, 0.0, None), threshold=threshold,
+        noise_var=pooled.noise_var).items()}
+    point.update({key: float(raw[key]) for key in ("n", "n_neg", "n_pos")})
     counts = (point["n_neg"], point["n_pos"])
-    reason = floor_reason(counts, k=k)
+    reason = floor_reason(counts, k=k, sd=pooled.count_sd)
     a = Analysis(sites=pooled.sites, point=point,
                  reps=replicates(pooled.hist, pooled.noise_var, threshold=threshold,
                                  rng=rng, reps=reps),

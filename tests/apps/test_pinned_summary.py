@@ -13,7 +13,10 @@ accuracy; the file's accuracy figures were edited by hand from its own per-site 
 Changed on purpose since (issue 19): the privacy block names the test-set budget
 (``test_epsilon_target``, ``per_patient_epsilon``, ``composition``) and lists the test-set
 statistics as a Gaussian release rather than a k-suppressed one; the pinned run keeps its
-exact feature moments (``stats-noise-multiplier = 0``, no longer the default).
+exact feature moments (``stats-noise-multiplier = 0``, no longer the default). Then every
+test-set figure became a noisy histogram release (seeded here), the audit a pair of noisy
+histograms planned into DP-SGD's calibration (so σ changed), and the headline the mean of
+the report's per-site figures: the file was re-written by this run on 2026-12-05.
 """
 
 from __future__ import annotations

@@ -60,14 +60,23 @@ def test_pooled_figures_are_the_figures_of_the_summed_histogram():
         pytest.approx(total["sensitivity"])
 
 
-def test_a_cell_under_k_by_its_noisy_count_is_suppressed_with_its_reason():
+def test_a_count_under_k_that_the_noise_may_explain_is_shown_with_its_ci():
     hist = np.full((2, N_BINS), 3.0)
     hist[1] = [2.0, 1.5, 0.0, -1.0, 1.0, 2.0, 1.0, 2.0]  # noisy positives: 8.5
-
+    # noise sd of the total: sqrt(8 * 16) = 11.3, so 8.5 + 1.96 * 11.3 >= 10: shown
     a = _analyse(hist, noise_var=16.0, k=10)
+    assert not a.suppressed
+    assert pop.classification_metrics(a)["auroc"]["ci"] is not None
+
+
+def test_a_cell_under_k_by_its_noisy_count_is_suppressed_with_its_reason():
+    hist = np.full((2, N_BINS), 3.0)
+    hist[1] = [1.0, 0.5, 0.0, -1.0, 1.0, 1.0, 0.5, 1.0]  # noisy positives: 4
+    # noise sd of the positives' total: sqrt(8 * 0.25) = 1.41; 4 + 1.96 * 1.41 < 10
+    a = _analyse(hist, noise_var=0.25, k=10)
 
     assert a.suppressed and a.prevalence is None and a.roc is None
-    assert "k=10" in a.reason and "noisy" in a.reason and "positives ≈ 8" in a.reason
+    assert "k=10" in a.reason and "noisy" in a.reason and "positives ≈ 4" in a.reason
     assert "privacy" in a.reason  # says it is not a privacy measure
     shown = pop.classification_metrics(a)
     assert all(m["suppressed"] and m["value"] is None for m in shown.values())

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 from conftest import run_config
 
 from medfl.config import parse_run_config
@@ -30,12 +31,9 @@ def _train(epsilon: float) -> TrainMetrics:
                         sample_rate=0.5, max_grad_norm=1.0, steps=20)
 
 
-def _evaluation(test_epsilon: float | None = None) -> SiteEvalStats:
-    stats = SiteEvalStats(n=50, n_correct=40, loss_sum=20.0, auroc=0.8, groups_neg=None,
-                          groups_pos=None)
-    if test_epsilon is not None:  # the attribute the monitoring reply adds
-        object.__setattr__(stats, "test_epsilon", test_epsilon)
-    return stats
+def _evaluation(test_epsilon: float) -> SiteEvalStats:
+    hist = np.array([[10.0, 8, 6, 4, 2, 0, 0, 0], [0.0, 0, 2, 4, 6, 8, 10, 0]])
+    return SiteEvalStats(threshold=0.5, hist=hist, hist_std=3.0, test_epsilon=test_epsilon)
 
 
 def test_a_sites_test_epsilon_is_the_largest_its_replies_state():
@@ -49,7 +47,7 @@ def test_the_summary_states_both_budgets_and_the_per_patient_epsilon():
     cfg = parse_run_config(run_config(privacy__test_epsilon=1.0))
     summary = build_summary(
         cfg, site_order=["a", "b", "c"], train={"a": _train(2.5), "b": _train(0.6)},
-        evaluation={"a": _evaluation(0.4), "b": _evaluation(0.4), "c": _evaluation()},
+        evaluation={"a": _evaluation(0.4), "b": _evaluation(0.4)},  # c: no reply
         rounds_trained={"a": [1], "b": [1]}, run_name="r",
         report_stats={"a": {"test-epsilon": 1.0}, "b": {"test-epsilon": 1.0}})
     data = json.loads(json.dumps(summary.to_dict()))

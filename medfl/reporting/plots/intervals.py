@@ -81,9 +81,9 @@ def forest_svg(rows: Sequence[Mapping[str, Any]] | None, *, metric: str, k: int,
         points = []
         for y, value, ci, hollow in marks:
             colour = PALETTE[0] if hollow else EMPHASIS
-            err = [[value - ci[0]], [ci[1] - value]] if ci else None
-            ax.errorbar(value, y, xerr=err, fmt="s" if hollow else "o", color=colour,
-                        mfc="white" if hollow else colour, capsize=3, ms=5, lw=1.2)
+            _interval(ax, y, ci, colour=colour, lw=1.2)
+            ax.plot(value, y, "s" if hollow else "o", color=colour,
+                    mfc="white" if hollow else colour, ms=5)
             points += [value, *(ci or ())]
         for y, text in notes:
             write_note(ax, y, text)
@@ -98,6 +98,16 @@ def forest_svg(rows: Sequence[Mapping[str, Any]] | None, *, metric: str, k: int,
             ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
             ax.set_title(literal(title), pad=22)
         return to_svg(fig, title)
+
+
+def _interval(ax: Any, y: float, ci: tuple[float, float] | None, *, colour: str,
+              lw: float) -> None:
+    """A 95% CI as a capped horizontal line. Drawn on its own, not as error bars around
+    the value: a figure from noisy counts may lie outside its bootstrap interval."""
+    if ci is None:
+        return
+    ax.hlines(y, ci[0], ci[1], color=colour, lw=lw)
+    ax.vlines(ci, y - 0.12, y + 0.12, color=colour, lw=lw)
 
 
 def fairness_svg(entries: Sequence[Mapping[str, Any]] | None, *,
@@ -126,9 +136,8 @@ def fairness_svg(entries: Sequence[Mapping[str, Any]] | None, *,
                 write_note(ax, y, "suppressed" if g.get("suppressed") else "not available")
                 continue
             colour = FLAG if g.get("flagged") else EMPHASIS
-            err = [[value - ci[0]], [ci[1] - value]] if ci else None
-            ax.errorbar(value, y, xerr=err, fmt="D" if g.get("flagged") else "o",
-                        color=colour, capsize=3, ms=5, lw=1.8 if g.get("flagged") else 1.1)
+            _interval(ax, y, ci, colour=colour, lw=1.8 if g.get("flagged") else 1.1)
+            ax.plot(value, y, "D" if g.get("flagged") else "o", color=colour, ms=5)
             points += [value, *(ci or ())]
         layout_rows(ax, [r[0] for r in rows], points)
         for tick, (_, g) in zip(ax.get_yticklabels(), rows, strict=True):
