@@ -120,8 +120,9 @@ def _check_metric(kind: str, key: str, value: Any, *, k: int,
     if not all(_is_number(v) for v in values):
         return [f"metric {key!r} holds a non-numeric value"]
     out = []
-    # a stated test ε is infinite after an exact release (test-epsilon = 0, allowed)
-    infinite_ok = key.endswith("test-epsilon") and all(v == math.inf for v in values)
+    # a stated test ε is infinite after an exact release (an exact run: test-epsilon = 0)
+    infinite_ok = (sizes.get("exact") and key.endswith("test-epsilon")
+                   and all(v == math.inf for v in values))
     if kind in TEST_RELEASES and not infinite_ok and not all(math.isfinite(v) for v in values):
         out.append(f"metric {key!r} holds a value that is not finite")
     if key in COUNT_KEYS[kind] and any(v != SUPPRESSED and (v < k or not math.isfinite(v))

@@ -96,7 +96,9 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path, ray_head):
     assert [s["name"] for s in summary["sites"]] == ["cleveland", "hungarian", "switzerland",
                                                      "va"]
     assert all(0 < s["epsilon"] <= 3.0 for s in summary["sites"])
-    assert 0.5 < summary["mean_site_accuracy"] <= 1.0
+    # from each site's noisy report release (test-set ε = 1): a figure, not a precise one
+    assert 0.0 <= summary["mean_site_accuracy"] <= 1.0
+    assert all(s["test_epsilon"] == pytest.approx(1.0, rel=1e-3) for s in summary["sites"])
     assert len((run / "rounds.jsonl").read_text().splitlines()) == 2
     assert (run / "model" / "manifest.json").is_file()
     # the fairness report, its site views and the model card came out of the real runtime

@@ -120,6 +120,9 @@ def test_a_release_of_the_wrong_size_or_without_noise_is_blocked(kind, metrics, 
 def test_zero_noise_passes_only_in_a_run_that_asked_for_exact_figures():
     exact = _monitor(**{"hist-std": 0.0})
     assert _release("evaluate", exact, ReplyBounds(**{**vars(HEART), "exact": True})) == []
+    # after an exact release the site states an infinite test ε: only in an exact run
+    stated = _monitor(**{"hist-std": 0.0, "test-epsilon": float("inf")})
+    assert _release("evaluate", stated, ReplyBounds(**{**vars(HEART), "exact": True})) == []
     assert any("'hist-std' must be positive" in v for v in _release("evaluate", exact))
 
 
@@ -176,8 +179,8 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
     evaluate = {"hist": li, "sums": li, "hist-std": s, "sums-std": s, "test-epsilon": s}
     assert DECLARED == {
         "query.moments": {"count": s, "sums": li, "sumsq": li},
-        "query.audit": {"attack-auc": s, "attack-tpr-at-fpr10": s, "members": s,
-                        "non-members": s},
+        "query.audit": {"member-hist": li, "non-member-hist": li, "member-std": s,
+                        "non-member-std": s},
         "train": {"num-examples": s, "steps": s, "epsilon": s, "delta": s,
                   "noise-multiplier": s, "sample-rate": s, "max-grad-norm": s,
                   "prior-noise-multipliers": li, "epsilon-lifetime": s, "site-weight": s,
@@ -187,7 +190,7 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
                          "explain": li, "explain-std": s, "test-epsilon": s},
     }
     # exact counts only: nothing in a test-set release is one
-    assert COUNT_KEYS == {"query.moments": {"count"}, "query.audit": {"members", "non-members"},
+    assert COUNT_KEYS == {"query.moments": {"count"}, "query.audit": set(),
                           "train": {"num-examples"}, "evaluate": set(), "query.report": set()}
     assert FIXED_LENGTH == {
         "query.moments": {"sums": "n_numeric", "sumsq": "n_numeric"},
@@ -202,3 +205,7 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
                                  "personal-sums-std": "personal-sums"}
     assert NOISE["query.report"] == {"hist-std": "hist", "sums-std": "sums",
                                      "explain-std": "explain"}
+    # the audit: the test rows' histogram's noise is checked (the training rows' is 0 in
+    # a run without DP-SGD); each histogram at most the public loss grid's 11 bins
+    assert NOISE["query.audit"] == {"non-member-std": "non-member-hist"}
+    assert MAX_LENGTH["query.audit"] == {"member-hist": 11, "non-member-hist": 11}
