@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from opacus.accountants import create_accountant
 
 from medfl.localsim import flower_env, free_port_pair, stop_superlink, superlink_pids
 
@@ -120,7 +121,13 @@ def test_flwr_run_writes_a_complete_run_directory(tmp_path, ray_head):
     for site in summary["sites"]:
         ledger = Ledger.open(state / site["name"], site["name"])
         assert [r["rounds_trained"] for r in ledger.runs()] == [2]
-        assert ledger.runs()[0]["epsilon"] == pytest.approx(site["epsilon"])
+        # the ledger's run ε is DP-SGD's after round 2; the summary's also composes the
+        # audit's members' histogram (σ = 10, the last accounted release)
+        assert site["accountant_history"][-1] == [10.0, 1.0, 1]
+        acc = create_accountant(site["accountant"])
+        acc.history = [tuple(h) for h in site["accountant_history"][:-1]]
+        assert ledger.runs()[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=site["delta"]))
+        assert ledger.runs()[0]["epsilon"] < site["epsilon"] <= 3.0
     budget = subprocess.run([str(Path(sys.executable).parent / "medfl"), "budget",
                              str(state / "va"), "--json"], capture_output=True, text=True)
     assert budget.returncode == 0 and '"site": "va"' in budget.stdout
