@@ -6,7 +6,7 @@ from enum import Enum
 
 __all__ = ["ACCOUNTANTS", "AUGMENTATIONS", "COMPRESSIONS", "DEVICES", "GRAD_SAMPLE_MODES",
            "INTENSITIES", "MODELS", "OPTIMIZERS", "PARTITIONS", "SCALINGS", "STRATEGIES",
-           "TASKS", "TASK_MODELS", "ATTACKS", "TaskName"]
+           "TASKS", "TASK_MODELS", "ATTACKS", "PRIVACY_MODES", "TaskName"]
 
 
 class TaskName(str, Enum):
@@ -40,7 +40,8 @@ PARTITIONS = ("natural", "iid", "dirichlet", "dirichlet-mix", "quantity")
 AUGMENTATIONS = ("none", "light", "standard")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedmedian",
               "fedtrimmedavg", "krum", "multikrum")
-ATTACKS = ("none", "scale", "sign-flip", "nan", "label-flip")
+ATTACKS = ("none", "scale", "sign-flip", "nan", "label-flip", "secagg-dropout")
+PRIVACY_MODES = ("local", "distributed")
 #: How a site encodes its update for the wire (decoded by the server before aggregation).
 COMPRESSIONS = ("none", "float16", "int8")
 # Opacus' "gdp" accountant is left out on purpose: it reads only the last history entry

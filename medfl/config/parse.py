@@ -15,6 +15,7 @@ from medfl.config.sections import (
     PreprocessingConfig,
     PrivacyConfig,
     RunConfig,
+    SecureAggregationConfig,
     StrategyConfig,
     TrainConfig,
     TransportConfig,
@@ -58,8 +59,10 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         strategy=section("strategy", StrategyConfig),
         attack=section("attack", AttackConfig),
         transport=section("transport", TransportConfig),
+        secure_aggregation=section("secure-aggregation", SecureAggregationConfig),
     )
     _check_cross_fields(cfg)
+    _check_secure_aggregation(cfg)
     return cfg
 
 
@@ -95,3 +98,37 @@ def _check_cross_fields(cfg: RunConfig) -> None:
         raise ConfigError(f"data.partition={data.partition!r} does not apply to task="
                           "'heart-disease': its sites are the four hospitals (use 'natural', "
                           "or task='tabular' to re-partition a table)")
+
+
+#: Strategies that must see each site's update (a median, a trimmed mean, Krum's
+#: distances): secure aggregation shows the server only the sum.
+NEEDS_SINGLE_UPDATES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
+
+
+def _check_secure_aggregation(cfg: RunConfig) -> None:
+    """What cannot work when the server sees only the sum of the updates."""
+    sa, p = cfg.secure_aggregation, cfg.privacy
+    if p.mode == "distributed" and not (sa.enabled and p.enabled):
+        raise ConfigError("privacy.mode='distributed' needs secure-aggregation.enabled = true "
+                          "and privacy.enabled = true: each site adds only a share of the "
+                          "noise, which protects a patient only inside the secure sum")
+    if not sa.enabled:
+        return
+    if cfg.strategy.name in NEEDS_SINGLE_UPDATES:
+        raise ConfigError(f"strategy.name={cfg.strategy.name!r} needs each site's update, "
+                          "which secure-aggregation.enabled hides from the server; valid "
+                          "with it: fedavg, fedprox, fedavgm, fedadam, fedyogi, fedadagrad")
+    if cfg.transport.compression != "none":
+        raise ConfigError("transport.compression must be 'none' with secure-aggregation."
+                          "enabled: SecAgg+ quantises the update itself")
+    if p.central_noise_multiplier > 0:
+        raise ConfigError("privacy.central-noise-multiplier > 0 clips each site's update at "
+                          "the server, which secure-aggregation.enabled hides; use "
+                          "privacy.mode = 'distributed' instead")
+    if cfg.strategy.min_round_nodes < 2:
+        raise ConfigError("secure-aggregation.enabled needs strategy.min-round-nodes >= 2: "
+                          "a sum of one site's update is that update")
+    if p.mode == "distributed" and (cfg.train.optimizer != "sgd" or cfg.train.momentum):
+        raise ConfigError("privacy.mode='distributed' needs train.optimizer='sgd' and "
+                          "train.momentum=0: the sites' noise adds up only if each update "
+                          "is linear in its noisy gradient")

@@ -20,6 +20,7 @@ from medfl.config.options import (
     MODELS,
     OPTIMIZERS,
     PARTITIONS,
+    PRIVACY_MODES,
     SCALINGS,
     STRATEGIES,
     TASKS,
@@ -83,6 +84,7 @@ SCHEMA: dict[str, Rule] = {
                                          lambda v: v >= 0 and math.isfinite(v)),
     "privacy.central-clipping-norm": (float, "a number > 0",
                                       lambda v: v > 0 and math.isfinite(v)),
+    "privacy.mode": _choice(PRIVACY_MODES),
     "state-dir": (str, "a folder path, or empty for <project>/state", lambda v: True),
     "preprocessing.scaling": _choice(SCALINGS),
     "preprocessing.stats-noise-multiplier": (float, "a number >= 0 (0: no noise)",
@@ -141,6 +143,19 @@ SCHEMA: dict[str, Rule] = {
     "attack.kind": _choice(ATTACKS),
     "attack.scale": (float, "a number (the factor of a 'scale' attack)", math.isfinite),
     "transport.compression": _choice(COMPRESSIONS),
+    "secure-aggregation.enabled": (bool, "true or false", lambda v: True),
+    "secure-aggregation.num-shares": (int, "0 (every sampled site, at most 41) or an odd "
+                                      "integer >= 3: the neighbours each site shares its "
+                                      "keys with", lambda v: v == 0 or v >= 3),
+    "secure-aggregation.reconstruction-threshold": (
+        float, "a number in (0, 1]: the fraction of a site's shares needed to unmask (the "
+        "rest may drop out)", lambda v: 0 < v <= 1),
+    "secure-aggregation.clipping-range": (float, "a number > 0: each update value is "
+                                          "clipped to [-range, range] before masking",
+                                          lambda v: v > 0 and math.isfinite(v)),
+    "secure-aggregation.quantization-range": (
+        int, "a power of two in [2^8, 2^24]: integer levels per value",
+        lambda v: 2 ** 8 <= v <= 2 ** 24 and v & (v - 1) == 0),
 }
 
 KNOWN_KEYS = frozenset(SCHEMA)

@@ -58,6 +58,9 @@ class PrivacyConfig:
     #: the final report's share of the test-set budget (the rest: monitoring rounds)
     report_share: float
     grad_sample_mode: str
+    #: ``local``: each site adds all its noise; ``distributed``: each site adds a share,
+    #: under secure aggregation (one DP-SGD step a round; PRIVACY.md)
+    mode: str
     central_noise_multiplier: float
     central_clipping_norm: float
 
@@ -134,6 +137,21 @@ class TransportConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """``secure-aggregation.*``: Flower's SecAgg+ for model updates and the report."""
+
+    enabled: bool
+    #: neighbours per site (0: every sampled site, at most 41)
+    num_shares: int
+    #: fraction of a site's shares needed to unmask it
+    reconstruction_threshold: float
+    #: each update value is clipped to [-range, range] before quantisation
+    clipping_range: float
+    #: integer levels per value (a power of two)
+    quantization_range: int
+
+
+@dataclass(frozen=True)
 class AttackConfig:
     """Simulation only: sites that send a corrupted update every round."""
 
@@ -168,6 +186,7 @@ class RunConfig:
     strategy: StrategyConfig
     attack: AttackConfig
     transport: TransportConfig
+    secure_aggregation: SecureAggregationConfig
 
     @property
     def is_tabular(self) -> bool:
