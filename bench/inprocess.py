@@ -60,18 +60,21 @@ class InProcessGrid:
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
         """Deliver each message to the ClientApp in turn; an exception becomes an
         error reply, as Flower's runtime does."""
+        from flwr.common.serde import message_from_proto, message_to_proto
+
         out = []
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"  # the SuperLink's job
             self.sent.append(msg)
+            # each site gets its own copy, as off the wire (a server may send one content
+            # object to many sites, and a mod may change what it receives)
+            delivered = message_from_proto(message_to_proto(msg))
             try:
-                reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
+                reply = self.client_app(delivered, self.contexts[msg.metadata.dst_node_id])
             except Exception as exc:  # the runtime turns ClientApp exceptions into errors
                 reply = Message(Error(code=2, reason=f"{type(exc).__name__}: {exc}"),
                                 reply_to=msg)
             if self.reply_bytes is not None:
-                from flwr.common.serde import message_to_proto
-
                 self.reply_bytes.append((msg.metadata.message_type,
                                          message_to_proto(reply).ByteSize()))
             self.replies.append(reply)

@@ -45,7 +45,7 @@ def report(msg: Message, context: Context) -> Message:
     return fed.reply(msg, site=site.name, metrics=stats.to_metrics())
 
 
-@app.train(mods=[fed.egress_guard])
+@app.train(mods=[fed.egress_guard, fed.secure_aggregation_mod])
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:
     """One DP-SGD round on this site's data, checked against its privacy budgets."""

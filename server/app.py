@@ -36,8 +36,11 @@ def main(grid: Grid, context: Context) -> None:
     initial = start.initial_weights()
     start.restore(strategy)
     runner = fed.with_central_dp(strategy, cfg, num_sites=len(nodes))
+    # Under secure aggregation a round's updates reach the strategy only as their sum.
+    train_grid = (fed.SecureTrainGrid(grid, cfg.secure_aggregation, run_id=context.run_id)
+                  if cfg.secure_aggregation.enabled else grid)
     result = runner.start(
-        grid=grid,
+        grid=train_grid,
         initial_arrays=fed.to_array_record(initial),
         num_rounds=cfg.num_server_rounds - strategy.round_offset,
         timeout=cfg.strategy.round_timeout,

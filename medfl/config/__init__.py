@@ -39,6 +39,7 @@ from medfl.config.sections import (
     PreprocessingConfig,
     PrivacyConfig,
     RunConfig,
+    SecureAggregationConfig,
     StrategyConfig,
     TrainConfig,
     TransportConfig,
@@ -49,5 +50,6 @@ __all__ = [
     "INTENSITIES", "KNOWN_KEYS", "MODELS", "OPTIMIZERS", "PARTITIONS", "SCALINGS",
     "STRATEGIES", "TASKS", "TASK_MODELS", "AttackConfig", "DataConfig", "EvaluationConfig",
     "ModelConfig", "PreprocessingConfig", "PrivacyConfig", "RunConfig", "StrategyConfig",
-    "TaskName", "TrainConfig", "TransportConfig", "parse_run_config",
+    "SecureAggregationConfig", "TaskName", "TrainConfig", "TransportConfig",
+    "parse_run_config",
 ]

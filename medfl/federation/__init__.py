@@ -42,6 +42,8 @@ from medfl.federation.records import (
     site_of,
     to_array_record,
 )
+from medfl.federation.secure_agg import SecureTrainGrid
+from medfl.federation.secure_client import secure_aggregation_mod
 from medfl.federation.validation import check_update, norm_outliers
 
 __all__ = [
@@ -50,7 +52,8 @@ __all__ = [
     "egress_guard", "final_query_nodes", "from_array_record", "guarded", "keep_local_norm",
     "model_request", "moments_from_metrics", "moments_to_metrics", "norm_outliers", "open_site",
     "query_audit", "query_feature_moments", "query_report", "Recording", "RecordingFedAvg",
-    "reply", "run_key", "sample_nodes", "scaler_from_config", "scaler_to_config", "site_of",
+    "reply", "run_key", "sample_nodes", "scaler_from_config", "secure_aggregation_mod",
+    "SecureTrainGrid", "scaler_to_config", "site_of",
     "StateMemory", "to_array_record", "train_payload", "train_reply", "wait_for_nodes",
     "weight_key", "with_central_dp", "with_local_norm",
 ]

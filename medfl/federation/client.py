@@ -30,7 +30,9 @@ from medfl.federation.records import (
     run_key,
     scaler_from_config,
 )
+from medfl.federation.secure_client import protocol_violations
 from medfl.privacy.egress import check_reply
+from medfl.privacy.secagg_contract import PROTOCOL_RECORD
 from medfl.site import ModelRequest, Site, reply_bounds, site_config
 from medfl.site.training import FitResult
 from medfl.wire import ReplyBounds
@@ -100,7 +102,10 @@ def _bounds(opened: list[Site], context: Context) -> ReplyBounds:
     return reply_bounds(site_config(parse_run_config(dict(context.run_config)), node), node)
 
 
-def _violations(msg: Message, reply_msg: Message, bounds: ReplyBounds) -> list[str]:
+def _violations(msg: Message, reply_msg: Message, bounds: ReplyBounds,
+                protocol: dict[str, Any] | None) -> list[str]:
+    if protocol is not None:  # a SecAgg+ stage of a train round
+        return protocol_violations(msg, protocol, reply_msg, bounds)
     content = reply_msg.content
     records = {**{n: "metrics" for n in content.metric_records},
                **{n: "config" for n in content.config_records},
@@ -123,6 +128,9 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
     error sent instead name the offending keys, never their values.
     """
     opened: list[Site] = []
+    # Flower's SecAgg+ mod consumes its record's stage: keep what the server asked
+    protocol = (dict(msg.content.config_records[PROTOCOL_RECORD])
+                if PROTOCOL_RECORD in msg.content.config_records else None)
     token = _OPENED.set(opened)
     try:
         reply_msg = call_next(msg, context)
@@ -132,7 +140,7 @@ def egress_guard(msg: Message, context: Context, call_next: Handler) -> Message:
         return reply_msg  # errors are already vetted by `guarded`
     kind = msg.metadata.message_type
     try:
-        violations = _violations(msg, reply_msg, _bounds(opened, context))
+        violations = _violations(msg, reply_msg, _bounds(opened, context), protocol)
     except Exception as exc:  # noqa: BLE001 - fail closed
         violations = [f"the reply could not be checked ({type(exc).__name__})"]
     if not violations:

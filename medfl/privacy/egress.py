@@ -24,7 +24,7 @@ from medfl.site.metrics import MOMENTS_WIRE, TrainMetrics
 from medfl.wire import LIST, SCALAR, ReplyBounds, WireKeys
 
 __all__ = ["COUNT_KEYS", "DECLARED", "FIXED_LENGTH", "LIST", "MAX_LENGTH", "NOISE", "REPLIES",
-           "SCALAR", "TEST_RELEASES", "check_reply"]
+           "SCALAR", "TEST_RELEASES", "check_metrics", "check_reply"]
 
 #: What each message type's reply carries, by the wire types that build it. An evaluate
 #: reply also carries its keys prefixed ``personal-``: the statistics of the site's locally
@@ -83,12 +83,21 @@ def check_reply(
     if kind not in DECLARED:
         return [f"message type {kind!r} has no egress contract"]
     out = _check_records(kind, records, site_record)
-    sizes = {**vars(bounds), "n_arrays": len(expected_arrays or {})}
+    out += check_metrics(kind, metrics, bounds=bounds, n_arrays=len(expected_arrays or {}))
+    return out + _check_arrays(kind, arrays, expected_arrays)
+
+
+def check_metrics(kind: str, metrics: dict[str, Any], *, bounds: ReplyBounds,
+                  n_arrays: int) -> list[str]:
+    """Violations by a reply's metrics record alone (``kind``'s declared keys, shapes,
+    counts at k, lengths, and noise in a test-set release)."""
+    out = []
+    sizes = {**vars(bounds), "n_arrays": n_arrays}
     for key, value in metrics.items():
         out += _check_metric(kind, key, value, k=bounds.k, sizes=sizes)
     if kind in TEST_RELEASES and not bounds.exact:
         out += _check_noise(kind, metrics)
-    return out + _check_arrays(kind, arrays, expected_arrays)
+    return out
 
 
 def _check_records(kind: str, records: dict[str, str],
