@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -163,26 +164,42 @@ class _Tap:
         return None
 
 
-def secure_train_round(grid: Any, messages: list[Message], sa: SecureAggregationConfig, *,
-                       run_id: int, timeout: float | None) -> list[Message]:
-    """Run one train round through SecAgg+; one reply per message, as the strategy expects.
+@dataclass
+class SecureSum:
+    """What one SecAgg+ protocol run gave the server.
 
-    A contributing site's reply carries the aggregated model (the global model plus the
-    mean update) and its own clear metrics; any other site's reply is an error: the one it
-    sent, or ``ERROR_SECAGG`` when the protocol halted (fewer sites than its threshold)."""
+    ``mean``: the uniform mean of the contributing sites' vectors (None when the protocol
+    halted); ``contributed``: each contributing site's "collect masked vectors" reply (its
+    clear records: ``metrics``, ``site``); ``errors``: the first error each other site sent.
+    """
+
+    mean: list[np.ndarray] | None
+    contributed: dict[int, Message]
+    errors: dict[int, Error | None]
+
+    @property
+    def count(self) -> int:
+        """How many sites' vectors the mean is over."""
+        return len(self.contributed)
+
+
+def secure_sum(grid: Any, messages: list[Message], sa: SecureAggregationConfig, *,
+               run_id: int, timeout: float | None) -> SecureSum:
+    """Run Flower's SecAgg+ over ``messages`` (train-type, one per site): each site's
+    handler answers its message's content, and its vector is masked by Flower's mod."""
     by_node = {m.metadata.dst_node_id: m for m in messages}
     tap, bridge = _Tap(grid), _LegacyBridge(grid, by_node, run_id)
     manager = SimpleClientManager()
     for proxy in bridge.proxies:
         manager.register(proxy)
-    first = messages[0]
-    server_round = int(cast(int, first.content.config_records["config"]["server-round"]))
+    config = messages[0].content.config_records["config"]
+    server_round = int(cast(int, config.get("server-round", 0)))
     state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND:
                                                            server_round}),
                         MAIN_PARAMS_RECORD: ArrayRecord()})
     context = LegacyContext(Context(run_id=run_id, node_id=0, node_config={}, state=state,
                                     run_config={}),
-                            config=ServerConfig(num_rounds=server_round),
+                            config=ServerConfig(num_rounds=max(1, server_round)),
                             strategy=bridge, client_manager=manager)
     workflow = _Workflow({n: m.content for n, m in by_node.items()}, timeout=timeout,
                          **protocol_settings(sa, len(by_node)))
@@ -191,11 +208,23 @@ def secure_train_round(grid: Any, messages: list[Message], sa: SecureAggregation
                    if not r.has_error()}
     if bridge.aggregate is None:
         contributed = {}
-    model = _aggregated_model(first, bridge.aggregate) if contributed else None
     logger.info("secure aggregation, round %d: %d of %d sites in the sum", server_round,
                 len(contributed), len(by_node))
-    return [_reply(msg, contributed.get(node), model, tap.first_error(node))
-            for node, msg in by_node.items()]
+    return SecureSum(bridge.aggregate if contributed else None, contributed,
+                     {n: tap.first_error(n) for n in by_node if n not in contributed})
+
+
+def secure_train_round(grid: Any, messages: list[Message], sa: SecureAggregationConfig, *,
+                       run_id: int, timeout: float | None) -> list[Message]:
+    """Run one train round through SecAgg+; one reply per message, as the strategy expects.
+
+    A contributing site's reply carries the aggregated model (the global model plus the
+    mean update) and its own clear metrics; any other site's reply is an error: the one it
+    sent, or ``ERROR_SECAGG`` when the protocol halted (fewer sites than its threshold)."""
+    result = secure_sum(grid, messages, sa, run_id=run_id, timeout=timeout)
+    model = _aggregated_model(messages[0], result.mean) if result.mean is not None else None
+    return [_reply(msg, result.contributed.get(msg.metadata.dst_node_id), model,
+                   result.errors.get(msg.metadata.dst_node_id)) for msg in messages]
 
 
 def _aggregated_model(msg: Message, mean_update: list[np.ndarray] | None) -> ArrayRecord:
