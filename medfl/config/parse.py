@@ -125,9 +125,10 @@ def _check_secure_aggregation(cfg: RunConfig) -> None:
         raise ConfigError("privacy.central-noise-multiplier > 0 clips each site's update at "
                           "the server, which secure-aggregation.enabled hides; use "
                           "privacy.mode = 'distributed' instead")
-    if cfg.strategy.min_round_nodes < 2:
-        raise ConfigError("secure-aggregation.enabled needs strategy.min-round-nodes >= 2: "
-                          "a sum of one site's update is that update")
+    if cfg.strategy.min_round_nodes < 3:
+        raise ConfigError("secure-aggregation.enabled needs strategy.min-round-nodes >= 3: "
+                          "a sum of one site's update is that update, and in a sum of two "
+                          "each is hidden by one mask (Flower seeds it from 32 bits)")
     if p.mode == "distributed" and (cfg.train.optimizer != "sgd" or cfg.train.momentum):
         raise ConfigError("privacy.mode='distributed' needs train.optimizer='sgd' and "
                           "train.momentum=0: the sites' noise adds up only if each update "

@@ -40,7 +40,7 @@ def _site_of(grid, node: int) -> str:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("secagg")
-    secure = {"secure-aggregation.enabled": True}
+    secure = {"secure-aggregation.enabled": True, "strategy.min-round-nodes": 3}
     return {
         "plain": _run(tmp, "plain"),
         "secure": _run(tmp, "secure", **secure),
