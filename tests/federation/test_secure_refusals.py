@@ -4,6 +4,7 @@ site's own checks of the protocol messages (through the real ClientApp)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -250,12 +251,20 @@ def test_the_setup_of_exactly_min_round_nodes_sites_is_answered():
 # --- a whole round through Flower's workflow, over the real apps ---------------------------
 
 
-class EditUnmask:
-    """The grid, but each unmask message names only ``keep`` of its active nodes (a
-    server that asks a site to unmask a smaller sum than the round's)."""
+Edit = Callable[[list[int], list[int]], tuple[list[int], list[int]]]
 
-    def __init__(self, grid: InProcessGrid, keep: int | None) -> None:
-        self.grid, self.keep = grid, keep
+
+def keep_first(n: int) -> Edit:
+    """Each unmask message names only its first ``n`` active nodes (a server that asks a
+    site to unmask a smaller sum than the round's)."""
+    return lambda active, dead: (sorted(active)[:n], dead)
+
+
+class EditUnmask:
+    """The grid, with each unmask message's (active, dead) node lists edited."""
+
+    def __init__(self, grid: InProcessGrid, edit: Edit | None) -> None:
+        self.grid, self.edit = grid, edit
         self.unmask_sent: list[list[int]] = []
 
     def send_and_receive(self, messages: Any, *, timeout: float | None = None
@@ -263,21 +272,24 @@ class EditUnmask:
         sent = list(messages)
         for msg in sent:
             configs = msg.content.config_records[RECORD_KEY_CONFIGS]
-            if configs[Key.STAGE] == Stage.UNMASK and self.keep is not None:
-                active = sorted(configs[Key.ACTIVE_NODE_ID_LIST])
-                configs[Key.ACTIVE_NODE_ID_LIST] = active[:self.keep]
-            if configs[Key.STAGE] == Stage.UNMASK:
-                self.unmask_sent.append(list(configs[Key.ACTIVE_NODE_ID_LIST]))
+            if configs[Key.STAGE] != Stage.UNMASK:
+                continue
+            if self.edit is not None:
+                active, dead = self.edit(list(configs[Key.ACTIVE_NODE_ID_LIST]),
+                                         list(configs[Key.DEAD_NODE_ID_LIST]))
+                configs[Key.ACTIVE_NODE_ID_LIST] = active
+                configs[Key.DEAD_NODE_ID_LIST] = dead
+            self.unmask_sent.append(list(configs[Key.ACTIVE_NODE_ID_LIST]))
         return self.grid.send_and_receive(sent, timeout=timeout)
 
 
-def _round(raw: dict[str, Any], model: ArrayRecord, keep: int | None = None
+def _round(raw: dict[str, Any], model: ArrayRecord, edit: Edit | None = None
            ) -> tuple[list[Message], EditUnmask]:
     """One secure train round of the four hospitals on ``model``."""
     from client.app import app
 
     set_task_identity()
-    grid = EditUnmask(InProcessGrid(app, raw, num_nodes=4), keep)
+    grid = EditUnmask(InProcessGrid(app, raw, num_nodes=4), edit)
     messages = [Message(RecordDict({"arrays": model,
                                     "config": ConfigRecord({"server-round": 1})}),
                         dst_node_id=node, message_type="train")
@@ -326,17 +338,41 @@ def test_a_full_round_unmasks_the_mean_of_the_clipped_updates():
     assert len({str(r.content["site"]["name"]) for r in replies}) == 4
 
 
+def _unmask_replies(grid: EditUnmask) -> list[Message]:
+    asked = {m.metadata.message_id for m in grid.grid.sent
+             if m.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.UNMASK}
+    return [r for r in grid.grid.replies if r.metadata.reply_to_message_id in asked]
+
+
 def test_a_site_refuses_to_unmask_a_sum_of_fewer_than_min_round_nodes():
     raw = run_config(**{**FAST, "strategy.min-round-nodes": 4})
-    replies, grid = _round(raw, _global_model(raw), keep=3)
+    replies, grid = _round(raw, _global_model(raw), keep_first(3))
     assert [len(active) for active in grid.unmask_sent] == [3, 3, 3, 3]
     # every site refused at the unmask stage: the sum was never unmasked
     for reply in replies:
         _refused(reply, "fewer than 4 sites", "strategy.min-round-nodes")
-    unmask_replies = [r for r in grid.grid.replies
-                      if r.metadata.reply_to_message_id in {
-                          m.metadata.message_id for m in grid.grid.sent
-                          if m.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
-                          == Stage.UNMASK}]
+    unmask_replies = _unmask_replies(grid)
+    assert len(unmask_replies) == 4 and all(r.has_error() for r in unmask_replies)
+
+
+def _pad_with_duplicates(active: list[int], dead: list[int]) -> tuple[list[int], list[int]]:
+    """Three of the four sites, the third named twice: four entries, three sites."""
+    kept = sorted(active)[:3]
+    return kept + kept[-1:], dead
+
+
+def _both_active_and_dead(active: list[int], dead: list[int]) -> tuple[list[int], list[int]]:
+    """One site named as contributing and as dropped: asks for its mask seed's share and
+    its key's share at once, the two a server needs to unmask that site alone."""
+    return active, dead + [max(active)]
+
+
+@pytest.mark.parametrize("edit", [_pad_with_duplicates, _both_active_and_dead])
+def test_a_site_refuses_an_unmask_naming_a_site_twice(edit):
+    raw = run_config(**{**FAST, "strategy.min-round-nodes": 4})
+    replies, grid = _round(raw, _global_model(raw), edit)
+    unmask_replies = _unmask_replies(grid)
     assert len(unmask_replies) == 4
-    assert all(r.has_error() for r in unmask_replies)
+    for reply in unmask_replies:  # no site sent a single share
+        _refused(reply, "more than once")
+    assert all(r.has_error() for r in replies)
