@@ -17,7 +17,8 @@ server's protocol messages are untrusted):
   name at least ``strategy.min-round-nodes`` sites (the fewest a round is aggregated with,
   which distributed DP's noise share is calibrated to);
 * a site does not help unmask a sum of fewer than that many contributing sites (of those
-  it can see: its SecAgg+ neighbours).
+  it can see: its SecAgg+ neighbours), nor answer an unmask that names a site twice (a
+  padded count, or one site as both contributing and dropped: both of its secrets).
 
 Flower's own checks (stage order, key uniqueness, ciphertext sources) run inside
 ``secaggplus_mod``; any failure is answered with a fixed error naming the stage only.
@@ -85,8 +86,13 @@ def _setup_problem(cfg: RunConfig, configs: ConfigRecord) -> str | None:
 
 
 def _unmask_problem(cfg: RunConfig, configs: ConfigRecord, share_num: int) -> str | None:
-    active = configs.get(Key.ACTIVE_NODE_ID_LIST)
+    active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
     need = min(cfg.strategy.min_round_nodes, share_num)
+    if isinstance(active, list) and isinstance(dead, list):
+        named = [*active, *dead]
+        if len(set(named)) != len(named):  # a padded count, or both secrets of one site
+            return ("the unmask names a site more than once (as contributing and as "
+                    "dropped, or twice); each site may be named once")
     if not isinstance(active, list) or len(active) < need:
         return (f"the sum to unmask holds fewer than {need} sites this site can see "
                 "(strategy.min-round-nodes)")
