@@ -69,16 +69,25 @@ def protocol_settings(sa: SecureAggregationConfig, num_sites: int) -> dict[str, 
             f"{num_sites} sites x secure-aggregation.quantization-range="
             f"{sa.quantization_range} overflows Flower's 2^32 modulus; use a range below "
             f"{MODULUS // num_sites}")
-    shares = sa.num_shares or min(num_sites, AUTO_MAX_SHARES)
-    shares = min(shares, num_sites)
+    shares, threshold = share_plan(sa, num_sites)
+    every = shares == num_sites
+    return {"num_shares": 1.0 if every else shares,
+            "reconstruction_threshold": threshold / shares if every else threshold,
+            "clipping_range": sa.clipping_range, "quantization_range": sa.quantization_range,
+            "modulus_range": MODULUS, "max_weight": MAX_WEIGHT}
+
+
+def share_plan(sa: SecureAggregationConfig, num_sites: int) -> tuple[int, int]:
+    """(shares per site, shares needed to unmask) for ``num_sites`` sampled sites, as
+    Flower's workflow ends up with them from :func:`protocol_settings`: a site checks the
+    setup it receives against this, so the server cannot lower either."""
+    shares = min(sa.num_shares or AUTO_MAX_SHARES, num_sites)
+    if shares < num_sites and shares % 2 == 0:
+        shares += 1  # SecAgg+ wants an odd number (Flower would fix it after announcing it)
     threshold = max(2, round(sa.reconstruction_threshold * shares))
     if shares < num_sites:  # Flower: an integer threshold below the number of shares
         threshold = min(threshold, shares - 1)
-    return {"num_shares": shares if shares < num_sites else 1.0,
-            "reconstruction_threshold": threshold if shares < num_sites
-            else threshold / shares,
-            "clipping_range": sa.clipping_range, "quantization_range": sa.quantization_range,
-            "modulus_range": MODULUS, "max_weight": MAX_WEIGHT}
+    return shares, threshold
 
 
 class _LegacyBridge(Strategy):
@@ -203,7 +212,12 @@ def secure_sum(grid: Any, messages: list[Message], sa: SecureAggregationConfig, 
                             strategy=bridge, client_manager=manager)
     workflow = _Workflow({n: m.content for n, m in by_node.items()}, timeout=timeout,
                          **protocol_settings(sa, len(by_node)))
-    workflow(cast(Any, tap), context)
+    try:
+        workflow(cast(Any, tap), context)
+    except Exception as exc:  # noqa: BLE001 - e.g. a site's malformed shares: no sum, no crash
+        logger.error("secure aggregation, round %d: the protocol failed (%s); the round is "
+                     "not aggregated", server_round, type(exc).__name__)
+        bridge.aggregate = None
     contributed = {n: r for n, r in tap.replies.get(Stage.COLLECT_MASKED_VECTORS, {}).items()
                    if not r.has_error()}
     if bridge.aggregate is None:

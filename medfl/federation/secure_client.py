@@ -39,7 +39,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from medfl.config import RunConfig, parse_run_config
-from medfl.federation.secure_agg import ERROR_SECAGG, MAX_WEIGHT, MODULUS
+from medfl.federation.secure_agg import ERROR_SECAGG, MAX_WEIGHT, MODULUS, share_plan
 from medfl.privacy.egress import check_metrics
 from medfl.privacy.secagg_contract import ProtocolReply, check_protocol_reply
 from medfl.wire import ReplyBounds
@@ -82,10 +82,16 @@ def _setup_problem(cfg: RunConfig, configs: ConfigRecord) -> str | None:
     if not isinstance(sample_num, int) or sample_num < m:
         return (f"the setup names fewer sites than strategy.min-round-nodes={m}, the fewest "
                 "a sum may hold")
+    shares, threshold = share_plan(sa, sample_num)
+    if (configs.get(Key.SHARE_NUMBER), configs.get(Key.THRESHOLD)) != (shares, threshold):
+        return (f"the setup's {Key.SHARE_NUMBER} / {Key.THRESHOLD} differ from what the run's "
+                f"secure-aggregation settings give for {sample_num} sites ({shares} / "
+                f"{threshold})")
     return None
 
 
-def _unmask_problem(cfg: RunConfig, configs: ConfigRecord, share_num: int) -> str | None:
+def _unmask_problem(cfg: RunConfig, configs: ConfigRecord, share_num: int,
+                    node_id: int) -> str | None:
     active, dead = configs.get(Key.ACTIVE_NODE_ID_LIST), configs.get(Key.DEAD_NODE_ID_LIST)
     need = min(cfg.strategy.min_round_nodes, share_num)
     if isinstance(active, list) and isinstance(dead, list):
@@ -93,6 +99,9 @@ def _unmask_problem(cfg: RunConfig, configs: ConfigRecord, share_num: int) -> st
         if len(set(named)) != len(named):  # a padded count, or both secrets of one site
             return ("the unmask names a site more than once (as contributing and as "
                     "dropped, or twice); each site may be named once")
+        if node_id in dead:  # it sent its masked vector, so it is alive
+            return ("the unmask names this site as dropped out after it sent its masked "
+                    "vector; its secret key's shares would unmask its update")
     if not isinstance(active, list) or len(active) < need:
         return (f"the sum to unmask holds fewer than {need} sites this site can see "
                 "(strategy.min-round-nodes)")
@@ -136,7 +145,7 @@ def _problem(cfg: RunConfig, msg: Message, context: Context) -> str | None:
     if stage == Stage.SETUP:
         return _setup_problem(cfg, configs)
     if stage == Stage.UNMASK:
-        return _unmask_problem(cfg, configs, _share_num(context))
+        return _unmask_problem(cfg, configs, _share_num(context), msg.metadata.dst_node_id)
     return None
 
 

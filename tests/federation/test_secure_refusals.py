@@ -68,7 +68,7 @@ def _parse(**overrides: Any):
     return parse_run_config(run_config(**overrides))
 
 
-SA = {"secure-aggregation.enabled": True}
+SA = {"secure-aggregation.enabled": True, "strategy.min-round-nodes": 3}
 DISTRIBUTED = {**SA, "privacy.mode": "distributed", "train.optimizer": "sgd",
                "train.momentum": 0.0}
 
@@ -96,9 +96,11 @@ def test_central_dp_is_refused():
         _parse(**SA, **{"privacy.central-noise-multiplier": 1.0})
 
 
-def test_a_round_of_one_site_is_refused():
-    with pytest.raises(ConfigError, match="min-round-nodes"):
-        _parse(**SA, **{"strategy.min-round-nodes": 1})
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_a_sum_of_fewer_than_three_sites_is_refused(nodes):
+    # one site's sum is its update; two sites' hides each behind one 32-bit-seeded mask
+    with pytest.raises(ConfigError, match="min-round-nodes >= 3"):
+        _parse(**{**SA, "strategy.min-round-nodes": nodes})
 
 
 def test_distributed_dp_needs_secure_aggregation_and_sgd():
@@ -376,3 +378,28 @@ def test_a_site_refuses_an_unmask_naming_a_site_twice(edit):
     for reply in unmask_replies:  # no site sent a single share
         _refused(reply, "more than once")
     assert all(r.has_error() for r in replies)
+
+
+def _this_site_dropped(active: list[int], dead: list[int]) -> tuple[list[int], list[int]]:
+    """The largest node id, which did send its masked vector, named as dropped out."""
+    return [n for n in active if n != max(active)], dead + [max(active)]
+
+
+def test_a_site_named_as_dropped_after_sending_refuses_to_hand_over_its_key():
+    raw = run_config(**{**FAST, "strategy.min-round-nodes": 3})
+    replies, grid = _round(raw, _global_model(raw), _this_site_dropped)
+    named = max(grid.grid.contexts)
+    (reply,) = [r for r in _unmask_replies(grid) if r.metadata.src_node_id == named]
+    _refused(reply, "dropped out after it sent its masked vector")
+    # the server, missing that share, aggregates nothing (and does not crash)
+    assert all(r.has_error() for r in replies)
+
+
+@pytest.mark.parametrize("changes", [{Key.SHARE_NUMBER: 3}, {Key.THRESHOLD: 2},
+                                     {Key.THRESHOLD: 1}, {Key.SHARE_NUMBER: 2,
+                                                          Key.THRESHOLD: 2}])
+def test_a_setup_with_fewer_shares_or_a_lower_threshold_is_refused(changes):
+    # 4 sites at the defaults: every site shares with all 4, round(0.67 x 4) = 3 unmask;
+    # fewer shares would lower the sum a site insists on, a lower threshold its secrecy
+    reply = Sites(run_config(**FAST)).send(_setup(**changes))
+    _refused(reply, "share_num / threshold differ", "(4 / 3)")

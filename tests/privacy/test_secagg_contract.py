@@ -222,7 +222,8 @@ def _context() -> Context:
     return Context(run_id=1, node_id=NODE, node_config={"partition-id": 0,
                                                         "num-partitions": 4},
                    state=RecordDict(),
-                   run_config=run_config(**{"secure-aggregation.enabled": True}))
+                   run_config=run_config(**{"secure-aggregation.enabled": True,
+                                             "strategy.min-round-nodes": 3}))
 
 
 def _setup_message() -> Message:
