@@ -17,6 +17,10 @@
 #                      true to allow that release outside DP (default false: refused):
 #                      personalised evaluation, the membership audit on training rows,
 #                      feature moments without noise, a site-local standardiser
+#   TRUST_SECURE_AGGREGATION  true to join privacy.mode="distributed" runs, adding only a
+#                      share of the DP-SGD noise and trusting SecAgg+ (default false: refused)
+#   MAX_LOCAL_EPSILON  cap on a distributed run's unconditional epsilon, what this site's
+#                      own noise share guarantees alone (default 10.0; 0: none)
 # Only app code this site approved runs here (`medfl site approve`, deploy/README.md): a
 # task for any other app bundle is refused before its code is unpacked.
 # Stop it with Ctrl-C or `docker stop`; it exits 1 (Flower code 305) if the SuperLink
@@ -30,4 +34,4 @@ exec medfl site supernode --state-dir "${STATE_DIR:-/state}" \
     --superlink "$SUPERLINK" \
     --root-certificates "${CA_CERT:-/keys/ca.crt}" \
     --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \
-    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false} max-test-epsilon=${MAX_TEST_EPSILON:-1.0} lifetime-test-epsilon=${LIFETIME_TEST_EPSILON:-${LIFETIME_EPSILON:-10.0}} allow-exact-evaluation=${ALLOW_EXACT_EVALUATION:-false}${MAX_DELTA:+ max-delta=$MAX_DELTA}"
+    --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false} max-test-epsilon=${MAX_TEST_EPSILON:-1.0} lifetime-test-epsilon=${LIFETIME_TEST_EPSILON:-${LIFETIME_EPSILON:-10.0}} allow-exact-evaluation=${ALLOW_EXACT_EVALUATION:-false} trust-secure-aggregation=${TRUST_SECURE_AGGREGATION:-false} max-local-epsilon=${MAX_LOCAL_EPSILON:-10.0}${MAX_DELTA:+ max-delta=$MAX_DELTA}"

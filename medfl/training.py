@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable
@@ -78,8 +79,10 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
                  epochs: int, device: torch.device,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  proximal_mu: float = 0.0,
-                 before_step: Callable[[], None] | None = None) -> TrainResult:
-    """Run ``epochs`` passes of training; one optimizer step per batch.
+                 before_step: Callable[[], None] | None = None,
+                 max_steps: int | None = None) -> TrainResult:
+    """Run ``epochs`` passes of training; one optimizer step per batch, and at most
+    ``max_steps`` steps in all when given (distributed DP's one DP-SGD step a round).
 
     ``criterion(logits, targets)`` defaults to binary cross-entropy on one logit.
     ``proximal_mu`` > 0 adds FedProx's term (mu / 2) ||w - w_start||^2 as a step of
@@ -106,25 +109,25 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     steps, loss_sum, loss_n = 0, 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    for _ in range(epochs):
-        for xb, yb in loader:
-            xb, yb = xb.to(device), yb.to(device)
-            optimizer.zero_grad()
-            logits = model(xb)
-            loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
-            loss.backward()
-            if before_step is not None:
-                before_step()
-            optimizer.step()
-            if anchors:
-                pull = optimizer.param_groups[0]["lr"] * proximal_mu
-                with torch.no_grad():
-                    for p, a in zip(params, anchors, strict=True):
-                        p.sub_(pull * (p - a))
-            steps += 1
-            if len(yb) and (before_step is None or math.isfinite(float(loss.item()))):
-                loss_sum += float(loss.item()) * len(yb)
-                loss_n += len(yb)
+    batches = itertools.chain.from_iterable(loader for _ in range(epochs))
+    for xb, yb in itertools.islice(batches, max_steps):
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad()
+        logits = model(xb)
+        loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
+        loss.backward()
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+        if anchors:
+            pull = optimizer.param_groups[0]["lr"] * proximal_mu
+            with torch.no_grad():
+                for p, a in zip(params, anchors, strict=True):
+                    p.sub_(pull * (p - a))
+        steps += 1
+        if len(yb) and (before_step is None or math.isfinite(float(loss.item()))):
+            loss_sum += float(loss.item()) * len(yb)
+            loss_n += len(yb)
     mean_loss = loss_sum / loss_n if loss_n else math.nan
     if not math.isfinite(mean_loss) and loss_n and before_step is None:
         raise FloatingPointError("training loss is not finite; lower train.lr")

@@ -263,6 +263,7 @@ class DPPlan:
         accountant: str,
         prior: History | None = None,
         after: History | None = None,
+        one_step: bool = False,
     ) -> DPPlan:
         """Plan the run so that the last round ends exactly at (≤) ``target_epsilon``,
         with ``prior`` (releases made before training) and ``after`` (releases planned
@@ -270,10 +271,12 @@ class DPPlan:
 
         Opacus' Poisson loader samples each record with rate ``1 / len(loader)``, where
         the loader has ``ceil(n / batch_size)`` batches; an epoch is that many steps.
+        ``one_step``: a round is one DP-SGD step whatever ``local_epochs`` (DP-FedSGD, as
+        distributed DP needs: :mod:`medfl.privacy.distributed`).
         """
         batches = max(1, math.ceil(n_train / batch_size))
         sample_rate = 1.0 / batches
-        steps_per_round = batches * local_epochs
+        steps_per_round = 1 if one_step else batches * local_epochs
         sigma = calibrate_noise(
             target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
             steps=steps_per_round * rounds, accountant=accountant,

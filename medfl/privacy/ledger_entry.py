@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from medfl.privacy.dp import History
@@ -32,6 +32,8 @@ def budget_of(entry: dict[str, Any]) -> str:
 
 
 Decide = Callable[[History], tuple[History, float]]
+#: extra fields of a spending entry, from its spend and the run's history after it
+Annotate = Callable[[History, History], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,9 @@ class Attempt:
     that continues that very state continues its history; ``site_delta`` is the δ the
     lifetime ε is composed at; ``delta`` the run's own δ (its ``epsilon_run``);
     ``budget`` the rows it reads (``TRAIN`` or ``TEST``) and ``release`` which test-set
-    release it is (``report`` or ``monitor``; empty for training)."""
+    release it is (``report`` or ``monitor``; empty for training). ``annotate`` adds
+    fields to the entry of an attempt that is not refused (distributed DP's unconditional
+    ε, :mod:`medfl.privacy.distributed`); entries without them verify as before."""
 
     run_id: int
     run_tag: str
@@ -54,6 +58,7 @@ class Attempt:
     limit: float
     budget: str = TRAIN
     release: str = ""
+    annotate: Annotate | None = field(default=None, compare=False, repr=False)
 
     def entry(self, status: str, spend: History, history: History,
               epsilon_run: float) -> dict[str, Any]:
@@ -68,5 +73,7 @@ class Attempt:
             "accountant": self.accountant,
             "lifetime_limit": float(self.limit) if 0 < self.limit < math.inf else None,
             "budget": self.budget, **({"release": self.release} if self.release else {}),
+            **(self.annotate(spend, history) if self.annotate is not None
+               and status != "refused" else {}),
         }
 

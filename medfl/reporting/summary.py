@@ -7,6 +7,7 @@ from typing import Any, cast
 from medfl.config import RunConfig
 from medfl.evaluation.stats import SiteEvalStats, pool_site_stats
 from medfl.privacy.audit import AUDIT_SIGMA, AuditResult
+from medfl.privacy.distributed import assumption, is_distributed, run_share
 from medfl.privacy.dp import epsilon_from_history
 from medfl.reporting.summary_schema import (
     Audit,
@@ -90,7 +91,12 @@ def non_dp_releases(cfg: RunConfig) -> list[str]:
 def mechanisms(cfg: RunConfig) -> list[str]:
     """The privacy mechanisms this run applies, in words."""
     out = []
-    if cfg.privacy.enabled:
+    if is_distributed(cfg):
+        m = cfg.strategy.min_round_nodes
+        out.append(f"distributed DP-SGD: one DP-SGD step per round at each site (Opacus, "
+                   f"Poisson sampling, per-sample clipping) adding 1/√{m} of the Gaussian "
+                   "noise; the secure sum of at least that many sites carries all of it")
+    elif cfg.privacy.enabled:
         out.append("DP-SGD at each site (Opacus, Poisson sampling, per-sample clipping, "
                    "Gaussian noise)")
     if cfg.is_tabular and cfg.preprocessing.scaling == "federated" and not exact_moments(cfg):
@@ -193,9 +199,14 @@ def _compose_audit(cfg: RunConfig, site: SiteSummary) -> None:
                                 "noise_multiplier": AUDIT_SIGMA, "sample_rate": 1.0,
                                 "steps": 1})
     site.accountant_history.append([AUDIT_SIGMA, 1.0, 1])
-    site.epsilon = epsilon_from_history(
-        [(float(a), float(b), int(c)) for a, b, c in site.accountant_history],
-        delta=site.delta, accountant=cfg.privacy.accountant)
+    history = [(float(a), float(b), int(c)) for a, b, c in site.accountant_history]
+    site.epsilon = epsilon_from_history(history, delta=site.delta,
+                                        accountant=cfg.privacy.accountant)
+    if site.epsilon_local is not None:  # distributed DP: DP-SGD's steps at the site's share
+        sgd, share = (site.noise_multiplier, site.sample_rate), run_share(cfg)
+        site.epsilon_local = epsilon_from_history(
+            [((s * share if (s, q) == sgd else s), q, n) for s, q, n in history],
+            delta=site.delta, accountant=cfg.privacy.accountant)
 
 
 def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | None,
@@ -207,6 +218,7 @@ def _site(cfg: RunConfig, name: str, t: TrainMetrics | None, e: SiteEvalStats | 
         n_test=e.n if e else None,
         epsilon=t.epsilon if t is not None else None,
         epsilon_lifetime=t.epsilon_lifetime if t is not None else None,
+        epsilon_local=t.epsilon_local if t is not None else None,
         steps=t.steps if t is not None else None,
         **_site_privacy(cfg, t),
         rounds_trained=len(trained),
@@ -220,6 +232,9 @@ def _guarantee(cfg: RunConfig) -> str:
     """The run's guarantee in one line: the training rows' and the test rows'."""
     train = ("sample-level (ε, δ)-DP per site for the model updates" if cfg.privacy.enabled
              else "none for the model updates (DP-SGD off)")
+    if is_distributed(cfg):
+        train += (" as the server sees them, in secure sums (privacy.distributed states the "
+                  "assumption; each site's own update alone: epsilon_local)")
     test = ("(ε, δ)-DP per site for every test-set statistic" if cfg.privacy.test_epsilon > 0
             else "none for the test-set statistics (exact, privacy.test-epsilon = 0)")
     return f"{train}; {test}"
@@ -251,7 +266,21 @@ def _privacy(cfg: RunConfig, sites: list[SiteSummary], order: list[str], *,
         test_epsilon_target=cfg.privacy.test_epsilon,
         per_patient_epsilon=per_patient_epsilon(sites),
         composition=COMPOSITION,
+        mode=cfg.privacy.mode,
+        distributed=distributed_block(cfg),
     )
+
+
+def distributed_block(cfg: RunConfig) -> dict[str, Any] | None:
+    """Distributed DP's terms (``privacy.distributed``), None in local mode: the noise
+    share each site adds, the fewest sites in a sum, the binding guarantee's assumption and
+    where the unconditional one is reported (:mod:`medfl.privacy.distributed`)."""
+    if not is_distributed(cfg):
+        return None
+    m = cfg.strategy.min_round_nodes
+    return {"noise_share": run_share(cfg), "min_sites": m, "assumes": assumption(m),
+            "epsilon_unconditional": ("per site, epsilon_local: holds even against a "
+                                      "coordinator that unmasks one site")}
 
 
 def _personal(cfg: RunConfig, sites: list[SiteSummary],

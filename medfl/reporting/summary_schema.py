@@ -64,6 +64,8 @@ class SiteSummary:
     accounted release, so that ``epsilon`` can be recomputed with ``accountant``.
     ``epsilon`` is the training rows' ε this run, ``test_epsilon`` the test rows' (None
     when no reply stated it, as in files written before the test budget).
+    ``epsilon_local`` is the unconditional training ε of distributed DP (the site's own
+    noise share alone; None in local mode and in files written before it).
     """
 
     name: str
@@ -84,9 +86,10 @@ class SiteSummary:
     metrics: Metrics
     personal_metrics: Metrics | None = None
     test_epsilon: float | None = None
+    epsilon_local: float | None = None
 
-    _SCALARS = ("n_train", "n_test", "epsilon", "epsilon_lifetime", "steps", "delta",
-                "noise_multiplier", "sample_rate", "max_grad_norm", "accountant",
+    _SCALARS = ("n_train", "n_test", "epsilon", "epsilon_lifetime", "epsilon_local", "steps",
+                "delta", "noise_multiplier", "sample_rate", "max_grad_norm", "accountant",
                 "last_round_trained")
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +146,9 @@ class PrivacySummary:
 
     ``test_epsilon_target`` is the run's ``privacy.test-epsilon`` (0: exact test figures);
     ``per_patient_epsilon`` each site's larger of its training and test ε this run, as
-    ``composition`` states (None in files written before the test budget)."""
+    ``composition`` states (None in files written before the test budget). ``mode`` is
+    ``privacy.mode`` and ``distributed`` distributed DP's noise share, minimum sites and
+    assumption (None in local mode; both None in files written before them)."""
 
     dp_sgd: bool
     guarantee: str
@@ -164,18 +169,21 @@ class PrivacySummary:
     test_epsilon_target: float | None = None
     per_patient_epsilon: dict[str, float | None] | None = None
     composition: str | None = None
+    mode: str | None = None
+    distributed: dict[str, Any] | None = None
 
     _PLAIN = ("dp_sgd", "guarantee", "target_epsilon", "target_delta", "max_epsilon",
               "lifetime_epsilon_limit", "secure_noise", "k_threshold", "feature_scaling",
               "stats_noise_multiplier", "non_dp_releases", "mechanisms", "accountant",
               "central_dp", "secure_aggregation")
-    #: written only by runs with a test budget (left out when None)
-    _TEST_BUDGET = ("test_epsilon_target", "per_patient_epsilon", "composition")
+    #: written only by newer runs (the test budget, then privacy.mode; left out when None)
+    _LATER = ("test_epsilon_target", "per_patient_epsilon", "composition", "mode",
+              "distributed")
 
     def to_dict(self) -> dict[str, Any]:
         """The block as written in ``summary.json``."""
         out = {key: getattr(self, key) for key in self._PLAIN}
-        out |= _optional(**{key: getattr(self, key) for key in self._TEST_BUDGET})
+        out |= _optional(**{key: getattr(self, key) for key in self._LATER})
         out["audit"] = self.audit.to_dict() if self.audit is not None else None
         return out
 
@@ -183,7 +191,7 @@ class PrivacySummary:
     def from_dict(cls, data: Mapping[str, Any]) -> PrivacySummary:
         """Read a block written by :meth:`to_dict`."""
         audit = section(data, "audit")
-        plain: dict[str, Any] = {key: data.get(key) for key in cls._PLAIN + cls._TEST_BUDGET}
+        plain: dict[str, Any] = {key: data.get(key) for key in cls._PLAIN + cls._LATER}
         plain |= {"non_dp_releases": strings(data, "non_dp_releases"),
                   "mechanisms": strings(data, "mechanisms"),
                   "k_threshold": int(require(data, "k_threshold", where="summary.json privacy"))}

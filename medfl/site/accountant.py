@@ -56,7 +56,8 @@ def dp_state_path(cfg: RunConfig, site: str, node_config: dict[str, Any], run_ke
     p, t = cfg.privacy, cfg.train
     plan_inputs = (site, cfg.seed, cfg.num_server_rounds, t.local_epochs, t.batch_size,
                    p.enabled, p.target_epsilon, p.target_delta, p.max_grad_norm, p.accountant,
-                   cfg.preprocessing.stats_noise_multiplier, cfg.task.value, cfg.model.name)
+                   cfg.preprocessing.stats_noise_multiplier, cfg.task.value, cfg.model.name,
+                   *((p.mode, cfg.strategy.min_round_nodes) if p.mode == "distributed" else ()))
     tag = hashlib.sha256(repr(plan_inputs).encode()).hexdigest()[:12]
     return site_state_dir(cfg, site, node_config) / "dp-state" / f"run-{int(run_key)}-{tag}.json"
 
@@ -249,8 +250,7 @@ class SiteAccountant:
 
     def test_site_delta(self, n_test: int) -> float:
         """The δ this site accepts for its test rows and composes their lifetime ε at:
-        ``max-delta``, else 1/(10·n) for its ``n_test`` test rows, when deployed or when
-        ``max-delta`` is set; in a simulation without it, the run's own δ."""
+        :meth:`site_delta` for its ``n_test`` test rows."""
         return self.site_delta(n_test)
 
     def require_test_delta(self, n_test: int) -> None:

@@ -14,12 +14,13 @@ from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.types import SiteData
 from medfl.errors import ConfigError
+from medfl.privacy.distributed import is_distributed
 from medfl.site.policy import SITE_POLICY_KEYS, SitePolicy
 from medfl.site.releases import check_releases
 
-__all__ = ["SITE_POLICY_KEYS", "check_test_epsilon", "enforce_site_policy", "lifetime_limit",
-           "load_node_site", "load_site", "resolve_site", "round_seed", "site_config",
-           "site_state_dir"]
+__all__ = ["SITE_POLICY_KEYS", "check_distributed", "check_local_epsilon", "check_test_epsilon",
+           "enforce_site_policy", "lifetime_limit", "load_node_site", "load_site",
+           "resolve_site", "round_seed", "site_config", "site_state_dir"]
 
 
 def resolve_site(cfg: RunConfig, node_config: dict[str, Any]) -> str:
@@ -107,6 +108,28 @@ def check_test_epsilon(cfg: RunConfig, policy: SitePolicy) -> None:
                           f"max-test-epsilon={cap:g}. Valid here: {valid}")
 
 
+def check_distributed(cfg: RunConfig, policy: SitePolicy) -> None:
+    """Refuse (``ConfigError``) a distributed-DP run unless this site trusts secure
+    aggregation (node-config ``trust-secure-aggregation``, false when deployed)."""
+    if is_distributed(cfg) and not policy.trust_secure_aggregation:
+        raise ConfigError(
+            "privacy.mode='distributed' asks this site to add only a share of the DP-SGD "
+            "noise and to trust SecAgg+ with the rest; its node config would need "
+            "trust-secure-aggregation=true. Valid here: privacy.mode='local'")
+
+
+def check_local_epsilon(policy: SitePolicy, planned: float) -> None:
+    """Refuse (``ConfigError``) a distributed-DP run whose planned unconditional ε (the
+    whole run at the site's own noise share) exceeds node-config ``max-local-epsilon``."""
+    cap = policy.max_local_epsilon
+    if cap is not None and planned > cap:
+        raise ConfigError(
+            f"privacy.mode='distributed' would give this site an unconditional ε={planned:.3f} "
+            f"over the run (its own noise share alone), above its max-local-epsilon={cap:g}; "
+            "lower privacy.target-epsilon or strategy.min-round-nodes, or train in "
+            "privacy.mode='local'")
+
+
 def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePolicy:
     """Refuse a run whose privacy settings are weaker than this site's own policy, and
     return that policy (:class:`SitePolicy`).
@@ -116,8 +139,9 @@ def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePoli
     deployed site sets none), ``require-dp`` (true when deployed) demands DP-SGD with
     secure noise, ``max-test-epsilon`` (1.0 when deployed) caps ``privacy.test-epsilon``
     and ``allow-exact-evaluation`` (false when deployed) allows it to be 0, and each
-    non-DP release the run asks must be allowed (``allow-*``). A deployed site with no
-    explicit policy refuses every run (``ConfigError``).
+    non-DP release the run asks must be allowed (``allow-*``), and a distributed-DP run
+    needs ``trust-secure-aggregation``. A deployed site with no explicit policy refuses
+    every run (``ConfigError``).
     """
     policy = SitePolicy.from_node_config(node_config)
     p = cfg.privacy
@@ -132,6 +156,7 @@ def enforce_site_policy(cfg: RunConfig, node_config: dict[str, Any]) -> SitePoli
         raise ConfigError("this site requires DP-SGD with secure noise (privacy.enabled=true, "
                           "privacy.secure-noise=true)")
     check_releases(cfg, policy)
+    check_distributed(cfg, policy)
     return policy
 
 

@@ -31,6 +31,9 @@ class TrainMetrics:
     ``site_weight`` is a constant, so that central DP can average sites uniformly.
     ``epsilon_lifetime`` (every run in the site's ledger composed with this one) is set by
     the ledger-checked round; ``int8_scales`` by transport compression.
+    ``epsilon_local`` (distributed DP only) is the run's unconditional ε: what the site's
+    own noise share guarantees even against a coordinator that unmasks its update alone
+    (:mod:`medfl.privacy.distributed`); ``epsilon`` is then the binding ε of the sum.
     """
 
     num_examples: int
@@ -44,10 +47,12 @@ class TrainMetrics:
     site_weight: float = 1.0
     epsilon_lifetime: float | None = None
     int8_scales: tuple[float, ...] | None = None
+    epsilon_local: float | None = None
 
     WIRE: ClassVar[WireKeys] = WireKeys(
         scalars=("num-examples", "site-weight", "epsilon", "delta", "noise-multiplier",
-                 "sample-rate", "max-grad-norm", "steps", "epsilon-lifetime"),
+                 "sample-rate", "max-grad-norm", "steps", "epsilon-lifetime",
+                 "epsilon-local"),
         lists=("prior-noise-multipliers", INT8_SCALES),
         counts=frozenset({"num-examples"}),
         fixed_length={INT8_SCALES: "n_arrays"},
@@ -68,11 +73,14 @@ class TrainMetrics:
             out["epsilon-lifetime"] = self.epsilon_lifetime
         if self.int8_scales is not None:
             out[INT8_SCALES] = list(self.int8_scales)
+        if self.epsilon_local is not None:
+            out["epsilon-local"] = self.epsilon_local
         return out
 
     @classmethod
     def from_metrics(cls, m: Mapping[str, Any]) -> TrainMetrics:
-        """Parse :meth:`to_metrics`' form (``epsilon-lifetime`` and ``int8-scales`` optional)."""
+        """Parse :meth:`to_metrics`' form (``epsilon-lifetime``, ``int8-scales`` and
+        ``epsilon-local`` optional)."""
         return cls(
             num_examples=int(m["num-examples"]), epsilon=float(m["epsilon"]),
             delta=float(m["delta"]), noise_multiplier=float(m["noise-multiplier"]),
@@ -84,6 +92,7 @@ class TrainMetrics:
                               else None),
             int8_scales=(tuple(float(v) for v in m[INT8_SCALES]) if INT8_SCALES in m
                          else None),
+            epsilon_local=float(m["epsilon-local"]) if "epsilon-local" in m else None,
         )
 
 

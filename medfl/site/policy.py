@@ -22,6 +22,12 @@ scaling) is off unless the policy allows it.
 | ``max-test-epsilon`` | cap on a run's ``privacy.test-epsilon`` (its test rows' ε) | 1.0 deployed |
 | ``lifetime-test-epsilon`` | the test rows' lifetime ε (0: none) | ``lifetime-epsilon`` |
 | ``allow-exact-evaluation`` | answer ``test-epsilon = 0`` (exact test figures) | false deployed |
+| ``trust-secure-aggregation`` | join ``privacy.mode = "distributed"`` runs | false deployed |
+| ``max-local-epsilon`` | cap on a distributed run's unconditional ε (0: none) | 10.0 deployed |
+
+A distributed run adds only a share of the DP-SGD noise at each site and relies on SecAgg+
+for the rest (:mod:`medfl.privacy.distributed`): ``trust-secure-aggregation`` consents to
+that; ``max-local-epsilon`` caps what the site's own share guarantees if that trust fails.
 
 In simulation (no ``site`` key: Flower sets ``partition-id``) the researcher runs every
 site, so the run config decides what a key left unset allows, as it always did; a key that
@@ -43,13 +49,16 @@ from medfl.errors import ConfigError
 SITE_POLICY_KEYS = ("max-epsilon", "max-delta", "min-k", "require-dp", "lifetime-epsilon",
                     "allow-personal-eval", "allow-audit", "allow-exact-moments",
                     "allow-site-scaling", "max-test-epsilon", "lifetime-test-epsilon",
-                    "allow-exact-evaluation")
+                    "allow-exact-evaluation", "trust-secure-aggregation", "max-local-epsilon")
 #: what a deployed site must state before it trains.
 REQUIRED_WHEN_DEPLOYED = ("max-epsilon", "lifetime-epsilon", "site-dir")
 #: the floor on k when a site does not set ``min-k``.
 DEFAULT_MIN_K = 10
 #: the cap on a run's test-set ε when a deployed site does not set ``max-test-epsilon``.
 DEFAULT_MAX_TEST_EPSILON = 1.0
+#: the cap on a distributed run's unconditional ε when a deployed site sets no
+#: ``max-local-epsilon`` (the lifetime default: one run may not spend more unconditionally).
+DEFAULT_MAX_LOCAL_EPSILON = 10.0
 
 
 def _flag(node_config: dict[str, Any], key: str, default: bool) -> bool:
@@ -111,6 +120,8 @@ class SitePolicy:
     max_test_epsilon: float | None = None
     lifetime_test_epsilon: float | None = None
     allow_exact_evaluation: bool = True
+    trust_secure_aggregation: bool = True
+    max_local_epsilon: float | None = None
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> SitePolicy:
@@ -145,6 +156,10 @@ class SitePolicy:
                               else DEFAULT_MAX_TEST_EPSILON),
             lifetime_test_epsilon=_limit(node_config, "lifetime-test-epsilon", lifetime),
             allow_exact_evaluation=_flag(node_config, "allow-exact-evaluation", not deployed),
+            trust_secure_aggregation=_flag(node_config, "trust-secure-aggregation",
+                                           not deployed),
+            max_local_epsilon=_limit(node_config, "max-local-epsilon",
+                                     DEFAULT_MAX_LOCAL_EPSILON if deployed else None),
         )
 
     def delta_for(self, n_train: int) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+from opacus.optimizers import DPOptimizer
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
@@ -27,6 +28,14 @@ from medfl.errors import AttemptFailed, DataError, PrivacyBudgetExceeded
 from medfl.models import state_arrays
 from medfl.privacy import replay as replay_lib
 from medfl.privacy.audit import AUDIT_SIGMA
+from medfl.privacy.distributed import (
+    is_distributed,
+    ledger_fields,
+    local_epsilon,
+    local_sigma,
+    planned_local_epsilon,
+    run_share,
+)
 from medfl.privacy.dp import (
     DPPlan,
     History,
@@ -40,8 +49,15 @@ from medfl.privacy.dp import (
     make_dp_compatible,
 )
 from medfl.site.accountant import SiteAccountant
+from medfl.site.identity import check_local_epsilon
 from medfl.site.metrics import TrainMetrics
-from medfl.training import make_loader, make_optimizer, resolve_device, train_epochs
+from medfl.training import (
+    TrainResult,
+    make_loader,
+    make_optimizer,
+    resolve_device,
+    train_epochs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +134,7 @@ def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: 
             local_epochs=cfg.train.local_epochs, rounds=cfg.num_server_rounds,
             target_epsilon=p.target_epsilon, delta=p.target_delta,
             max_grad_norm=p.max_grad_norm, accountant=p.accountant,
-            prior=history, after=planned_releases(cfg),
+            prior=history, after=planned_releases(cfg), one_step=is_distributed(cfg),
         )
     after = extend_history(history, plan.noise_multiplier, plan.sample_rate,
                            plan.steps_per_round)
@@ -132,7 +148,7 @@ def plan_round(cfg: RunConfig, data: SiteData, *, plan: DPPlan | None, history: 
     return plan, after, eps_after
 
 
-def _dp_metrics(plan: DPPlan, history: History, *, epsilon: float,
+def _dp_metrics(cfg: RunConfig, plan: DPPlan, history: History, *, epsilon: float,
                 num_examples: int) -> TrainMetrics:
     sgd = (plan.noise_multiplier, plan.sample_rate)
     return TrainMetrics(
@@ -140,7 +156,45 @@ def _dp_metrics(plan: DPPlan, history: History, *, epsilon: float,
         noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
         max_grad_norm=plan.max_grad_norm,
         steps=sum(n for s, q, n in history if (s, q) == sgd),
-        prior_noise_multipliers=tuple(float(s) for s, q, n in plan.prior))
+        prior_noise_multipliers=tuple(float(s) for s, q, n in plan.prior),
+        epsilon_local=(local_epsilon(history, plan, run_share(cfg)) if is_distributed(cfg)
+                       else None))
+
+
+def _train_dp(cfg: RunConfig, setup: _Setup, *, plan: DPPlan, history: History,
+              after: History, proximal_mu: float) -> tuple[nn.Module, History, TrainResult]:
+    """Attach Opacus and train; the trained model, the run's history after it, and the
+    result.
+
+    Local mode: ``train.local-epochs`` epochs at the plan's σ, the engine's accountant
+    continuing ``history``. Distributed mode (:mod:`medfl.privacy.distributed`): one
+    DP-SGD step at σ_local, divided by the public ``train.batch-size`` so that the sites'
+    updates add up; the engine accounts that step alone, and the run's (binding) history
+    is the reserved ``after``, at σ_eff.
+    """
+    distributed = is_distributed(cfg)
+    engine_plan = (replace(plan, noise_multiplier=local_sigma(plan, run_share(cfg)))
+                   if distributed else plan)
+    model, optimizer, loader, engine = attach_dp(
+        setup.model, setup.optimizer, setup.loader, plan=engine_plan,
+        history=[] if distributed else history,
+        noise_generator=dp_generator(setup.noise_seed),
+        grad_sample_mode=choose_grad_sample_mode(setup.model, cfg.privacy.grad_sample_mode),
+        secure_mode=cfg.privacy.secure_mode,
+    )
+    if distributed and isinstance(optimizer, DPOptimizer):
+        optimizer.expected_batch_size = cfg.train.batch_size
+    result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
+                          device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
+                          proximal_mu=proximal_mu,
+                          before_step=functools.partial(drop_nonfinite_samples, optimizer),
+                          max_steps=plan.steps_per_round if distributed else None)
+    spent = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+    if not distributed:
+        return model, spent, result
+    if spent != [(engine_plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]:
+        raise RuntimeError("the distributed round took other than its one DP-SGD step")
+    return model, after, result
 
 
 def fit(
@@ -156,7 +210,8 @@ def fit(
     before_train: Callable[[History], None] | None = None,
     proximal_mu: float = 0.0,
 ) -> FitResult:
-    """Train the global model locally for ``train.local-epochs`` epochs.
+    """Train the global model locally for ``train.local-epochs`` epochs (distributed
+    DP: one DP-SGD step at the site's noise share, see :func:`_train_dp`).
 
     With DP on, the first call plans the run's noise (``plan`` None) and every call
     restores the accountant ``history``; a round that would push ε past the target is
@@ -168,9 +223,10 @@ def fit(
                         f"{cfg.privacy.k_threshold}; its example count may not leave the site")
     data = attack.poison_data(cfg, data)
     setup = _setup(cfg, data, weights=weights, scaler=scaler, seed=seed)
-    model, optimizer, loader = setup.model, setup.optimizer, setup.loader
     if not cfg.privacy.enabled:
-        result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
+        model = setup.model
+        result = train_epochs(model, setup.loader, setup.optimizer,
+                              epochs=cfg.train.local_epochs,
                               device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
                               proximal_mu=proximal_mu)
         metrics = TrainMetrics(num_examples=data.n_train, epsilon=float("inf"), delta=0.0,
@@ -182,23 +238,14 @@ def fit(
                                         server_round=server_round)
     if before_train is not None:
         before_train(after)
-    model, optimizer, loader, engine = attach_dp(
-        model, optimizer, loader, plan=plan, history=history,
-        noise_generator=dp_generator(setup.noise_seed),
-        grad_sample_mode=choose_grad_sample_mode(model, cfg.privacy.grad_sample_mode),
-        secure_mode=cfg.privacy.secure_mode,
-    )
-    result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
-                          device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
-                          proximal_mu=proximal_mu,
-                          before_step=functools.partial(drop_nonfinite_samples, optimizer))
-    history = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
+    model, history, result = _train_dp(cfg, setup, plan=plan, history=history, after=after,
+                                       proximal_mu=proximal_mu)
     epsilon = (eps_after if history == after else
                epsilon_from_history(history, delta=plan.delta, accountant=plan.accountant))
     # Opacus wraps the model (and torch.compile would too): strip their name prefixes.
     trained = {k.removeprefix("_module.").removeprefix("_orig_mod."): v
                for k, v in state_arrays(model).items()}
-    metrics = _dp_metrics(plan, history, epsilon=epsilon, num_examples=data.n_train)
+    metrics = _dp_metrics(cfg, plan, history, epsilon=epsilon, num_examples=data.n_train)
     return _finish(cfg, data, weights, trained, metrics, plan, history,
                    loss=result.mean_loss, steps=result.steps)
 
@@ -238,12 +285,18 @@ def _reserve_round(cfg: RunConfig, data: SiteData, accountant: SiteAccountant, *
     def decide(before: History) -> tuple[History, float]:
         plan, _, eps_after = plan_round(cfg, data, plan=accountant.plan, history=before,
                                         server_round=server_round)
+        if is_distributed(cfg):  # the site's consent, from public settings, before any row
+            check_local_epsilon(accountant.policy, planned_local_epsilon(
+                plan, run_share(cfg), after=planned_releases(cfg)))
         accountant.plan = plan  # saved with the history once the round is reserved
         planned.append((plan, before))
         return [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)], eps_after
 
-    accountant.reserve(accountant.attempt("reserved", server_round=server_round,
-                                          n_train=data.n_train), decide)
+    attempt = accountant.attempt("reserved", server_round=server_round, n_train=data.n_train)
+    if is_distributed(cfg):
+        attempt = replace(attempt, annotate=lambda spend, after: ledger_fields(
+            planned[-1][0], run_share(cfg), spend=spend, history=after))
+    accountant.reserve(attempt, decide)
     return planned[-1]
 
 

@@ -17,6 +17,10 @@ exact feature moments (``stats-noise-multiplier = 0``, no longer the default). T
 test-set figure became a noisy histogram release (seeded here), the audit a pair of noisy
 histograms planned into DP-SGD's calibration (so σ changed), and the headline the mean of
 the report's per-site figures: the file was re-written by this run on 2026-12-05.
+
+Changed on purpose since (issue 20): the privacy block states ``mode`` ("local" here) and
+each site its ``epsilon_local`` (distributed DP's unconditional ε, null in local mode);
+both added to the file by hand.
 """
 
 from __future__ import annotations

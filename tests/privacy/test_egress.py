@@ -184,7 +184,7 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
         "train": {"num-examples": s, "steps": s, "epsilon": s, "delta": s,
                   "noise-multiplier": s, "sample-rate": s, "max-grad-norm": s,
                   "prior-noise-multipliers": li, "epsilon-lifetime": s, "site-weight": s,
-                  "int8-scales": li},
+                  "int8-scales": li, "epsilon-local": s},
         "evaluate": {**evaluate, **{"personal-" + k: v for k, v in evaluate.items()}},
         "query.report": {"hist": li, "sums": li, "sums-std": li, "hist-std": s,
                          "explain": li, "explain-std": s, "test-epsilon": s},

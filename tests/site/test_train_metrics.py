@@ -41,6 +41,16 @@ def test_a_round_without_the_ledger_or_dp_sends_what_it_always_sent():
         "prior-noise-multipliers": []}
 
 
+def test_the_distributed_unconditional_epsilon_is_optional_and_comes_last():
+    distributed = {**SENT, "epsilon-local": 7.5}
+    parsed = TrainMetrics.from_metrics(MetricRecord(distributed))
+    assert parsed.epsilon_local == 7.5
+    assert list(parsed.to_metrics()) == list(distributed)
+    assert TrainMetrics.from_metrics(SENT).epsilon_local is None
+    assert "epsilon-local" not in TrainMetrics.from_metrics(SENT).to_metrics()
+
+
 def test_every_key_a_site_can_send_is_declared_for_train_replies():
-    full = TrainMetrics.from_metrics({**SENT, "int8-scales": [0.5]}).to_metrics()
+    full = TrainMetrics.from_metrics({**SENT, "int8-scales": [0.5],
+                                      "epsilon-local": 7.5}).to_metrics()
     assert set(full) == set(DECLARED["train"])
