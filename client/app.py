@@ -40,16 +40,17 @@ def audit(msg: Message, context: Context) -> Message:
 @fed.guarded
 def report(msg: Message, context: Context) -> Message:
     """The final model's report release (one Gaussian release), and the site-local report."""
-    site = fed.open_site(msg, context)
-    stats = site.report(fed.model_request(msg, context, site))
-    return fed.reply(msg, site=site.name, metrics=stats.to_metrics())
+    return fed.report_reply(msg, context, fed.open_site(msg, context))
 
 
 @app.train(mods=[fed.egress_guard, fed.secure_aggregation_mod])
 @fed.guarded
 def train(msg: Message, context: Context) -> Message:
-    """One DP-SGD round on this site's data, checked against its privacy budgets."""
+    """One DP-SGD round on this site's data, checked against its privacy budgets (or,
+    under secure aggregation, the report release: its values masked by SecAgg+)."""
     site = fed.open_site(msg, context)
+    if fed.is_report_request(msg):
+        return fed.report_reply(msg, context, site)
     result = site.train(fed.model_request(msg, context, site))
     return fed.train_reply(msg, context, site, result)
 

@@ -17,6 +17,7 @@ from medfl.config import RunConfig
 from medfl.data.heart import HEART_SITES
 from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
 from medfl.errors import DataError
+from medfl.evaluation.release_sum import site_report_metrics
 from medfl.evaluation.stats import SiteEvalStats
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult
@@ -73,14 +74,15 @@ def finish_run(
     """Write the bundle, ``summary.json`` and the reports, then point ``latest`` at the run;
     returns ``summary.json``'s final content (with the report's figures merged in).
 
-    ``report_stats``: each site's report statistics as received (``query.report``);
+    ``report_stats``: each site's report statistics as received (``query.report``), or
+    under secure aggregation their sum (:mod:`medfl.evaluation.release_sum`);
     ``personal``: each site's personalised evaluation (``evaluation.personal-epochs``).
     """
     names = site_order(sorted(set(train) | set(evaluation) | set(rounds_trained)))
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
                             audits=audits or {}, central=central, personal=personal,
-                            report_stats=report_stats)
+                            report_stats=site_report_metrics(report_stats))
     manifest = {
         "task": cfg.task.value,
         **tasks.task_for(cfg).model_io(scaler),

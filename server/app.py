@@ -59,7 +59,8 @@ def main(grid: Grid, context: Context) -> None:
     report_config = ConfigRecord({**dict(shared), "run-name": run_dir.path.name})
     report_stats = fed.query_report(grid, final_nodes, arrays=final, config=report_config,
                                     timeout=cfg.strategy.round_timeout,
-                                    n_cells=len(tasks.task_for(cfg).cells()))
+                                    n_cells=len(tasks.task_for(cfg).cells()),
+                                    secure=fed.secure_report_plan(cfg, run_id=context.run_id))
     summary = orch.finish_run(
         run_dir, cfg, weights=fed.from_array_record(final), scaler=scaler,
         train=strategy.final_train, evaluation=strategy.final_site_stats,

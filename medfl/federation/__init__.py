@@ -20,6 +20,7 @@ from medfl.federation.client import (
     guarded,
     model_request,
     open_site,
+    report_reply,
     train_reply,
 )
 from medfl.federation.compression import train_payload
@@ -44,16 +45,19 @@ from medfl.federation.records import (
 )
 from medfl.federation.secure_agg import SecureTrainGrid
 from medfl.federation.secure_client import secure_aggregation_mod
+from medfl.federation.secure_report import is_report_request, secure_report_plan
 from medfl.federation.validation import check_update, norm_outliers
 
 __all__ = [
     "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT", "QUERY_FEATURE_MOMENTS",
     "QUERY_REPORT", "ask", "central_dp_report", "CentralDP", "check_fedbn", "check_update",
-    "egress_guard", "final_query_nodes", "from_array_record", "guarded", "keep_local_norm",
+    "egress_guard", "final_query_nodes", "from_array_record", "guarded", "is_report_request",
+    "keep_local_norm",
     "model_request", "moments_from_metrics", "moments_to_metrics", "norm_outliers", "open_site",
     "query_audit", "query_feature_moments", "query_report", "Recording", "RecordingFedAvg",
-    "reply", "run_key", "sample_nodes", "scaler_from_config", "secure_aggregation_mod",
-    "SecureTrainGrid", "scaler_to_config", "site_of",
+    "reply", "report_reply", "run_key", "sample_nodes", "scaler_from_config",
+    "secure_aggregation_mod",
+    "SecureTrainGrid", "scaler_to_config", "secure_report_plan", "site_of",
     "StateMemory", "to_array_record", "train_payload", "train_reply", "wait_for_nodes",
     "weight_key", "with_central_dp", "with_local_norm",
 ]

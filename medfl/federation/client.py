@@ -31,6 +31,7 @@ from medfl.federation.records import (
     scaler_from_config,
 )
 from medfl.federation.secure_client import protocol_violations
+from medfl.federation.secure_report import check_report_path
 from medfl.privacy.egress import check_reply
 from medfl.privacy.secagg_contract import PROTOCOL_RECORD
 from medfl.site import ModelRequest, Site, reply_bounds, site_config
@@ -83,6 +84,16 @@ def train_reply(msg: Message, context: Context, site: Site, result: FitResult) -
     keep_local_norm(site.config, result.weights, context.state)
     weights, metrics = train_payload(site.config, msg, result.metrics, result.weights)
     return reply(msg, site=site.name, metrics=metrics.to_metrics(), weights=weights)
+
+
+def report_reply(msg: Message, context: Context, site: Site) -> Message:
+    """The site's report release on the final model: a ``query.report`` reply without
+    secure aggregation; with it, the reply to a train-typed report request whose values
+    the SecAgg+ mod masks. A request the other way is refused before anything is read
+    (:func:`medfl.federation.secure_report.check_report_path`)."""
+    check_report_path(site.config, secure=msg.metadata.message_type == "train")
+    stats = site.report(model_request(msg, context, site))
+    return reply(msg, site=site.name, metrics=stats.to_metrics())
 
 
 # --- egress guard (a client mod) -----------------------------------------------------------

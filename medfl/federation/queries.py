@@ -24,6 +24,7 @@ from medfl.federation.records import (
     moments_from_metrics,
     site_of,
 )
+from medfl.federation.secure_report import SecureReport, query_secure_report
 from medfl.privacy.audit import AuditRelease, AuditResult
 
 logger = logging.getLogger(__name__)
@@ -82,13 +83,19 @@ def query_audit(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: Co
 
 
 def query_report(grid: Grid, nodes: list[int], *, arrays: ArrayRecord, config: ConfigRecord,
-                 timeout: float, n_cells: int) -> dict[str, dict[str, Any]]:
+                 timeout: float, n_cells: int, secure: SecureReport | None = None
+                 ) -> dict[str, dict[str, Any]]:
     """Ask every node for its report release on the final model (raw metric dicts, as
     received: the run directory keeps them so that ``medfl report`` can rebuild).
 
     A reply that does not parse as a report release over the run's ``n_cells`` cells
     (:meth:`medfl.evaluation.release.ReportStats.from_metrics`) is logged and left out.
+    With ``secure`` (``secure-aggregation.enabled``) the releases go through SecAgg+ and
+    the server keeps only their sum (:func:`query_secure_report`).
     """
+    if secure is not None:
+        return query_secure_report(grid, nodes, arrays=arrays, config=config,
+                                   timeout=timeout, plan=secure)
     content = RecordDict({"arrays": arrays, "config": config})
     replies = ask(grid, nodes, f"query.{QUERY_REPORT}", content, timeout=timeout)
     out: dict[str, dict[str, Any]] = {}

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Error, Message
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -39,7 +39,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from medfl.config import RunConfig, parse_run_config
+from medfl.evaluation.release_sum import VALUE_KEYS, ReportLayout, split_release
 from medfl.federation.secure_agg import ERROR_SECAGG, MAX_WEIGHT, MODULUS, share_plan
+from medfl.federation.secure_report import is_report_request
 from medfl.privacy.egress import check_metrics
 from medfl.privacy.secagg_contract import ProtocolReply, check_protocol_reply
 from medfl.wire import ReplyBounds
@@ -113,6 +115,16 @@ def _share_num(context: Context) -> int:
     return int(cast(int, state.get("share_num", 0)))
 
 
+def _update(msg: Message, out: Message) -> list[np.ndarray]:
+    """A train reply's new weights minus the global model the site received."""
+    sent = msg.content.array_records["arrays"]
+    got = out.content.array_records["arrays"]
+    if list(got.keys()) != list(sent.keys()):
+        raise ValueError("the trained model's arrays differ from the global model's")
+    return [got[name].numpy().astype(np.float64) - sent[name].numpy().astype(np.float64)
+            for name in sent.keys()]
+
+
 def _as_update(call_next: Handler) -> Handler:
     """The train handler, its reply turned into the update in legacy ``FitRes`` form."""
 
@@ -120,16 +132,16 @@ def _as_update(call_next: Handler) -> Handler:
         out = call_next(msg, context)
         if out.has_error():
             raise _HandlerRefused(out)
-        sent = msg.content.array_records["arrays"]
-        got = out.content.array_records["arrays"]
-        if list(got.keys()) != list(sent.keys()):
-            raise ValueError("the trained model's arrays differ from the global model's")
-        update = [got[name].numpy().astype(np.float64) - sent[name].numpy().astype(np.float64)
-                  for name in sent.keys()]
+        metrics = out.content["metrics"]
+        if is_report_request(msg):  # the report's values are the vector, the rest clear
+            vector, clear = split_release(dict(metrics))
+            update, metrics = [vector], MetricRecord(clear)
+        else:
+            update = _update(msg, out)
         fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update),
                         num_examples=int(MAX_WEIGHT), metrics={})
         content = compat.fitres_to_recorddict(fitres, keep_input=False)
-        content["metrics"] = out.content["metrics"]
+        content["metrics"] = metrics
         content["site"] = out.content["site"]
         return Message(content, reply_to=msg)
 
@@ -157,9 +169,9 @@ def _simulated_dropout(cfg: RunConfig, msg: Message, context: Context) -> bool:
     stage = msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE)
     if stage != Stage.COLLECT_MASKED_VECTORS:
         return False
-    from medfl.federation.client import open_site
+    from medfl.site.identity import resolve_site
 
-    return open_site(msg, context).name in cfg.attack.site_names
+    return resolve_site(cfg, dict(context.node_config)) in cfg.attack.site_names
 
 
 def secure_aggregation_mod(msg: Message, context: Context, call_next: Handler) -> Message:
@@ -208,8 +220,9 @@ def _asked(stage: str, configs: dict[str, Any]) -> frozenset[int]:
 def protocol_violations(msg: Message, incoming: dict[str, Any], reply: Message,
                         bounds: ReplyBounds) -> list[str]:
     """The egress contract of a SecAgg+ reply (:mod:`medfl.privacy.secagg_contract`),
-    and of its clear training metrics; ``incoming``: the protocol record the server sent
-    (as received: Flower's mod consumes its stage)."""
+    and of its clear training metrics (or, for a report request, its clear report
+    metrics: no values, and one vector of the report's declared length); ``incoming``:
+    the protocol record the server sent (as received: Flower's mod consumes its stage)."""
     stage = str(incoming.get(Key.STAGE))
     content = reply.content
     records = {**{n: "metrics" for n in content.metric_records},
@@ -220,14 +233,21 @@ def protocol_violations(msg: Message, incoming: dict[str, Any], reply: Message,
     legacy.update({n: dict(r) for n, r in content.metric_records.items()
                    if n.startswith("fitres.")})
     legacy.update({n: len(r) for n, r in content.array_records.items()})
-    n_arrays = len(msg.content.array_records.get("arrays", {}))
+    report = is_report_request(msg)
+    # a report's one vector: the declared lengths of its values (ReplyBounds)
+    n_arrays = 1 if report else len(msg.content.array_records.get("arrays", {}))
     out = check_protocol_reply(ProtocolReply(
         stage=stage, records=records,
         configs=dict(content.config_records.get(RECORD_KEY_CONFIGS, {})), legacy=legacy,
-        asked=_asked(stage, incoming), n_arrays=n_arrays, weight=int(MAX_WEIGHT)))
+        asked=_asked(stage, incoming), n_arrays=n_arrays, weight=int(MAX_WEIGHT),
+        vector_sizes=(ReportLayout.of(bounds).length,) if report else None))
     if "metrics" in content.metric_records:
-        out += check_metrics("train", dict(content["metrics"]), bounds=bounds,
+        metrics = dict(content["metrics"])
+        out += check_metrics("query.report" if report else "train", metrics, bounds=bounds,
                              n_arrays=n_arrays)
+        if report:
+            out += [f"metric {key!r} of the report may leave only masked, in the SecAgg+ "
+                    "vector" for key in VALUE_KEYS if key in metrics]
     site = dict(content["site"]) if "site" in content.config_records else None
     if site is not None and (set(site) != {"name"} or not isinstance(site["name"], str)):
         out.append("record 'site' may hold only the site's name")

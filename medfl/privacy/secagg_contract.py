@@ -10,15 +10,19 @@ contract) and the empty legacy ``FitRes`` records Flower's workflow reads back:
 * share_keys: ``dsts`` (node ids) and ``ctxts`` (encrypted key shares), one each per
   neighbour the server named;
 * collect_masked_vectors: ``masked_params``, one masked integer vector per model array
-  plus the weight; beside it ``metrics``, ``site`` and the ``fitres.*`` records, empty or
+  plus the weight (a report request: the weight and one vector of the report's declared
+  length); beside it ``metrics``, ``site`` and the ``fitres.*`` records, empty or
   fixed;
 * unmask: ``nids`` and ``shares``, one share per node the server asked about.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 #: The protocol's record (Flower's ``RECORD_KEY_CONFIGS``).
 PROTOCOL_RECORD = "secaggplus_configs"
@@ -45,7 +49,9 @@ class ProtocolReply:
     ``legacy``: the ``fitres.*`` records' contents (and ``fitres.parameters``' array
     count under that name); ``asked``: the node ids the server's message named (the
     neighbours' keys in share_keys, the active and dropped nodes in unmask);
-    ``n_arrays``: the model's arrays (collect stage); ``weight``: the fixed weight.
+    ``n_arrays``: the model's arrays (collect stage); ``weight``: the fixed weight;
+    ``vector_sizes``: where given, each masked vector's declared number of values (after
+    the weight, in order).
     """
 
     stage: str
@@ -55,6 +61,7 @@ class ProtocolReply:
     asked: frozenset[int] = frozenset()
     n_arrays: int = 0
     weight: int = 1
+    vector_sizes: tuple[int, ...] | None = None
 
 
 def _typed(key: str, value: Any, kind: str) -> list[str]:
@@ -89,6 +96,7 @@ def _lengths(reply: ProtocolReply) -> list[str]:
         if len(c.get("masked_params", [])) != reply.n_arrays + 1:
             out.append(f"protocol key 'masked_params' must hold {reply.n_arrays + 1} vectors "
                        "(the model's arrays and the weight)")
+        out += _sizes(reply)
         expected = {"fitres.parameters": 0, "fitres.num_examples": {"num_examples":
                                                                      reply.weight},
                     "fitres.metrics": {}, "fitres.status": {"code": 0, "message": ""}}
@@ -96,6 +104,28 @@ def _lengths(reply: ProtocolReply) -> list[str]:
             if reply.legacy.get(name) != value:
                 out.append(f"record {name!r} must be {value!r}")
     return out
+
+
+def _size(encoded: Any) -> int | None:
+    """The number of values of one masked vector (NumPy's ``.npy`` form, as Flower
+    encodes it), or None when it is not one."""
+    if not isinstance(encoded, bytes):
+        return None
+    try:
+        return int(np.load(io.BytesIO(encoded), allow_pickle=False).size)
+    except (ValueError, OSError, EOFError):
+        return None
+
+
+def _sizes(reply: ProtocolReply) -> list[str]:
+    """Each masked vector holds its declared number of values (where declared)."""
+    if reply.vector_sizes is None:
+        return []
+    got = [_size(v) for v in reply.configs.get("masked_params", [])[1:]]
+    if got != list(reply.vector_sizes):
+        return [f"protocol key 'masked_params' must hold vectors of "
+                f"{list(reply.vector_sizes)} values after the weight"]
+    return []
 
 
 def check_protocol_reply(reply: ProtocolReply) -> list[str]:

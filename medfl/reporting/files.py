@@ -15,6 +15,7 @@ from medfl import tasks
 from medfl.config import parse_run_config
 from medfl.errors import ConfigError, DataError
 from medfl.evaluation.release import ReportStats
+from medfl.evaluation.release_sum import site_releases
 from medfl.io import atomic_write_json, atomic_write_text
 from medfl.reporting.population_schema import Population
 from medfl.reporting.report import build_report
@@ -23,7 +24,8 @@ from medfl.reporting.run_dir import jsonable
 from medfl.reporting.schema import read_json
 from medfl.reporting.summary_schema import Metrics, Summary
 
-#: the sites' report statistics exactly as received (aggregates only; see PRIVACY.md)
+#: the sites' report statistics exactly as received (aggregates only; see PRIVACY.md), or
+#: under secure aggregation their sum (:mod:`medfl.evaluation.release_sum`)
 EVALUATION_FILE = "evaluation.json"
 SUMMARY_METRICS = ("accuracy", "auroc", "sensitivity", "specificity", "ppv", "npv", "f1",
                    "brier", "ece", "dice", "iou", "hd95")
@@ -99,10 +101,11 @@ def merge_into_summary(summary: Summary, report: Report) -> Summary:
 
 
 def read_site_stats(raw: dict[str, Any], *, n_cells: int) -> dict[str, ReportStats]:
-    """Each site's report release from ``evaluation.json``'s content; ``DataError``
+    """Each site's report release from ``evaluation.json``'s content (under secure
+    aggregation: the one pooled release, under ``SECURE_SUM_KEY``); ``DataError``
     naming the site when one does not hold ``n_cells`` cells."""
     out = {}
-    for site, m in raw.items():
+    for site, m in site_releases(raw)[0].items():
         try:
             out[site] = ReportStats.from_metrics(m, n_cells=n_cells)
         except (ValueError, TypeError, KeyError) as e:
@@ -130,7 +133,8 @@ def write_reports(run_path: Path) -> dict[str, Any]:
     stats = read_site_stats(raw, n_cells=n_cells)
     report = build_report(
         cfg, summary=summary, rounds=_rounds(run_path / "rounds.jsonl"), site_stats=stats,
-        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        secure_sites=site_releases(raw)[1])
     content = jsonable(report.to_dict())
     atomic_write_json(run_path / "report.json", content)
     atomic_write_json(run_path / "summary.json",

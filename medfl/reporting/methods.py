@@ -6,19 +6,36 @@ from medfl.config import RunConfig
 from medfl.evaluation import population as pop
 from medfl.evaluation.histograms import EDGE_OFFSETS, N_BINS
 from medfl.evaluation.release import ReportStats
+from medfl.evaluation.release_sum import REPORT_SCALE, SECURE_SUM_KEY
 
 _EDGES = ", ".join(f"{v:+g}" for v in EDGE_OFFSETS)
 
 
-def _noise(stats: dict[str, ReportStats], kind: str) -> str:
+def _secure_noise(cfg: RunConfig, sd: float, what: str) -> str:
+    """The noise and rounding of a secure sum's release, in words."""
+    sa = cfg.secure_aggregation
+    step = REPORT_SCALE * 2 * sa.clipping_range / sa.quantization_range
+    noise = (f"its Gaussian noise (differential privacy on each site's test set; ε per site "
+             f"under Privacy) has standard deviation {sd:.3g} per {what}, the root of the "
+             "sum of the sites' variances" if sd > 0 else
+             "the releases were exact (test-set ε = 0, allowed by every site's policy)")
+    return ("The sites' releases were summed under secure aggregation (SecAgg+), so the "
+            f"server saw only their sum: {noise}. Each value travelled divided by "
+            f"{REPORT_SCALE:g} and was rounded stochastically by the protocol (unbiased; "
+            f"less than {step:.3g} per value and site).")
+
+
+def _noise(cfg: RunConfig, stats: dict[str, ReportStats], kind: str) -> str:
     """The noise each site's release carried, in words."""
     def sd(st: ReportStats) -> float:
         return st.hist_std if kind == "classification" else max(st.sums_std, default=0.0)
 
+    what = "count" if kind == "classification" else "sum (the largest)"
+    if SECURE_SUM_KEY in stats:
+        return _secure_noise(cfg, sd(stats[SECURE_SUM_KEY]), what)
     if not stats or all(sd(st) == 0 for st in stats.values()):
         return ("The releases were exact (test-set ε = 0, allowed by every site's policy): "
                 "the CIs cover sampling error only.")
-    what = "count" if kind == "classification" else "sum (the largest)"
     per_site = "; ".join(f"{s}: {sd(st):.3g} (test-set ε {st.test_epsilon:.2f})"
                          for s, st in stats.items())
     return (f"Each site's release carried Gaussian noise (differential privacy on its test "
@@ -32,12 +49,12 @@ def _statistics(cfg: RunConfig, kind: str, stats: dict[str, ReportStats]) -> str
                 "subgroup), the sums over images of per-image Dice and IoU (MONAI, lesion "
                 "class) and their squares, the number of images with a defined 95th-"
                 "percentile Hausdorff distance, and that distance and its square divided by "
-                f"the image diagonal ({cfg.data.image_size}·√2 px). " + _noise(stats, kind))
+                f"the image diagonal ({cfg.data.image_size}·√2 px). " + _noise(cfg, stats, kind))
     return ("Each site evaluated the final global model on its own test set and released "
             "once, over every cell (the whole test set and each declared subgroup), the "
             "cell's class-wise histogram of scores on a public grid: "
             f"{N_BINS} bins on the logit scale with edges at logit(t) + ({_EDGES}), t the "
-            "operating threshold, so the threshold is a bin edge. " + _noise(stats, kind))
+            "operating threshold, so the threshold is a bin edge. " + _noise(cfg, stats, kind))
 
 
 _CLASS_METRICS = (

@@ -61,6 +61,11 @@ CLASS_GAPS = ("auroc", "tpr", "fpr", "calibration")
 _GAP_METRIC = {"auroc": "auroc", "tpr": "sensitivity", "fpr": "fpr",
                "calibration": "calibration"}
 _Cell = pop.Analysis | PooledSums
+#: The report's word on per-site figures under secure aggregation.
+SECURE_NOTE = ("Secure aggregation (SecAgg+): the server saw only the sum over sites of the "
+               "report's statistics, so the figures are the consortium's; under secure "
+               "aggregation each site's own figures stay at the site: see its site-local "
+               "report (<site-dir>/reports/<run>/report.html).")
 
 class _Populations:
     """Builds the report's populations from the sites' noisy report releases: every
@@ -191,10 +196,13 @@ def noisy(stats: dict[str, ReportStats]) -> bool:
     return any(st.hist_std > 0 or any(v > 0 for v in st.sums_std) for st in stats.values())
 
 
-def _limitations(cfg: RunConfig, report: Report, *, with_noise: bool) -> list[str]:
+def _limitations(cfg: RunConfig, report: Report, *, with_noise: bool,
+                 secure: bool = False) -> list[str]:
     out = [medfl.DISCLAIMER,
            "Evaluated on each site's held-out split of its own data; no external "
            "validation set. Figures are estimates with the CIs shown."]
+    if secure:
+        out.append(SECURE_NOTE)
     if with_noise:
         out.append("Every figure is computed from statistics that each site released with "
                    "Gaussian noise (differential privacy on its test set; ε per site under "
@@ -249,11 +257,18 @@ def _training(cfg: RunConfig, summary: Summary) -> Training:
 
 
 def build_report(cfg: RunConfig, *, summary: Summary, rounds: list[dict[str, Any]],
-                 site_stats: dict[str, ReportStats], created_utc: str) -> Report:
-    """The run's ``report.json`` (see the module docstring and the renderers)."""
+                 site_stats: dict[str, ReportStats], created_utc: str,
+                 secure_sites: list[str] | None = None) -> Report:
+    """The run's ``report.json`` (see the module docstring and the renderers).
+
+    ``secure_sites``: the sites in a secure sum (secure aggregation: ``site_stats`` then
+    holds only that sum, as one release): it gives the pooled figures, and no site has
+    report figures of its own (:data:`SECURE_NOTE`).
+    """
     task = tasks.task_for(cfg)
     order = [s.name for s in summary.sites]
     pops = _Populations(cfg, site_stats, order)
+    own_figures = pops.order if secure_sites is None else []
     segmentation = pops.kind == "segmentation"
     report = Report(
         run_name=summary.run_name, created_utc=created_utc, task=cfg.task.value,
@@ -267,12 +282,15 @@ def build_report(cfg: RunConfig, *, summary: Summary, rounds: list[dict[str, Any
         methods=report_methods(cfg, pops.kind, site_stats), training=_training(cfg, summary),
         privacy=_privacy(summary), rounds=_rounds(rounds),
         populations=[pops.population("pooled", pops.order),
-                     *(pops.population(s, [s]) for s in pops.order)],
+                     *(pops.population(s, [s]) for s in own_figures)],
         explanations=explanations(cfg, site_stats, order),
         personalised=_personalised(summary))
+    if secure_sites is not None:
+        report.populations[0].sites_included = list(secure_sites)
     n_train = {s.name: s.n_train for s in summary.sites}
     for p in report.populations:  # the training cases of the same sites as the figures
         p.n_train = sum(n_train.get(s) or 0 for s in p.sites_included or []) if p.pooled \
             else n_train.get(p.name)
-    report.limitations = _limitations(cfg, report, with_noise=noisy(site_stats))
+    report.limitations = _limitations(cfg, report, with_noise=noisy(site_stats),
+                                      secure=secure_sites is not None)
     return report
