@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import statistics
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from bench import inprocess
 from bench.report import mean_sd, write_section
+from medfl.privacy.calibration_cache import CACHE_ENV
 
 SECTION = "distributed-dp"
 COMMON = {"preprocessing.stats-noise-multiplier": 0.0, "privacy.test-epsilon": 0.0,
@@ -62,6 +64,8 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        # one noise calibration per (ε, mode, site size), shared by the seeds
+        os.environ.setdefault(CACHE_ENV, str(Path(tmp) / "calibrations"))
         for epsilon in args.epsilons:
             for label, overrides in MODES.items():
                 runs = [one_run(overrides, seed, epsilon, tmp, f"{len(rows)}-{seed}")
