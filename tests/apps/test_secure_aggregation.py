@@ -128,3 +128,32 @@ def test_the_protocol_costs_four_replies_a_site_and_no_clear_arrays(runs):
         assert not reply.has_error(), reply.error
         arrays = reply.content.array_records
         assert all(len(record) == 0 for record in arrays.values())
+
+
+def test_fedbn_works_under_secure_aggregation(tmp_path):
+    # the normalisation entries are summed like the rest; each site keeps its own
+    import torch
+
+    from medfl import tasks
+    from medfl.config import parse_run_config
+    from medfl.federation import fedbn
+
+    path, grid = _run(tmp_path, "fedbn", task="image-classification", model__name="resnet",
+                      data__image_size=32, strategy__fedbn=True, train__batch_size=16,
+                      train__lr=0.01, **{"secure-aggregation.enabled": True,
+                                         "strategy.min-round-nodes": 3})
+    rounds = [line for line in (path / "rounds.jsonl").read_text().splitlines()
+              if '"train"' in line]
+    assert '"train_problems": []' in rounds[0] and "not_aggregated" not in rounds[0]
+    from conftest import run_config
+
+    cfg = parse_run_config(run_config(task="image-classification", model__name="resnet",
+                                      data__image_size=32))
+    keys = {k for k in fedbn.norm_keys(tasks.task_for(cfg).build_model())
+            if k.endswith("weight")}
+    kept = [dict(ctx.state.array_records[fedbn.STATE_KEY].to_torch_state_dict())
+            for ctx in grid.contexts.values()]
+    assert all(set(keys) <= set(k) for k in kept)
+    # four sites trained on their own images: their kept entries differ pairwise
+    first = next(iter(keys))
+    assert len({tuple(torch.round(k[first].flatten() * 1e6).tolist()) for k in kept}) == 4
