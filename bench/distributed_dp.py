@@ -61,8 +61,11 @@ def one_run(overrides: dict, seed: int, epsilon: float, tmp: str, name: str,
         from flwr.common.config import parse_config_args
 
         cfg.update(parse_config_args([str(inprocess.ROOT / "simulations" / scenario)]))
+    # each run's sites keep a fresh ledger: composing every earlier run's releases (the
+    # default state folder) would only slow the run down
     cfg.update({**COMMON, **overrides, "seed": seed, "privacy.target-epsilon": epsilon,
-                "output-dir": tmp, "run-name": name})
+                "output-dir": tmp, "run-name": name,
+                "state-dir": str(Path(tmp) / "state" / name)})
     start = time.perf_counter()
     inprocess.run(cfg)
     s = json.loads((Path(tmp) / name / "summary.json").read_text())
