@@ -42,14 +42,18 @@ MODES = {
 
 #: The imaging scenario (`simulations/imaging-classification.toml`, ε = 8) in both modes:
 #: distributed DP takes one step a round, so more rounds of larger batches, and the
-#: momentum moves to the server (FedAvgM: post-processing of the secure sum).
+#: momentum moves to the server (FedAvgM: post-processing of the secure sum). RDP
+#: accounting in both: a site composes its whole ledger with the accountant every round,
+#: which PRV makes slow over a hundred rounds' entries (BENCHMARKS.md, the notes).
 IMAGING_MODES = {
-    "local DP, the scenario as shipped (30 rounds x 3 epochs, batch 32, momentum 0.9)": {},
-    "distributed DP (SecAgg+, share 1/sqrt(3)), 200 rounds x 1 step, batch 64, FedAvgM": {
-        "num-server-rounds": 200, "train.batch-size": 64, "train.lr": 0.1,
+    "local DP, the scenario as shipped (30 rounds x 3 epochs, batch 32, momentum 0.9)": {
+        "privacy.accountant": "rdp"},
+    "distributed DP (SecAgg+, share 1/sqrt(3)), 100 rounds x 1 step, batch 128, FedAvgM": {
+        "privacy.accountant": "rdp",
+        "num-server-rounds": 100, "train.batch-size": 128, "train.lr": 0.1,
         "train.momentum": 0.0, "strategy.name": "fedavgm", "strategy.server-momentum": 0.9,
         "secure-aggregation.enabled": True, "strategy.min-round-nodes": 3,
-        "privacy.mode": "distributed", "evaluation.monitor-every": 200},
+        "privacy.mode": "distributed", "evaluation.monitor-every": 100},
 }
 
 
