@@ -79,6 +79,14 @@ def one_run(overrides: dict, seed: int, epsilon: float, tmp: str, name: str,
             "s": time.perf_counter() - start}
 
 
+def _figures(runs: list[dict]) -> tuple[str, str, str, str, str]:
+    """A table row's cells over the seeds: accuracy and AUROC (mean ± sd), the largest
+    binding and unconditional ε, and the median seconds per run."""
+    return (mean_sd([r["acc"] for r in runs]), mean_sd([r["auroc"] for r in runs]),
+            f"{max(r['eps'] for r in runs):.3f}", f"{max(r['eps_local'] for r in runs):.2f}",
+            f"{statistics.median(r['s'] for r in runs):.0f}")
+
+
 def main() -> None:
     """Run both modes at each ε over the seeds; write the BENCHMARKS.md section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,11 +108,8 @@ def main() -> None:
                 runs = [one_run(overrides, seed, epsilon, tmp, f"{len(rows)}-{seed}")
                         for seed in range(args.seeds)]
                 print(epsilon, label, runs, flush=True)
-                rows.append((f"{epsilon:g}", label, mean_sd([r["acc"] for r in runs]),
-                             mean_sd([r["auroc"] for r in runs]),
-                             f"{max(r['eps'] for r in runs):.3f}",
-                             f"{max(r['eps_local'] for r in runs):.2f}",
-                             f"{statistics.median(r['s'] for r in runs):.0f}"))
+                acc, auroc, eps, eps_local, secs = _figures(runs)
+                rows.append((f"{epsilon:g}", label, acc, auroc, eps, eps_local, secs))
     if args.out:
         write_section(
             args.out, SECTION, heading="Distributed DP against local DP (heart disease)",
@@ -131,11 +136,8 @@ def imaging(args: argparse.Namespace) -> None:
                             scenario="imaging-classification.toml")
                     for seed in range(args.seeds)]
             print(label, runs, flush=True)
-            rows.append((label, mean_sd([r["auroc"] for r in runs]),
-                         mean_sd([r["acc"] for r in runs]),
-                         f"{max(r['eps'] for r in runs):.2f}",
-                         f"{max(r['eps_local'] for r in runs):.1f}",
-                         f"{statistics.median(r['s'] for r in runs):.0f}"))
+            acc, auroc, eps, eps_local, secs = _figures(runs)
+            rows.append((label, auroc, acc, eps, eps_local, secs))
     if args.out:
         write_section(
             args.out, "distributed-dp-imaging",
