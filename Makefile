@@ -24,14 +24,15 @@ RUN_CONFIG ?=
 PYTEST_ARGS ?=
 LINT_PATHS := medfl server client tests bench deploy
 
-.PHONY: demo test install lint typecheck bench bench-quick clean stop-superlink federation
+.PHONY: demo test install browser lint typecheck bench bench-quick clean stop-superlink federation \
+	containers
 
 install: $(STAMP) $(FLWR_HOME)/config.toml
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,simulation]'
 	$(BIN)/python -m medfl.localsim activate $(BIN)/activate
 	touch $(STAMP)
 
@@ -44,8 +45,17 @@ demo: install
 	flwr run . --stream --run-config "run-name='$$name' $(RUN_CONFIG)" && \
 	$(BIN)/medfl show outputs/$$name
 
+# Chromium renders /docs and report.html in the browser tests (tests/deploy/test_api_docs.py).
+# Installed from Debian's packages where that is possible (root with apt-get); anywhere else,
+# or if the install fails, those tests skip and the rest run as before.
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    || echo "chromium could not be installed: the browser tests will skip" >&2; \
+	fi
+
 # Lint and type check first: they take seconds and fail before the suite's minutes.
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -54,6 +64,12 @@ lint: install
 # What is checked, and how strictly, is in pyproject.toml ([tool.mypy]).
 typecheck: install
 	$(BIN)/mypy
+
+# The containers, built and run for real (a Docker engine is needed; not part of `make test`,
+# the builds take minutes): base image, the three images, a three-site federation with one
+# site restarted mid-run, the bundle served, everything stopped. deploy/verify-containers.sh.
+containers: install
+	PYTHON=$(BIN)/python bash deploy/verify-containers.sh
 
 stop-superlink:
 	-$(PYTHON) -m medfl.localsim stop

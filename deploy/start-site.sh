@@ -6,6 +6,8 @@
 #   SITE_KEY           this site's private key (0600)         (default /keys/site.key)
 #   DATA_PATH          this site's data: a folder (heart disease) or a CSV (default /data)
 #   STATE_DIR          privacy ledger, DP state and the approved apps, writable (default /state)
+#   RUNTIME_PORT       the SuperNode's Runtime API for its ClientApps, on 127.0.0.1 (default 9094;
+#                      give each SuperNode sharing a host's network its own)
 #   MAX_EPSILON, MIN_K, LIFETIME_EPSILON   this site's own privacy policy
 #   MAX_DELTA          cap on a run's delta (default: unset, 1/(10 n) for n training rows,
 #                      and for n test rows on the test rows' budget)
@@ -34,4 +36,5 @@ exec medfl site supernode --state-dir "${STATE_DIR:-/state}" \
     --superlink "$SUPERLINK" \
     --root-certificates "${CA_CERT:-/keys/ca.crt}" \
     --auth-supernode-private-key "${SITE_KEY:-/keys/site.key}" \
+    --port "${RUNTIME_PORT:-9094}" \
     --node-config "site='$SITE' data-path='${DATA_PATH:-/data}' site-dir='${STATE_DIR:-/state}' max-epsilon=${MAX_EPSILON:-3.0} min-k=${MIN_K:-10} lifetime-epsilon=${LIFETIME_EPSILON:-10.0} allow-personal-eval=${ALLOW_PERSONAL_EVAL:-false} allow-audit=${ALLOW_AUDIT:-false} allow-exact-moments=${ALLOW_EXACT_MOMENTS:-false} allow-site-scaling=${ALLOW_SITE_SCALING:-false} max-test-epsilon=${MAX_TEST_EPSILON:-1.0} lifetime-test-epsilon=${LIFETIME_TEST_EPSILON:-${LIFETIME_EPSILON:-10.0}} allow-exact-evaluation=${ALLOW_EXACT_EVALUATION:-false} trust-secure-aggregation=${TRUST_SECURE_AGGREGATION:-false} max-local-epsilon=${MAX_LOCAL_EPSILON:-10.0}${MAX_DELTA:+ max-delta=$MAX_DELTA}"

@@ -1,6 +1,6 @@
 """Dependencies: the loaded model (tabular or imaging), and a slot to decode images in.
 
-The API key is enforced by the ``Guard`` middleware in ``deploy.api.app``, before any
+The API key is enforced by the ``Guard`` middleware in ``deploy.api.guard``, before any
 body is read, for every path but ``/health``.
 """
 

@@ -7,6 +7,12 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Default body limits. Uncompressed CR/DX radiographs are commonly 5-30 MB; the body is
+#: spooled to a temporary file as it arrives, so the limit costs disk, not memory, and
+#: the decoding budget (``decode_budget_mb``) still bounds what decoding an image costs.
+IMAGE_BODY_BYTES = 40_000_000
+TABULAR_BODY_BYTES = 4_000_000
+
 
 class Settings(BaseSettings):
     """``MEDFL_BUNDLE`` (a run folder or bundle), ``MEDFL_API_KEY`` (unset: no key needed,
@@ -21,9 +27,11 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, min_length=16,
         description="required in X-API-Key if set (16+ characters; empty is refused)")
-    max_body_bytes: int = Field(default=4_000_000, gt=0,
-                                description="larger bodies get 413 (a 512 x 512 16-bit "
-                                            "DICOM slice is about 0.5 MB)")
+    max_body_bytes: int | None = Field(
+        default=None, gt=0,
+        description="larger bodies get 413; unset: 40 MB for an imaging bundle (an "
+                    "uncompressed 30 MB radiograph with room to spare), 4 MB for a tabular "
+                    "one (about 20,000 records)")
     max_batch: int = Field(default=256, gt=0, description="records per /predict request")
     max_images: int = Field(default=16, gt=0, description="uploaded files per request")
     decode_budget_mb: int = Field(
@@ -40,3 +48,10 @@ class Settings(BaseSettings):
         description="how long an imaging request waits for a decoding slot before 503")
     public_key: Path | None = Field(
         default=None, description="Ed25519 public key (PEM): serve only bundles it verifies")
+
+    def body_limit(self, *, image: bool) -> int:
+        """The request body limit in bytes: ``max_body_bytes`` when set, else the default
+        for the kind of bundle served (imaging or tabular)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return IMAGE_BODY_BYTES if image else TABULAR_BODY_BYTES

@@ -33,6 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medfl.deployment import certs
+from medfl.deployment.processes import (  # noqa: F401 - the tests' helpers
+    alive,
+    free_port,
+    process_tree,
+    stop_tree,
+    stop_trees,
+)
 from medfl.errors import MedflError
 
 logger = logging.getLogger(__name__)
@@ -47,71 +54,6 @@ def flower_bin(name: str) -> str:
     """A Flower executable of the running interpreter's environment."""
     path = Path(sys.executable).parent / name
     return str(path) if path.exists() else name
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, or None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants, also those already orphaned. Flower's SuperExec
-    starts its own session and names its parent only as ``--parent-pid``, so neither a
-    process group nor the parent links alone hold everything a SuperNode started."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or (st := _proc_stat(int(entry.name))) is None:
-            continue
-        children.setdefault(st[1], []).append(int(entry.name))
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--parent-pid" in argv and argv.index(b"--parent-pid") + 1 < len(argv):
-            named = argv[argv.index(b"--parent-pid") + 1]
-            if named.isdigit() and st[1] != int(named):
-                children.setdefault(int(named), []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid not in tree:
-            tree.append(pid)
-            todo.extend(children.get(pid, []))
-    return tree
-
-
-def alive(pids: list[int]) -> list[int]:
-    """The processes of ``pids`` still running (zombies count as gone)."""
-    return [p for p in pids if (st := _proc_stat(p)) is not None and st[0] != "Z"]
-
-
-def stop_tree(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
-    """SIGTERM a process and its descendants, then SIGKILL what is left after ``grace``."""
-    pids = process_tree(proc.pid)
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for pid in alive(pids):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            proc.poll()
-            if not alive(pids):
-                return
-            time.sleep(0.2)
 
 
 @dataclass
@@ -161,19 +103,28 @@ class LocalFederation:
 
     def prepare(self, *, force: bool = False) -> None:
         """Certificates, keys, the CLI's connection and each site's own data folder."""
+        self.prepare_keys(force=force)
+        self.prepare_sites()
+
+    def prepare_keys(self, *, force: bool = False) -> None:
+        """Certificates, site keys and the CLI's connection: all the SuperLink needs."""
         if force or not (self.certs / certs.CA_CERT).exists():
             certs.init_ca(self.certs, force=True)
         for site in self.sites:
             if force or not certs.site_keys(self.certs, site).private_key.exists():
                 certs.add_site(self.certs, site, force=True)
-            self.site_dir(site).joinpath("state").mkdir(parents=True, exist_ok=True)
-            self._copy_site_data(site)
-        self._approve_app()
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{self.control_address}"\n'
             f'root-certificates = "{self.certs / certs.CA_CERT}"\n')
+
+    def prepare_sites(self) -> None:
+        """Each site's state folder, its own data file, and its approval of the app."""
+        for site in self.sites:
+            self.site_dir(site).joinpath("state").mkdir(parents=True, exist_ok=True)
+            self._copy_site_data(site)
+        self._approve_app()
 
     def _approve_app(self) -> None:
         """The operator signs this project's app bundle; every site approves it."""
@@ -216,8 +167,13 @@ class LocalFederation:
         """Start the TLS SuperLink (site authentication on) as deploy/start-superlink.sh
         does: the Fleet API on ``port``, the Control API on loopback ``control_port``; wait
         until both listen."""
+        self.spawn_superlink()
+        self.wait_for_superlink(timeout=timeout)
+
+    def spawn_superlink(self) -> subprocess.Popen:
+        """Start the SuperLink (see :meth:`start_superlink`) without waiting for it."""
         c = self.certs
-        self._spawn("superlink", [
+        return self._spawn("superlink", [
             sys.executable, "-m", "medfl.cli", "superlink", "--fleet-address", self.address,
             "--ssl-ca-certfile", str(c / certs.CA_CERT),
             "--ssl-certfile", str(c / certs.SERVER_CERT),
@@ -226,6 +182,9 @@ class LocalFederation:
             "--database", str(self.workdir / "superlink" / "state.db"),
             "--disable-runtime-dependency-installation",
         ], self.workdir / "superlink" / "superlink.log")
+
+    def wait_for_superlink(self, *, timeout: float = 60.0) -> None:
+        """Wait until the started SuperLink listens on both its ports."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.procs["superlink"].poll() is not None:
@@ -236,7 +195,7 @@ class LocalFederation:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 return
             except OSError:
-                time.sleep(0.5)
+                time.sleep(0.2)
         raise MedflError(f"the SuperLink did not listen on port {self.port} within {timeout} s")
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -248,11 +207,32 @@ class LocalFederation:
         """Register a site's public key with the SuperLink; returns its node id."""
         key = public_key or certs.site_keys(self.certs, site).public_key
         proc = self.flwr("supernode", "register", str(key), CONNECTION, "--format", "json")
+        return self._registered(site, proc.stdout + proc.stderr, proc.stdout)
+
+    def register_all(self, sites: Sequence[str]) -> dict[str, int]:
+        """Register several sites' keys at once (one ``flwr`` process each, side by side:
+        each spends seconds importing Flower); returns their node ids."""
+        procs = {site: subprocess.Popen(
+            [flower_bin("flwr"), "supernode", "register",
+             str(certs.site_keys(self.certs, site).public_key), CONNECTION, "--format", "json"],
+            env=self.env(), cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True) for site in sites}
         try:
-            node_id = int(json.loads(proc.stdout)["node-id"])
+            replies = {site: proc.communicate(timeout=120) for site, proc in procs.items()}
+        except subprocess.TimeoutExpired:
+            for proc in procs.values():
+                proc.kill()
+            raise MedflError(f"registering {list(sites)} did not finish within 120 s; is "
+                             f"the SuperLink answering on {self.control_address}?") from None
+        return {site: self._registered(site, out + err, out)
+                for site, (out, err) in replies.items()}
+
+    def _registered(self, site: str, reply: str, stdout: str) -> int:
+        try:
+            node_id = int(json.loads(stdout)["node-id"])
         except (ValueError, KeyError):
             raise MedflError(f"registering site {site!r} failed: "
-                             f"{(proc.stdout + proc.stderr).strip()[-500:]}") from None
+                             f"{reply.strip()[-500:]}") from None
         self.node_ids[site] = node_id
         return node_id
 
@@ -328,20 +308,27 @@ class LocalFederation:
         return proc
 
     def start(self) -> LocalFederation:
-        """Prepare, start the SuperLink, register every site and start its SuperNode."""
-        self.prepare()
-        self.start_superlink()
+        """Prepare, start the SuperLink, register every site and start its SuperNode.
+
+        The SuperLink starts as soon as its certificate exists: its start-up (seconds of
+        imports) overlaps the sites' preparation, and the sites register side by side."""
+        self.prepare_keys()
+        self.spawn_superlink()
+        self.prepare_sites()
+        self.wait_for_superlink()
+        self.register_all(self.sites)
         for site in self.sites:
-            self.register(site)
             self.start_supernode(site)
         return self
 
     def stop(self) -> None:
-        """Stop every process this federation started (SuperNodes first)."""
-        for name in [n for n in self.procs if n != "superlink"] + ["superlink"]:
-            proc = self.procs.pop(name, None)
-            if proc is not None:
-                stop_tree(proc)
+        """Stop every process this federation started: the SuperNodes (together), then
+        the SuperLink."""
+        link = self.procs.pop("superlink", None)
+        nodes = [self.procs.pop(n) for n in list(self.procs)]
+        stop_trees(nodes)
+        if link is not None:
+            stop_tree(link)
 
     def __enter__(self) -> LocalFederation:
         return self

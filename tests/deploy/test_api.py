@@ -72,7 +72,8 @@ def test_model_card_is_the_runs_and_404_with_a_reason_without_one(client, run_di
 
 @pytest.mark.parametrize(("path", "method"), [("/predict", "post"), ("/explain", "post"),
                                               ("/model", "get"), ("/model-card", "get"),
-                                              ("/docs", "get"), ("/openapi.json", "get")])
+                                              ("/docs", "get"), ("/redoc", "get"),
+                                              ("/openapi.json", "get")])
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}])
 def test_every_route_but_health_needs_the_key(client, path, method, headers):
     kwargs = {"json": {"records": [RECORD]}} if method == "post" else {}
@@ -102,6 +103,17 @@ def test_oversized_body_without_a_declared_length_is_413(client):
     r = client.post("/predict", content=chunks(), headers={**KEY, "Content-Type":
                                                             "application/json"})
     assert r.status_code == 413
+
+
+def test_a_tabular_bundle_keeps_a_4_mb_default_body_limit(run_dir):
+    body = b'{"records": [' + b" " * 4_000_000 + b"]}"
+    with TestClient(create_app(Settings(bundle=run_dir))) as bare:
+        r = bare.post("/predict", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert "4000000 bytes" in r.json()["detail"]
+        assert "MEDFL_MAX_BODY_BYTES" in r.json()["detail"]
+        r = bare.post("/predict", json={"records": [RECORD]})
+        assert r.status_code == 200
 
 
 def test_malformed_body_without_a_key_is_401_not_422(client):

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from medfl.deployment import certs
-from medfl.deployment.local import EXIT_REFUSED, ROOT, LocalFederation, alive, process_tree
+from medfl.deployment.local import (
+    EXIT_REFUSED,
+    ROOT,
+    LocalFederation,
+    alive,
+    flower_bin,
+    process_tree,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +68,17 @@ def _ours(workdir: Path) -> list[int]:
 
 def test_four_hospitals_over_tls_with_authenticated_sites_and_secure_aggregation(tmp_path):
     """The shipped script: the default scenario on the deployment engine, with Flower's
-    SecAgg+ for the update and the report (one round: each protocol stage starts a
-    ClientApp process per site), and no process left behind."""
+    SecAgg+ for the update and the report, and no process left behind.
+
+    Each protocol stage starts a ClientApp process per site (seconds of imports each), so
+    the run is one round without the audit, a stage this test does not check (the resume
+    test below runs it on this deployment); the round's monitoring evaluation gives the
+    mean site accuracy."""
     work = tmp_path / "fed"
     proc = subprocess.run(["bash", str(ROOT / "deploy" / "local-federation.sh"), "--workdir",
                            str(work), "--run-config",
                            "num-server-rounds=1 secure-aggregation.enabled=true "
-                           "strategy.min-round-nodes=3"],
+                           "strategy.min-round-nodes=3 privacy.audit=false"],
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert _ours(work) == []
@@ -117,9 +128,18 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
         fed.prepare()
         certs.add_site(fed.certs, "intruder")
         fed.start_superlink()
-        fed.register("cleveland")
-        fed.register("va")
+        fed.register_all(["cleveland", "va"])
         fed.unregister("va")  # revoked
+        # the CLI without TLS (its own Flower home) cannot talk to the SuperLink
+        plain_home = tmp_path / "plain-home"
+        plain_home.mkdir()
+        (plain_home / "config.toml").write_text(
+            '[superlink]\ndefault = "plain"\n\n[superlink.plain]\n'
+            f'address = "{fed.control_address}"\ninsecure = true\n')
+        plain = subprocess.Popen([flower_bin("flwr"), "run", str(ROOT), "plain"],
+                                 env={**fed.env(), "FLWR_HOME": str(plain_home)},
+                                 cwd=fed.workdir, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
         nodes = {
             "unregistered": fed.start_supernode(
                 "cleveland", key=certs.site_keys(fed.certs, "intruder").private_key,
@@ -127,13 +147,13 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
             "revoked": fed.start_supernode("va", name="revoked"),
             "no-ca": fed.start_supernode("cleveland", ca=False, name="no-ca"),
         }
+        # a registered site, started beside them, connects and stays up
+        ok = fed.start_supernode("cleveland")
         for name, proc in nodes.items():  # Flower logs its code 305 and exits with 1
             assert proc.wait(timeout=120) != 0, name
             log = (fed.site_dir("va" if name == "revoked" else "cleveland") / f"{name}.log")
             assert f"Exit Code: {EXIT_REFUSED}" in log.read_text(), name
         assert "CERTIFICATE_VERIFY_FAILED" in (fed.site_dir("cleveland") / "no-ca.log").read_text()
-        # a registered site connects and stays up
-        ok = fed.start_supernode("cleveland")
 
         def online() -> bool:
             listing = fed.flwr("supernode", "list", "medfl", "--format", "json")
@@ -144,13 +164,9 @@ def test_unregistered_revoked_and_unverified_nodes_and_a_plaintext_cli_are_refus
         _wait_for(online, timeout=120, what="the registered site to be online")
         time.sleep(3)
         assert ok.poll() is None
-        # the CLI without TLS cannot talk to the SuperLink
-        (fed.flwr_home / "config.toml").write_text(
-            '[superlink]\ndefault = "plain"\n\n[superlink.plain]\n'
-            f'address = "{fed.control_address}"\ninsecure = true\n')
-        plain = fed.flwr("run", str(Path(__file__).resolve().parents[2]), "plain")
+        reply, _ = plain.communicate(timeout=120)
         assert plain.returncode != 0
-        assert "unavailable" in (plain.stdout + plain.stderr).lower()
+        assert "unavailable" in reply.lower()
 
 
 def _signal_all(pids: list[int], sig: int) -> None:
@@ -166,8 +182,8 @@ def _signal_all(pids: list[int], sig: int) -> None:
 def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path):
     """In round 2 VA's SuperNode is killed and Hungarian's is frozen (SIGSTOP) past the
     round timeout. The round completes with Cleveland (strategy.min-round-nodes=1),
-    rounds.jsonl says who dropped and why; Hungarian takes part again from round 3 and VA,
-    restarted, rejoins a later round."""
+    rounds.jsonl says who dropped and why; Hungarian, thawed, and VA, restarted, take part
+    again by the last round."""
     out = tmp_path / "out"
     run = out / "faults"
     with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian", "va")) as fed:
@@ -176,16 +192,21 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         # three sites at once on 2 cores took 20-26 s for round 1 and a 25 s timeout
         # dropped them there too: 45 s leaves room. RDP accounting: PRV's noise
         # calibration added another ~10 s to round 1; the faults under test are round 2's.
+        # No audit: a stage after the last round that this test does not check (the
+        # resume test below runs it on this deployment). The monitoring evaluation stays:
+        # it is the slack in which a thawed Hungarian catches up before round 3.
         proc, log = _submit(fed, f"num-server-rounds=4 output-dir='{out}' run-name='faults' "
                                  "strategy.round-timeout=45.0 strategy.min-round-nodes=1 "
-                                 "privacy.accountant='rdp'")
+                                 "privacy.accountant='rdp' privacy.audit=false")
         try:
             _wait_for(lambda: len(_rounds(run)) >= 1, timeout=300, what="round 1")
             fed.kill("va")  # round 2's training has just been sent
             frozen = process_tree(fed.procs["hungarian"].pid)  # SuperNode, SuperExec, app
             _signal_all(frozen, signal.SIGSTOP)
             try:
-                time.sleep(50)  # past round 2's training timeout
+                # past round 2's training timeout, then thawed while the round closes: held
+                # until round 2 was recorded, Hungarian missed round 3 too (seen in CI)
+                time.sleep(50)
             finally:
                 _signal_all(frozen, signal.SIGCONT)
             _wait_for(lambda: len(_rounds(run)) >= 2, timeout=300, what="round 2")
@@ -210,15 +231,19 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         "no reply within the round timeout (45 s)",
         "Error: Node Unavailable — The destination node failed to report a heartbeat within "
         "2 × its expected interval.")
-    assert "hungarian" in rounds[2]["train"] and "hungarian" in rounds[3]["train"]
-    assert "va" in rounds[3]["train"]  # rejoined
+    # Both are back by the last round. Hungarian may miss round 3 as well: thawed while
+    # round 2 closes, it takes round 3's message, but until its next heartbeat lands the
+    # SuperLink still counts it offline and answers the ServerApp "Node Unavailable" for it
+    # (seen in CI and here under load: the reply it sent a few seconds later came too late)
+    assert "hungarian" in rounds[3]["train"] and "va" in rounds[3]["train"]  # rejoined
+    assert all(p["status"] == "dropped" for r in rounds[2:] for p in r.get("train_problems", []))
     # the report says who dropped when
     report = json.loads((run / "report.json").read_text())
     assert {(p["site"], p["status"]) for p in report["rounds"][1]["problems"]} == {
         ("hungarian", "dropped"), ("va", "dropped")}
     summary = json.loads((run / "summary.json").read_text())
     trained = {s["name"]: s["rounds_trained"] for s in summary["sites"]}
-    assert trained["cleveland"] == 4 and trained["hungarian"] == 3 and trained["va"] >= 2
+    assert trained["cleveland"] == 4 and trained["hungarian"] >= 2 and trained["va"] >= 2
     # VA's restarted SuperNode continued its accountant from its state folder: its ε
     # covers every round it trained in, within the run's target
     assert all(s["epsilon"] <= 3.0 for s in summary["sites"])

@@ -6,6 +6,8 @@ The body is parsed here (not by FastAPI's signature) so that one path serves bot
 CPU-bound work runs in the threadpool, off the event loop. Images are admitted by their
 headers' declared size before any is decoded (413 past ``decode_budget_mb``), and decoded
 in one of ``max_concurrent_decodes`` slots (503 after ``decode_wait_s`` without one).
+The body reaches the parser from the ``Guard``'s temporary file, and the parser spools each
+upload to its own; an upload is in memory once, as the bytes read here to be decoded.
 """
 
 from __future__ import annotations
