@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 
 from bench import inprocess
-from bench.imaging_utility import SCENARIOS, scenario_args, scenario_config
+from bench.imaging_utility import (
+    DEFAULT_SCENARIOS,
+    SCENARIOS,
+    scenario_args,
+    scenario_config,
+)
 from bench.report import mean_sd, write_section
 from medfl import tasks
 from medfl.config import parse_run_config
@@ -54,7 +59,7 @@ def main() -> None:
     args = scenario_args(__doc__, seeds=2)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.scenario or list(SCENARIOS):
+        for name in args.scenario or DEFAULT_SCENARIOS:
             metric = "Dice" if SCENARIOS[name] == "dice" else "accuracy"
             pooled = "mean Dice" if metric == "Dice" else "AUROC (estimate)"
             for fedbn in (False, True):

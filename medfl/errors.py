@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["MedflError", "ConfigError", "DataError", "PrivacyBudgetExceeded", "BundleError",
-           "AttemptFailed"]
+           "AttemptFailed", "SiteRefused"]
 
 
 class MedflError(Exception):
@@ -16,6 +16,11 @@ class ConfigError(MedflError, ValueError):
 
 class DataError(MedflError, ValueError):
     """A data file is missing, corrupt, tampered with, or does not fit the schema."""
+
+
+class SiteRefused(DataError):
+    """A site refused to take part (its data cannot, or may not, join the run), so the run
+    stops before training; the message names the site and what the consortium can do."""
 
 
 class PrivacyBudgetExceeded(MedflError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,15 @@ import medfl
 from medfl import tasks
 from medfl.config import RunConfig
 from medfl.data.heart import HEART_SITES
-from medfl.data.scaling import FeatureMoments, Standardizer, pool_moments
-from medfl.errors import DataError
+from medfl.data.missing import pool_with_imputation
+from medfl.data.prevalence import pooled_prevalence
+from medfl.data.scaling import FeatureMoments, Standardizer
+from medfl.errors import SiteRefused
 from medfl.evaluation.release_sum import site_report_metrics
 from medfl.evaluation.stats import SiteEvalStats
 from medfl.models import state_arrays
 from medfl.privacy.audit import AuditResult
+from medfl.reporting.class_weight import class_weight_record
 from medfl.reporting.files import EVALUATION_FILE, write_reports
 from medfl.reporting.run_dir import RunDirectory
 from medfl.reporting.summary import build_summary
@@ -37,17 +41,39 @@ def initial_weights(cfg: RunConfig) -> dict[str, torch.Tensor]:
     return state_arrays(tasks.task_for(cfg).build_model())
 
 
-def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments],
-                      *, expected: int) -> Standardizer:
-    """Pool the sites' moments. Every expected site must have answered: a scaler fitted on
-    a subset would silently shift the others' inputs."""
+def consortium_scaler(cfg: RunConfig, moments: dict[str, FeatureMoments], *, expected: int,
+                      refusals: dict[int, str] | None = None) -> Standardizer:
+    """Pool the sites' moments (and the means of the features to impute). Every expected
+    site must have answered: a scaler fitted on a subset would silently shift the others'
+    inputs. Otherwise ``SiteRefused`` names the
+    sites that refused (``refusals``: node id -> the reason it sent) and what to do."""
     if len(moments) < expected:
-        raise DataError(
-            f"only {len(moments)} of {expected} sites shared feature statistics "
-            f"({sorted(moments)}); the consortium standardiser needs all of them"
-        )
-    spec = tasks.task_for(cfg).feature_spec()
-    return pool_moments(list(moments.values()), bounds=spec.bounds, columns=spec.numeric_idx)
+        raise SiteRefused(refusal_message(len(moments), expected, refusals or {}))
+    scaler = pool_with_imputation(list(moments.values()), tasks.task_for(cfg).feature_spec())
+    return replace(scaler, prevalence=pooled_prevalence(list(moments.values())))
+
+
+def refusal_message(answered: int, expected: int, refusals: dict[int, str]) -> str:
+    """One line for a run stopped because sites refused the feature-statistics query: who
+    refused and why (the reasons sites sent, which they vet), and what the consortium can
+    do. A site whose reason does not name it is named by its node id."""
+    who = "; ".join(f"node {node}: {reason}" for node, reason in sorted(refusals.items()))
+    silent = expected - answered - len(refusals)
+    if silent > 0:
+        who += ("; " if who else "") + f"{silent} site(s) did not answer in time"
+    return (f"the run stopped before training: only {answered} of {expected} sites shared "
+            f"feature statistics ({who}). Every site in the run must take part: drop that "
+            "site (stop its SuperNode), merge its patients into another site, or, if the "
+            "consortium agrees to go on without it, lower strategy.min-nodes (and "
+            "strategy.min-round-nodes) to the sites that remain")
+
+
+def stop_refused(run_dir: RunDirectory, error: SiteRefused) -> None:
+    """End a run that a site refused: one error line in the server's log (no traceback:
+    nothing is wrong with the server) and the run folder marked failed, so it is never
+    read as a finished run."""
+    run_dir.mark_failed(str(error))
+    logger.error("MedFL run %s stopped: %s", run_dir.path.name, error)
 
 
 def site_order(names: list[str]) -> list[str]:
@@ -82,12 +108,15 @@ def finish_run(
     summary = build_summary(cfg, site_order=names, train=train, evaluation=evaluation,
                             rounds_trained=rounds_trained, run_name=run_dir.path.name,
                             audits=audits or {}, central=central, personal=personal,
-                            report_stats=site_report_metrics(report_stats))
+                            report_stats=site_report_metrics(report_stats),
+                            class_weight=class_weight_record(
+                                cfg, scaler.prevalence if scaler is not None else None))
     manifest = {
         "task": cfg.task.value,
         **tasks.task_for(cfg).model_io(scaler),
         "label_names": list(tasks.task_for(cfg).label_names()),
         "threshold": cfg.evaluation.threshold,
+        "class_weight": summary.class_weight,
         "metrics": {"global": summary.pooled.metrics.to_dict(),
                     "mean_site_accuracy": summary.mean_site_accuracy},
         "privacy": [{"site": s.name, "epsilon": s.epsilon, "delta": s.delta}

@@ -78,7 +78,8 @@ class ReplyBounds:
     """The sizes a site's replies are checked against (see ``check_reply``).
 
     ``k``: the suppression threshold of the exact counts that still leave (training-set
-    size, the audit's groups); ``n_numeric``: numeric features (the moments);
+    size, the audit's groups); ``n_numeric``: the moments' columns (numeric features,
+    then binary ones to impute);
     ``n_cells``: declared evaluation cells; ``n_explain``: the explanation vector's length
     (0 without one); ``n_hist``: the report's histogram counts (``n_cells`` x 2 x bins,
     0 for segmentation); ``n_sums``: the report's segmentation sums (``n_cells`` x 8, 0

@@ -10,7 +10,7 @@ from flwr.serverapp import Grid, ServerApp
 from medfl import federation as fed
 from medfl import orchestration as orch
 from medfl import tasks
-from medfl.errors import MedflError
+from medfl.errors import MedflError, SiteRefused
 from medfl.federation.run_start import RunStart
 from medfl.federation.strategies import build_strategy
 
@@ -27,8 +27,13 @@ def main(grid: Grid, context: Context) -> None:
 
     fed.check_fedbn(cfg)  # a model without normalisation layers fails here, not at a site
     nodes = fed.wait_for_nodes(grid, minimum=cfg.strategy.min_nodes)
-    scaler, node_sites = start.scaler(grid, nodes)
-    shared = ConfigRecord({**fed.scaler_to_config(scaler), "run-key": start.run_key})
+    try:
+        scaler, node_sites = start.scaler(grid, nodes)
+    except SiteRefused as refused:  # a consortium matter, not a server fault: no traceback
+        orch.stop_refused(run_dir, refused)
+        return
+    shared = ConfigRecord({**fed.scaler_to_config(scaler), "run-key": start.run_key,
+                           **fed.image_size_to_config(cfg)})
 
     strategy = build_strategy(cfg, num_sites=len(nodes), on_round=run_dir.append_round,
                               node_sites=node_sites, weighted_by_key=fed.weight_key(cfg),

@@ -39,6 +39,18 @@ def test_show_prints_sites_and_headline(tmp_path):
     assert "not for clinical use" in result.output
 
 
+def test_show_names_the_suppressed_site_and_the_sites_behind_the_mean(tmp_path):
+    s = _summary()
+    swiss = next(x for x in s["sites"] if x["name"] == "switzerland")
+    swiss["metrics"]["accuracy"] = None  # under k at the site: held back
+    s.update(mean_site_accuracy=0.75, sites_reported=1)
+    (tmp_path / "summary.json").write_text(json.dumps(s))
+    result = CliRunner().invoke(app, ["show", str(tmp_path)], env={"COLUMNS": "150"})
+    assert result.exit_code == 0, result.output
+    assert "over 1 of 2 sites" in result.output and "0.750" in result.output
+    assert "suppressed, left out of the mean: switzerland" in result.output
+
+
 def test_show_names_a_summary_missing_a_key(tmp_path):
     s = _summary()
     del s["model"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -79,11 +80,15 @@ def _site_table(s: Summary, keys: tuple[str, str], seg: bool) -> Table:
 
 def _headlines(console: Console, s: Summary, keys: tuple[str, str], seg: bool) -> None:
     """The mean per-site figures under the table, and what 'suppressed' means."""
+    held = [x.name for x in s.sites if x.metrics.value(keys[0]) is None]
+    over = f"over {len(s.sites) - len(held)} of {len(s.sites)} sites"
     if seg:
-        console.print(f"mean per-site Dice: [bold]{_fmt(s.mean_site_dice)}[/bold]")
+        console.print(f"mean per-site Dice ({over}): [bold]{_fmt(s.mean_site_dice)}[/bold]")
     else:
-        console.print(f"mean per-site accuracy (FLamby's headline): "
+        console.print(f"mean per-site accuracy (FLamby's headline, {over}): "
                       f"[bold]{_fmt(s.mean_site_accuracy)}[/bold]")
+    if held:
+        console.print(f"suppressed, left out of the mean: {', '.join(held)}")
     if s.personal is not None:  # personalised evaluation (evaluation.personal-epochs)
         name = "Dice" if seg else "accuracy"
         value = s.personal.mean_site_dice if seg else s.personal.mean_site_accuracy
@@ -96,6 +101,20 @@ def _headlines(console: Console, s: Summary, keys: tuple[str, str], seg: bool) -
                       "at that site; the value never left the site.")
 
 
+def _refuse_failed(run_dir: Path) -> None:
+    """Exit with the reason when ``run_dir`` holds a run that stopped before it finished."""
+    from medfl.reporting.run_dir import FAILED_FILE
+
+    failed = run_dir / FAILED_FILE
+    if failed.is_file():
+        try:
+            reason = json.loads(failed.read_text()).get("reason", "no reason recorded")
+        except (OSError, ValueError):
+            reason = f"{FAILED_FILE} is unreadable"
+        typer.echo(f"error: run {run_dir.name} failed before it finished: {reason}", err=True)
+        raise typer.Exit(1)
+
+
 def show(
     run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/latest")],
 ) -> None:
@@ -103,6 +122,7 @@ def show(
     from medfl.errors import MedflError
 
     path = run_dir / "summary.json"
+    _refuse_failed(run_dir)
     if not path.is_file():
         typer.echo(f"error: {path} not found: is {run_dir} a finished MedFL run? "
                    "(runs are in outputs/<run-name>/, the newest is outputs/latest)", err=True)

@@ -25,6 +25,7 @@ from PIL import Image
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 
+from medfl.data.dicom import DicomVoi, check_decodable, syntax_label
 from medfl.errors import DataError
 
 __all__ = ["FORMAT_NAMES", "MAX_PIXELS", "VALID_FORMATS", "decode", "detect_format",
@@ -39,6 +40,9 @@ _JPEG_MAGIC = b"\xff\xd8"
 _GZIP_MAGIC = b"\x1f\x8b"
 _GRAY_MODES = ("1", "L", "I;16", "I;16L", "I;16B", "I", "F")
 _NIFTI_HEADER_SIZES = (348, 540)
+_GRAY_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+_KNOWN_PHOTOMETRIC = ("PALETTE COLOR", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                      "YBR_PARTIAL_420", "XYB")
 _MAX_NIFTI_BYTES = 512 << 20  # a 2-D slice is far smaller: 8192 x 8192 float64
 #: Largest image read (checked from the header, before the pixels are decoded): a small
 #: compressed upload can otherwise expand to gigabytes once converted to float64.
@@ -83,37 +87,52 @@ def _nifti_header_size(data: bytes) -> int:
     return little if little in _NIFTI_HEADER_SIZES else big
 
 
-def _read_dicom(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-    with _decoding("DICOM"):
-        # Only imaging tags are accessed: pydicom converts values lazily, so patient tags
-        # are never decoded (and never show up in a validation warning).
-        ds = pydicom.dcmread(io.BytesIO(data))
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        has_pixels = "PixelData" in ds or "FloatPixelData" in ds
+def _check_dicom_header(ds: pydicom.Dataset) -> None:
+    """Refuse what MedFL does not read, from the header alone (before decoding pixels)."""
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if frames > 1:
         raise DataError(f"DICOM file has {frames} frames; MedFL reads 2-D single-frame images; "
                         "export one frame per file")
     if samples > 1:
         raise DataError(f"DICOM file has {samples} colour channels (SamplesPerPixel); the model "
                         "expects 1 grayscale channel")
-    if not has_pixels:
+    if photometric not in _GRAY_PHOTOMETRIC:
+        # PALETTE COLOR stores indices into a colour table: not intensities.
+        shown = photometric if photometric in _KNOWN_PHOTOMETRIC else "a non-standard value"
+        raise DataError(f"DICOM image's Photometric Interpretation is {shown}; MedFL reads "
+                        f"grayscale images ({' or '.join(_GRAY_PHOTOMETRIC)}): export it as "
+                        "grayscale")
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise DataError("not a readable DICOM image: it has no pixel data (truncated or corrupt, "
                         "or not an image object such as a report)")
     _check_size("DICOM", int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    kind = f"DICOM ({syntax.name})" if syntax is not None and syntax.is_compressed else "DICOM"
+
+
+def _read_dicom(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    with _decoding("DICOM"):
+        # Only imaging tags are accessed: pydicom converts values lazily, so patient tags
+        # are never decoded (and never show up in a validation warning).
+        ds = pydicom.dcmread(io.BytesIO(data))
+        _check_dicom_header(ds)
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+    check_decodable(syntax)  # a missing codec is named, not reported as a corrupt file
+    kind = f"DICOM ({syntax_label(syntax)})" if syntax is not None and syntax.is_compressed \
+        else "DICOM"
     with _decoding(kind):
-        pixels = apply_modality_lut(ds.pixel_array, ds).astype(np.float64)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        # Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence): modality units.
+        pixels = np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float64)
         center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+        voi = DicomVoi.from_dataset(ds)
     meta = {
         "format": "dicom",
         # MONOCHROME1 (low = bright) is inverted after windowing, because the window
         # tags are expressed in the un-inverted modality units.
-        "invert": photometric == "MONOCHROME1",
+        "invert": ds.get("PhotometricInterpretation") == "MONOCHROME1",
         "window_center": _first_float(center),
         "window_width": _first_float(width),
+        "voi": voi,
     }
     return pixels, meta
 
@@ -187,7 +206,7 @@ def decode(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     """An image file's bytes -> (pixels, meta), as :func:`read_pixels` describes them."""
     fmt = detect_format(data)
     meta: dict[str, Any] = {"format": fmt, "invert": False,
-                            "window_center": None, "window_width": None}
+                            "window_center": None, "window_width": None, "voi": None}
     if fmt == "dicom":
         pixels, meta = _read_dicom(data)
     elif fmt == "nifti":
@@ -222,6 +241,8 @@ def read_pixels(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     meta : dict
         ``format`` (png, jpeg, dicom, nifti), ``invert`` (True for DICOM MONOCHROME1:
         low values display bright; applied after windowing), ``window_center`` and
-        ``window_width`` (DICOM tags, else None). Never patient tags.
+        ``window_width`` (DICOM tags, first pair; else None), ``voi`` (DICOM: the file's
+        display presets, a :class:`~medfl.data.dicom.DicomVoi`, or None). Never patient
+        tags.
     """
     return decode(read_bytes(path))

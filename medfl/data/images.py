@@ -60,14 +60,22 @@ class ImagePreprocessing:
         [center - width/2, center + width/2] in modality units (e.g. Hounsfield units),
         then scale to [0, 1]. ``"zscore"``: per-image zero mean, unit variance.
     window_center, window_width : float
-        For ``"window"`` only, in modality units. Both 0: use each DICOM file's own
-        WindowCenter/WindowWidth tags (first value when multi-valued).
+        For ``"window"`` only, in modality units: clip to [center - width/2,
+        center + width/2], then scale to [0, 1]. Both 0: each DICOM file's own display
+        preset instead, applied as the standard says (PS3.3 C.11.2, by pydicom's
+        ``apply_voi``/``apply_windowing``): its VOI LUT, or its Window Center/Width with
+        its VOI LUT Function, the output scaled from the preset's range to [0, 1].
+    window_preset : int
+        Which of the file's presets (VOI LUT Sequence items, then Window Center/Width
+        pairs, e.g. a vendor's WINDOW1/WINDOW2); 0, the first, is the file's default.
+        Only with the file's own window.
     """
 
     size: int
     intensity: str
     window_center: float = 0.0
     window_width: float = 0.0
+    window_preset: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.size, bool) or not isinstance(self.size, int) or not (
@@ -98,6 +106,17 @@ class ImagePreprocessing:
         if self.intensity == "window" and explicit and self.window_width == 0:
             raise ConfigError("image preprocessing: window_width must be > 0 when window_center "
                               "is set (set both to 0 to use each DICOM file's window tags)")
+        self._check_preset()
+
+    def _check_preset(self) -> None:
+        preset = self.window_preset
+        if isinstance(preset, bool) or not isinstance(preset, int) or preset < 0:
+            raise ConfigError(f"image preprocessing: window_preset must be an integer >= 0, "
+                              f"got {preset!r}")
+        if preset and not self.uses_file_window:
+            raise ConfigError("image preprocessing: window_preset picks one of a DICOM file's "
+                              "own display presets, so it needs intensity 'window' with "
+                              "window_center = window_width = 0; leave it at 0")
 
     @property
     def uses_file_window(self) -> bool:
@@ -125,16 +144,23 @@ class ImagePreprocessing:
         return cls(**d)
 
 
+def _file_window(pixels: np.ndarray, meta: Mapping[str, Any],
+                 prep: ImagePreprocessing) -> np.ndarray:
+    """The DICOM file's own display preset, applied by pydicom, in [0, 1]."""
+    voi = meta.get("voi")
+    if voi is None:
+        raise DataError("intensity 'window' with window_center = window_width = 0 uses the "
+                        "DICOM file's own VOI LUT or WindowCenter/WindowWidth tags, which this "
+                        "file lacks; set window_center and window_width")
+    return np.asarray(voi.apply(pixels, preset=prep.window_preset), dtype=np.float64)
+
+
 def _normalise(pixels: np.ndarray, meta: Mapping[str, Any],
                prep: ImagePreprocessing) -> np.ndarray:
-    if prep.intensity == "window":
+    if prep.uses_file_window:
+        out = _file_window(pixels, meta, prep)
+    elif prep.intensity == "window":
         center, width = prep.window_center, prep.window_width
-        if prep.uses_file_window:
-            center, width = meta["window_center"], meta["window_width"]
-            if center is None or width is None or width <= 0:
-                raise DataError("intensity 'window' with window_center = window_width = 0 uses "
-                                "the DICOM WindowCenter/WindowWidth tags, which this file lacks "
-                                "(or holds a width <= 0); set window_center and window_width")
         low = center - width / 2
         out = (np.clip(pixels, low, center + width / 2) - low) / width
     else:

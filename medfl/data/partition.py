@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,24 @@ from medfl.config import PARTITIONS
 from medfl.errors import ConfigError, DataError
 
 __all__ = ["dirichlet_mix", "partition_indices"]
+
+
+def _flower_datasets(scheme: str) -> tuple[Any, Any]:
+    """Hugging Face's ``Dataset`` and Flower Datasets' partitioner module, offline; refused,
+    naming the extra that brings them, in an install without them."""
+    # Flower Datasets imports Hugging Face datasets: keep it offline whatever the caller set.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import flwr_datasets.partitioner as partitioners
+        from datasets import Dataset
+    except ImportError as exc:  # a deployment install: `pip install medfl`
+        raise ConfigError(
+            f"data.partition={scheme!r} splits one data set among simulated sites, which "
+            "needs MedFL's simulation extra (pip install 'medfl[simulation]'; missing: "
+            f"{exc.name}); a deployed site reads its own data with data.partition='natural'"
+        ) from None
+    return Dataset, partitioners
 
 
 def partition_indices(labels: np.ndarray, *, num_partitions: int, scheme: str,
@@ -49,26 +68,21 @@ def partition_indices(labels: np.ndarray, *, num_partitions: int, scheme: str,
         raise DataError(f"cannot split {len(labels)} rows into {num_partitions} partitions")
     if scheme == "dirichlet-mix":
         return dirichlet_mix(labels, num_partitions=num_partitions, alpha=alpha, seed=seed)
-    # Flower Datasets imports Hugging Face datasets: keep it offline whatever the caller set.
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, LinearPartitioner
-
+    dataset_type, partitioners = _flower_datasets(scheme)
     if scheme == "iid":
-        partitioner = IidPartitioner(num_partitions=num_partitions)
+        partitioner = partitioners.IidPartitioner(num_partitions=num_partitions)
         order = np.random.default_rng(seed).permutation(len(labels))
     elif scheme == "dirichlet":
-        partitioner = DirichletPartitioner(
+        partitioner = partitioners.DirichletPartitioner(
             num_partitions=num_partitions, partition_by="label", alpha=alpha,
             min_partition_size=min_partition_size, self_balancing=False, shuffle=True,
             seed=seed)
         order = np.arange(len(labels))
     else:
-        partitioner = LinearPartitioner(num_partitions=num_partitions)
+        partitioner = partitioners.LinearPartitioner(num_partitions=num_partitions)
         order = np.random.default_rng(seed).permutation(len(labels))
     # IID and linear partitioners cut contiguous shards: shuffle rows first (seeded).
-    partitioner.dataset = Dataset.from_dict({"row": order.tolist(),
+    partitioner.dataset = dataset_type.from_dict({"row": order.tolist(),
                                              "label": labels[order].tolist()})
     try:
         with warnings.catch_warnings():  # Dirichlet warns on every redraw it needs

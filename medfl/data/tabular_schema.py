@@ -5,8 +5,11 @@ The schema (JSON, named by ``data.schema``)::
     {"label": {"column": "outcome", "names": ["no event", "event"], "negative": "0",
                "positive": "1"},
      "features": [{"name": "age", "type": "numeric", "bounds": [18, 100]},
+                  {"name": "bmi", "type": "numeric", "bounds": [12, 70],
+                   "missing": "impute", "indicator": true},
                   {"name": "smoker", "type": "binary"},
-                  {"name": "cp", "type": "categorical", "levels": [1, 2, 3, 4]}],
+                  {"name": "cp", "type": "categorical", "levels": [1, 2, 3, 4],
+                   "missing": "level"}],
      "sensitive": ["ethnicity", {"name": "sex", "levels": ["M", "F"]},
                    {"name": "age", "cuts": [50, 65]}]}
 
@@ -17,6 +20,15 @@ encodes the same columns. Sensitive attributes are not model inputs unless also 
 features. A sensitive entry with ``levels`` (categories, the first one the reference) or
 ``cuts`` (numeric band edges) is reported on as subgroups; a bare name is kept but not
 reported on (its levels would otherwise have to come from a site's rows).
+
+Missing cells (empty, ``NA``, ``?``, ... in a CSV; ``null`` in a ``/predict`` record)
+are handled as each feature declares in ``"missing"``: ``"refuse"`` (the default: the
+row is refused, naming line and column); ``"impute"`` (numeric and binary features: the
+consortium's mean over present cells, from the accounted feature moments; it needs
+``preprocessing.scaling = "federated"``, else a ``ConfigError``: impute before the run),
+optionally with ``"indicator": true`` (a 0/1 feature ``<name>_missing``, after all
+others); ``"level"`` (categorical: a level of its own, one more one-hot column
+``<name>_missing``). See :mod:`medfl.data.missing` for why the mean, not the median.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from medfl.data.tabular_encoding import FEATURE_TYPES, encode_columns, feature_names
+from medfl.data.tabular_encoding import FEATURE_TYPES, MISSING_MODES, encode_columns, feature_names
 from medfl.errors import ConfigError
 
 __all__ = ["RESERVED", "Feature", "FeatureSpec", "SensitiveAttribute", "TabularSchema",
@@ -47,13 +59,27 @@ class FeatureSpec:
 
     ``bounds`` has shape (len(numeric_idx), 2): public (low, high) per numeric feature, in
     ``numeric_idx`` order. ``input_schema`` is the bundle's (see :meth:`TabularSchema.
-    input_schema`).
+    input_schema`). ``impute_idx``: positions of the ``missing: impute`` features.
     """
 
     feature_names: tuple[str, ...]
     numeric_idx: tuple[int, ...]
     bounds: np.ndarray
     input_schema: dict[str, Any]
+    impute_idx: tuple[int, ...] = ()
+
+    @property
+    def moment_idx(self) -> tuple[int, ...]:
+        """The columns whose clipped moments a site shares: the numeric features, then
+        the binary ones to impute (their mean is the share of 1s)."""
+        return self.numeric_idx + tuple(i for i in self.impute_idx
+                                        if i not in self.numeric_idx)
+
+    @property
+    def moment_bounds(self) -> np.ndarray:
+        """Shape (len(moment_idx), 2): ``bounds``, then (0, 1) per binary column."""
+        extra = len(self.moment_idx) - len(self.numeric_idx)
+        return np.vstack([self.bounds.reshape(-1, 2), np.tile([0.0, 1.0], (extra, 1))])
 
 
 def _fail(key: str, value: Any, valid: str) -> ConfigError:
@@ -95,15 +121,39 @@ class Feature:
     type: str
     bounds: tuple[float, float] | None = None
     levels: tuple[Any, ...] | None = None
+    missing: str = "refuse"  # "refuse", "impute" or "level" (see the module doc)
+    indicator: bool = False  # with "impute": a 0/1 "was missing" feature too
+
+
+def _missing(obj: dict[str, Any], key: str, ftype: str) -> tuple[str, bool]:
+    """A feature's ``missing`` and ``indicator`` keys, checked against its type."""
+    mode = obj.get("missing", "refuse")
+    if mode not in MISSING_MODES:
+        close = difflib.get_close_matches(str(mode), MISSING_MODES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise _fail(f"{key}.missing", mode, f"one of {', '.join(MISSING_MODES)}{hint}")
+    valid = {"numeric": ("refuse", "impute"), "binary": ("refuse", "impute"),
+             "categorical": ("refuse", "level")}[ftype]
+    if mode not in valid:
+        raise _fail(f"{key}.missing", mode, f"for a {ftype} feature one of {list(valid)} "
+                    "(\"impute\" is for numeric and binary features, \"level\" for "
+                    "categorical ones)")
+    indicator = obj.get("indicator", False)
+    if not isinstance(indicator, bool) or (indicator and mode != "impute"):
+        raise _fail(f"{key}.indicator", indicator, "true or false, and true only with "
+                    "\"missing\": \"impute\"")
+    return mode, indicator
 
 
 def _feature(obj: Any, key: str) -> Feature:
-    ftype = _keys(obj, key, required=("name", "type"), optional=("bounds", "levels"))["type"]
+    ftype = _keys(obj, key, required=("name", "type"),
+                  optional=("bounds", "levels", "missing", "indicator"))["type"]
     if ftype not in FEATURE_TYPES:
         close = difflib.get_close_matches(str(ftype), FEATURE_TYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise _fail(f"{key}.type", ftype, f"one of {', '.join(FEATURE_TYPES)}{hint}")
     name = _name(obj["name"], f"{key}.name")
+    mode, indicator = _missing(obj, key, ftype)
     allowed = {"numeric": "bounds", "categorical": "levels", "binary": None}[ftype]
     for extra in ("bounds", "levels"):
         if extra in obj and extra != allowed:
@@ -114,7 +164,8 @@ def _feature(obj: Any, key: str) -> Feature:
         if not (isinstance(b, list) and len(b) == 2 and all(map(_number, b)) and b[0] < b[1]):
             raise _fail(f"{key}.bounds", b, "[low, high], two finite numbers with low < high "
                         "(public plausible range: it bounds one patient's influence)")
-        return Feature(name, ftype, bounds=(float(b[0]), float(b[1])))
+        return Feature(name, ftype, bounds=(float(b[0]), float(b[1])), missing=mode,
+                       indicator=indicator)
     if ftype == "categorical":
         lv = obj.get("levels")
         ok = isinstance(lv, list) and len(lv) >= 2 and len(set(lv)) == len(lv) and (
@@ -123,8 +174,8 @@ def _feature(obj: Any, key: str) -> Feature:
         if not ok:
             raise _fail(f"{key}.levels", lv, "a list of at least 2 distinct levels, all "
                         "numbers or all non-empty strings (the first is the reference level)")
-        return Feature(name, ftype, levels=tuple(lv))
-    return Feature(name, ftype)
+        return Feature(name, ftype, levels=tuple(lv), missing=mode)
+    return Feature(name, ftype, missing=mode, indicator=indicator)
 
 
 @dataclass(frozen=True)
@@ -211,14 +262,21 @@ class TabularSchema:
                 or set(sensitive) & set(RESERVED):
             raise _fail("sensitive", sensitive, "distinct columns other than the label "
                         f"column and {list(RESERVED)}")
-        return cls(column, (names[0], names[1]), str(positive).strip(), features,
-                   tuple(sensitive), str(negative).strip(), attrs)
+        schema = cls(column, (names[0], names[1]), str(positive).strip(), features,
+                     tuple(sensitive), str(negative).strip(), attrs)
+        encoded = schema.feature_names
+        clash = sorted({n for n in encoded if encoded.count(n) > 1})
+        if clash:
+            raise _fail("features", clash, "encoded feature names that are unique (a "
+                        "\"<name>_missing\" feature or one-hot \"<name>_<level>\" "
+                        "repeats another name: rename a feature or a level)")
+        return schema
 
     # --- the encoding ------------------------------------------------------------------
 
     def columns(self) -> list[dict[str, Any]]:
         """The raw input columns, as a bundle's ``input_schema["columns"]``."""
-        out = []
+        out: list[dict[str, Any]] = []
         for f in self.features:  # _feature sets bounds on numeric, levels on categorical
             if f.type == "numeric":
                 bounds = cast(tuple[float, float], f.bounds)
@@ -227,6 +285,10 @@ class TabularSchema:
                 levels = (list(cast(tuple[Any, ...], f.levels)) if f.type == "categorical"
                           else [0, 1])
                 out.append({"name": f.name, "type": f.type, "levels": levels})
+            if f.missing != "refuse":  # absent: refuse (bundles made before the key)
+                out[-1]["missing"] = f.missing
+            if f.indicator:
+                out[-1]["indicator"] = True
         return out
 
     @property
@@ -238,6 +300,13 @@ class TabularSchema:
     def numeric_idx(self) -> tuple[int, ...]:
         """Positions of the numeric features: the encoding puts them first."""
         return tuple(range(sum(f.type == "numeric" for f in self.features)))
+
+    @property
+    def impute_idx(self) -> tuple[int, ...]:
+        """Positions of the ``missing: impute`` features (numeric, then binary ones)."""
+        values = ([f for f in self.features if f.type == "numeric"]
+                  + [f for f in self.features if f.type == "binary"])
+        return tuple(i for i, f in enumerate(values) if f.missing == "impute")
 
     @property
     def bounds(self) -> np.ndarray:
@@ -260,7 +329,7 @@ class TabularSchema:
     def spec(self) -> FeatureSpec:
         """What the federated path needs about these features (:class:`FeatureSpec`)."""
         return FeatureSpec(self.feature_names, self.numeric_idx, self.bounds,
-                           self.input_schema())
+                           self.input_schema(), self.impute_idx)
 
 
 def load_schema(path: str | Path) -> TabularSchema:

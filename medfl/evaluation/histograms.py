@@ -168,3 +168,37 @@ def reliability(hist: np.ndarray, *, threshold: float) -> list[dict[str, float]]
     return [{"predicted": round(float(prob[b]), 4),
              "observed": round(float(h[1, b] / total[b]), 4), "n": int(round(total[b]))}
             for b in range(N_BINS) if total[b] >= 1]
+
+
+def operating_point(hist: np.ndarray, *, threshold: float,
+                    sensitivity: float) -> dict[str, float] | None:
+    """The second, declared operating point of one (2, B) histogram: the highest grid
+    edge at which the sensitivity reaches ``sensitivity``, and the figures there.
+
+    Post-processing of the released histogram (no extra privacy cost): counts are clipped
+    at 0 so that sensitivity falls monotonically with the edge, and the edge is one of
+    the public grid's (:func:`score_edges`; below the lowest edge every patient is
+    predicted positive, threshold 0). Returns ``threshold`` (a probability),
+    ``sensitivity``, ``specificity``, ``ppv`` and ``npv`` (NaN where undefined), or None
+    when the histogram holds no positive.
+    """
+    h = np.clip(np.asarray(hist, dtype=np.float64), 0.0, None)
+    neg, pos = h[0], h[1]
+    n0, n1 = float(neg.sum()), float(pos.sum())
+    if not n1 > 0:
+        return None
+    edges = score_edges(threshold)  # ascending; bin b + 1 starts at edges[b]
+    tp = fp = 0.0
+    j = len(edges) - 1
+    for j in range(len(edges) - 1, -2, -1):  # the highest edge first; -1: every bin
+        tp, fp = float(pos[j + 1:].sum()), float(neg[j + 1:].sum())
+        if tp / n1 >= sensitivity - 1e-12:
+            break
+    fn, tn = n1 - tp, n0 - fp
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else float("nan")
+
+    cut = float(1.0 / (1.0 + np.exp(-edges[j]))) if j >= 0 else 0.0
+    return {"threshold": cut, "sensitivity": ratio(tp, n1), "specificity": ratio(tn, n0),
+            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn)}

@@ -2,7 +2,15 @@
 
 Per-image maps and overlays stay at the site (they are images of patients); what may be
 shared is :func:`saliency_grid`, the mean share of saliency per coarse region over many
-images. The maps themselves come from pytorch-grad-cam.
+images.
+
+The maps are Grad-CAM (Selvaraju et al., 2017), computed here in torch: the target layer's
+activations ``A_c`` weighted by the spatial mean of the positive logit's gradient with
+respect to them, summed over channels and rectified, ``ReLU(sum_c mean(dy/dA_c) A_c)``.
+Each map is min-max scaled, upsampled bilinearly (half-pixel centres) to the image size,
+and min-max scaled again: pytorch-grad-cam's ``GradCAM`` recipe, which the tests check it
+against. Doing it here keeps pytorch-grad-cam, torchvision and OpenCV out of a site's and
+the serving image's dependencies.
 """
 
 from __future__ import annotations
@@ -51,12 +59,48 @@ def feature_layer(model: nn.Module) -> nn.Module | None:
     return None
 
 
-def _positive_logit(output: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM target for one sample: its single logit (the positive class)."""
-    if output.numel() != 1:
+def _positive_logits(output: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM targets of a batch: each image's single logit (the positive class)."""
+    n = output.shape[0] if output.ndim else 0
+    if n == 0 or output.numel() != n:
         raise ValueError(f"gradcam explains a binary classifier with one output logit, got "
-                         f"an output of shape {tuple(output.shape)} per image")
-    return output.reshape(())
+                         f"an output of shape {tuple(output.shape)} per image"
+                         if n else f"the model's output has shape {tuple(output.shape)}")
+    return output.reshape(n)
+
+
+def _min_max(maps: torch.Tensor) -> torch.Tensor:
+    """Each (H, W) map of an (n, H, W) batch shifted to minimum 0 and divided by its
+    maximum plus 1e-7 (pytorch-grad-cam's scaling: a constant map becomes all 0)."""
+    shifted = maps - maps.amin(dim=(1, 2), keepdim=True)
+    return shifted / (shifted.amax(dim=(1, 2), keepdim=True) + 1e-7)
+
+
+def _cam_batch(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """Grad-CAM maps (n, H, W) of one batch (see the module docstring)."""
+    acts: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        # as pytorch-grad-cam keeps them: the output itself (an in-place activation after
+        # the layer shows in it) and the gradient that reaches it
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            acts.append(output.detach())
+            output.register_hook(grads.append)
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        _positive_logits(model(x.requires_grad_(True))).sum().backward()
+    finally:
+        handle.remove()
+    if len(acts) != 1 or len(grads) != 1 or acts[0].ndim != 4:
+        raise ValueError(f"the target layer {type(layer).__name__} gave no single (n, C, h, w) "
+                         f"activation with a gradient; pass a convolutional target_layer=")
+    weights = grads[0].double().mean(dim=(2, 3), keepdim=True)
+    cam = _min_max(torch.relu((weights * acts[0].double()).sum(dim=1)))
+    cam = torch.nn.functional.interpolate(cam[:, None].float(), size=tuple(x.shape[2:]),
+                                          mode="bilinear", align_corners=False)[:, 0]
+    return _min_max(cam.double()).float().cpu().numpy()
 
 
 @contextlib.contextmanager
@@ -114,25 +158,15 @@ def gradcam(model: nn.Module, images: np.ndarray, *, target_layer: nn.Module | N
                          f"got {images.shape}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    # Imported here: pytorch-grad-cam (with OpenCV) takes seconds to import, and a tabular
-    # site importing medfl.explain for SHAP never needs it.
-    from pytorch_grad_cam import GradCAM
-
     layer = target_layer if target_layer is not None else default_target_layer(model)
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
 
     with _input_gradients_only(model):
-        cam = GradCAM(model=model, target_layers=[layer])  # also calls model.eval()
-        maps = []
-        try:
-            for start in range(0, len(images), batch_size):
-                x = torch.as_tensor(images[start:start + batch_size], dtype=torch.float32,
-                                    device=device).requires_grad_(True)
-                maps.append(cam(input_tensor=x, targets=[_positive_logit] * len(x)))
-        finally:
-            # Not ``with GradCAM(...)``: its __exit__ prints and swallows an IndexError.
-            cam.activations_and_grads.release()
+        model.eval()
+        maps = [_cam_batch(model, layer, torch.as_tensor(
+                    images[start:start + batch_size], dtype=torch.float32, device=device))
+                for start in range(0, len(images), batch_size)]
     # Bilinear upsampling of a [0, 1] map stays in [0, 1] but for rounding.
     out = np.clip(np.concatenate(maps).astype(np.float32), 0.0, 1.0)
     logger.debug("Grad-CAM maps for %d images", len(out))

@@ -38,14 +38,15 @@ def _for_one_node(content: RecordDict) -> RecordDict:
 
 
 def ask(grid: Grid, nodes: Iterable[int], message_type: str, content: RecordDict, *,
-        timeout: float) -> dict[str, Message]:
+        timeout: float, failures: dict[int, str] | None = None) -> dict[str, Message]:
     """Send ``content`` as one ``message_type`` message to each of ``nodes``.
 
     Returns
     -------
     dict[str, Message]
         The successful replies by site name. A node that answers with an error is logged
-        (node id and the error's reason, which sites vet) and left out.
+        (node id and the error's reason, which sites vet) and left out; ``failures``, when
+        given, gains node id -> that reason.
     """
     messages = [Message(_for_one_node(content), dst_node_id=node, message_type=message_type)
                 for node in nodes]
@@ -54,19 +55,24 @@ def ask(grid: Grid, nodes: Iterable[int], message_type: str, content: RecordDict
         if rep.has_error():
             logger.warning("%s: node %d failed: %s", message_type, rep.metadata.src_node_id,
                            rep.error.reason)
+            if failures is not None:
+                failures[rep.metadata.src_node_id] = rep.error.reason or "no reason given"
             continue
         replies[site_of(rep)] = rep
     return replies
 
 
-def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_key: int
+def query_feature_moments(grid: Grid, nodes: list[int], *, timeout: float, run_key: int,
+                          failures: dict[int, str] | None = None
                           ) -> tuple[dict[str, FeatureMoments], dict[int, str]]:
-    """Ask every node for its feature moments; a site that fails is left out and logged.
+    """Ask every node for its feature moments; a site that fails is left out and logged
+    (and its reason kept in ``failures`` when given).
 
     Returns the moments by site and the node id -> site name map learnt from the replies.
     """
     content = RecordDict({"config": ConfigRecord({"run-key": run_key})})
-    replies = ask(grid, nodes, f"query.{QUERY_FEATURE_MOMENTS}", content, timeout=timeout)
+    replies = ask(grid, nodes, f"query.{QUERY_FEATURE_MOMENTS}", content, timeout=timeout,
+                  failures=failures)
     moments = {site: moments_from_metrics(rep.content.metric_records["metrics"])
                for site, rep in replies.items()}
     names = {rep.metadata.src_node_id: site for site, rep in replies.items()}

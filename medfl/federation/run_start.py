@@ -86,9 +86,12 @@ class RunStart:
             return None, {}
         asked = sample_nodes(nodes, cfg.strategy.fraction_train,
                              minimum=cfg.strategy.min_round_nodes, seed=cfg.seed)
+        failures: dict[int, str] = {}
         moments, node_sites = query_feature_moments(
-            grid, asked, timeout=cfg.strategy.round_timeout, run_key=self.run_key)
-        return orch.consortium_scaler(cfg, moments, expected=len(asked)), node_sites
+            grid, asked, timeout=cfg.strategy.round_timeout, run_key=self.run_key,
+            failures=failures)
+        return orch.consortium_scaler(cfg, moments, expected=len(asked),
+                                      refusals=failures), node_sites
 
     def checkpoint_writer(self, scaler: Standardizer | None) -> CheckpointWriter:
         """The strategy's ``on_checkpoint`` for this run."""

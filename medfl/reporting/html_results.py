@@ -18,6 +18,7 @@ from medfl.reporting.wording import (
     metric_label,
     metric_order,
     noise_note,
+    operating_lines,
     sites_text,
 )
 
@@ -44,6 +45,8 @@ def summary_section(page: Page) -> str:
            page.table(["Metric", *map(page.label, page.shown)], rows),
            '<p class="note">Each cell: estimate (95% CI). ↓ lower is better. '
            f"Threshold-dependent metrics at {format_number(value)} ({page.text(rule)}).</p>"]
+    if threshold is not None:
+        out += [f'<p class="note">{page.text(line)}</p>' for line in operating_lines(threshold)]
     if page.kind == "classification":
         out.append(_curves(page))
     return "".join(out) + "</section>"

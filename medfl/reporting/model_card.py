@@ -33,6 +33,7 @@ from medfl.reporting.wording import (
     metric_label,
     metric_order,
     noise_note,
+    operating_lines,
     saliency_note,
     sites_text,
     suppressed_text,
@@ -145,7 +146,9 @@ class _Card:
             f"{len(self.pops) - 1} sites, "
             + ("with DP-SGD at each site" if dp else "without differential privacy"),
             f"- **Operating threshold:** {format_number(threshold.value if threshold else None)}"
-            f" ({_md(threshold.rule if threshold else None)})", ""]
+            f" ({_md(threshold.rule if threshold else None)})",
+            *(f"- {_md(line)}" for line in (operating_lines(threshold) if threshold else [])),
+            ""]
 
     def intended_use(self) -> list[str]:
         """Intended and out-of-scope use."""

@@ -23,6 +23,7 @@ import medfl
 from medfl import tasks
 from medfl.config import RunConfig
 from medfl.evaluation import population as pop
+from medfl.evaluation.histograms import operating_point
 from medfl.evaluation.population_seg import (
     PooledSums,
     dice_gap,
@@ -32,6 +33,7 @@ from medfl.evaluation.population_seg import (
 from medfl.evaluation.population_seg import floor_reason as seg_floor_reason
 from medfl.evaluation.release import ReportStats
 from medfl.evaluation.subgroups import Cell, attributes
+from medfl.reporting.class_weight import class_weight_text
 from medfl.reporting.explanations import explanations
 from medfl.reporting.methods import report_methods
 from medfl.reporting.population_schema import (
@@ -104,6 +106,15 @@ class _Populations:
                     pop.PooledHistogram.pool(rows), threshold=self.cfg.evaluation.threshold,
                     k=self.k, rng=self.rng)
         return self._done[key]
+
+    def second_operating_point(self) -> dict[str, Any] | None:
+        """The pooled histogram's second operating point (``evaluation.operating-
+        sensitivity``; :func:`medfl.evaluation.histograms.operating_point`)."""
+        target = self.cfg.evaluation.operating_sensitivity
+        hist = pop.PooledHistogram.pool(self._rows(self.order, 0)).hist
+        point = operating_point(hist, threshold=self.cfg.evaluation.threshold,
+                                sensitivity=target)
+        return None if point is None else {"target": target, **point}
 
     def metrics(self, c: _Cell) -> dict[str, dict]:
         """The figures of a pooled cell (as :mod:`medfl.evaluation.population` records)."""
@@ -278,7 +289,9 @@ def build_report(cfg: RunConfig, *, summary: Summary, rounds: list[dict[str, Any
         k_threshold=cfg.privacy.k_threshold,
         operating_threshold=Threshold(
             value=cfg.evaluation.threshold,
-            rule="fixed, declared before the run (evaluation.threshold)"),
+            rule="fixed, declared before the run (evaluation.threshold)",
+            class_weight=class_weight_text(summary.class_weight),
+            second=None if segmentation else pops.second_operating_point()),
         methods=report_methods(cfg, pops.kind, site_stats), training=_training(cfg, summary),
         privacy=_privacy(summary), rounds=_rounds(rounds),
         populations=[pops.population("pooled", pops.order),

@@ -49,10 +49,16 @@ class DatasetCard:
 
 @dataclass
 class Threshold:
-    """The operating threshold and how it was chosen."""
+    """The operating threshold and how it was chosen; ``class_weight`` how the positive
+    class was weighted in training; ``second`` the second, declared operating point
+    (``evaluation.operating-sensitivity``: its ``target`` sensitivity, the ``threshold``
+    where the pooled sensitivity reaches it, and the pooled ``sensitivity``,
+    ``specificity``, ``ppv``, ``npv`` there; None for segmentation or without positives)."""
 
     value: float | None
     rule: str | None
+    class_weight: str | None = None
+    second: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The section as written in ``report.json``."""

@@ -16,6 +16,8 @@ from medfl.config import RunConfig
 from medfl.errors import ConfigError
 from medfl.io import append_jsonl, atomic_write_json
 
+#: written into a run folder whose run stopped before it finished (:meth:`mark_failed`)
+FAILED_FILE = "failed.json"
 LIBRARIES = ("medfl", "flwr", "torch", "opacus", "monai", "numpy", "scikit-learn", "pandas")
 
 
@@ -127,6 +129,14 @@ class RunDirectory:
     def append_round(self, record: dict[str, Any]) -> None:
         """Append one round's record as a line of ``rounds.jsonl``."""
         append_jsonl(self.path / "rounds.jsonl", jsonable(record))
+
+    def mark_failed(self, reason: str) -> Path:
+        """Record that this run stopped before it finished (``failed.json``: the reason,
+        the UTC time); ``medfl show`` reports it instead of looking for results. The
+        folder keeps what was written (``config.json``) and ``latest`` is not moved."""
+        return self.write_json(FAILED_FILE, {
+            "failed": True, "reason": reason,
+            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     def mark_latest(self) -> Path:
         """Point ``<root>/latest`` at this run (atomic replace of the symlink)."""

@@ -142,14 +142,17 @@ def build_summary(
     central: dict[str, Any] | None = None,
     personal: dict[str, SiteEvalStats] | None = None,
     report_stats: dict[str, dict[str, Any]] | None = None,
+    class_weight: dict[str, Any] | None = None,
 ) -> Summary:
-    """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy.
+    """Per-site privacy and metrics, pooled metrics, and FLamby's mean per-site accuracy
+    (over the sites that share it: ``sites_reported``).
 
     ``train`` holds each site's last train metrics (ε etc. are cumulative); ``evaluation``
     each site's statistics for the final global model; ``rounds_trained`` the rounds in
     which each site's update was aggregated; ``personal`` each site's statistics for its
     locally fine-tuned copy (personalised evaluation), reported beside the global ones;
-    ``report_stats`` each site's report release as received (its ``test-epsilon``).
+    ``report_stats`` each site's report release as received (its ``test-epsilon``);
+    ``class_weight`` how the positive class was weighted (:func:`class_weight_record`).
     """
     last_round = max((max(r) for r in rounds_trained.values() if r), default=0)
     sites = [_site(cfg, name, train.get(name), evaluation.get(name),
@@ -175,17 +178,12 @@ def build_summary(
         seed=cfg.seed,
         privacy=_privacy(cfg, sites, site_order, audits=audits, central=central),
         sites=sites,
-        pooled=PooledSummary(
-            metrics=_pooled_metrics(pooled),
-            n_test=cast(int, pooled["n"]),
-            auroc_method=(
-                "from the sum of the sites' noisy class-wise score histograms on the public "
-                "grid (pairs in one bin count one half)"),
-            auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
-            sites_suppressed=cast(int, pooled["sites_suppressed"])),
+        pooled=_pooled_summary(pooled),
         mean_site_accuracy=_site_mean([s.metrics for s in evaluated], "accuracy"),
         mean_site_dice=_site_mean([s.metrics for s in evaluated], "dice"),
         sites_evaluated=len(evaluated) if sampled else None,
+        sites_reported=_sites_reporting(cfg, evaluated),
+        class_weight=class_weight,
         personal=_personal(cfg, evaluated, personal) if personal else None,
     )
 
@@ -298,6 +296,24 @@ def _personal(cfg: RunConfig, sites: list[SiteSummary],
         metrics=_pooled_metrics(pooled),
         auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
     )
+
+
+def _pooled_summary(pooled: dict[str, Any]) -> PooledSummary:
+    """The ``global`` block from the sites' pooled statistics."""
+    return PooledSummary(
+        metrics=_pooled_metrics(pooled),
+        n_test=cast(int, pooled["n"]),
+        auroc_method=(
+            "from the sum of the sites' noisy class-wise score histograms on the public "
+            "grid (pairs in one bin count one half)"),
+        auroc_sites_excluded=cast(int, pooled["auroc_sites_excluded"]),
+        sites_suppressed=cast(int, pooled["sites_suppressed"]))
+
+
+def _sites_reporting(cfg: RunConfig, sites: list[SiteSummary]) -> int:
+    """How many of ``sites`` share the headline figure (the sites its mean averages)."""
+    name = "dice" if task_for(cfg).segmentation else "accuracy"
+    return sum(1 for s in sites if s.metrics.value(name) is not None)
 
 
 def _site_mean(blocks: list[Metrics], name: str) -> float | None:

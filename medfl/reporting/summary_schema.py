@@ -279,6 +279,10 @@ class Summary:
     mean_site_accuracy: float | None
     mean_site_dice: float | None = None
     sites_evaluated: int | None = None
+    #: the sites the mean per-site headline averages (a site under k is left out)
+    sites_reported: int | None = None
+    #: how the positive class was weighted (medfl.reporting.class_weight)
+    class_weight: dict[str, Any] | None = None
     personal: PersonalSummary | None = None
     schema_version: int = SUMMARY_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -286,7 +290,7 @@ class Summary:
     _REQUIRED = ("run_name", "task", "strategy", "model", "rounds", "rounds_planned")
     _KNOWN = frozenset({*_REQUIRED, "schema_version", "dataset", "seed", "privacy", "sites",
                         "global", "mean_site_accuracy", "mean_site_dice", "sites_evaluated",
-                        "personal"})
+                        "sites_reported", "class_weight", "personal"})
 
     def site(self, name: str) -> SiteSummary | None:
         """The site called ``name``, or None."""
@@ -314,6 +318,8 @@ class Summary:
                 "mean_site_accuracy": self.mean_site_accuracy,
                 **_optional(mean_site_dice=self.mean_site_dice,
                             sites_evaluated=self.sites_evaluated,
+                            sites_reported=self.sites_reported,
+                            class_weight=self.class_weight,
                             personal=self.personal.to_dict() if self.personal else None)}
 
     @classmethod
@@ -331,6 +337,8 @@ class Summary:
             mean_site_accuracy=data.get("mean_site_accuracy"),
             mean_site_dice=data.get("mean_site_dice"),
             sites_evaluated=data.get("sites_evaluated"),
+            sites_reported=data.get("sites_reported"),
+            class_weight=data.get("class_weight"),
             personal=PersonalSummary.from_dict(personal) if personal is not None else None,
             schema_version=version,
             extra={k: v for k, v in data.items() if k not in cls._KNOWN})

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import Any, TypeGuard
 
 from medfl.reporting.population_schema import Figure, Population, Subgroup
-from medfl.reporting.report_schema import Report
+from medfl.reporting.report_schema import Report, Threshold
 
 __all__ = ["EST", "GAPS", "HEADLINE", "METRICS", "NOISY", "PRIMARY", "as_float",
+           "operating_lines",
            "format_count", "format_delta", "format_metric", "format_number",
            "known_limitations", "metric_label", "metric_order", "noise_note", "saliency_note",
            "sites_text", "suppressed_text"]
@@ -218,3 +219,19 @@ def saliency_note(grid: Any) -> str:
     return (f"Pooled Grad-CAM saliency ({n} × {n} grid): the central half of the image holds "
             f"{centre / total:.0%} of it; the largest share, {cells[r][c] / total:.1%}, is in "
             f"row {r + 1}, column {c + 1}.")
+
+
+def operating_lines(threshold: Threshold) -> list[str]:
+    """The class weighting and the second operating point in words (report and card)."""
+    out = [f"Training: {threshold.class_weight}."] if threshold.class_weight else []
+    second = threshold.second
+    if second:
+        figures = ", ".join(f"{name} {format_number(second.get(key))}" for name, key in (
+            ("sensitivity", "sensitivity"), ("specificity", "specificity"), ("PPV", "ppv"),
+            ("NPV", "npv")))
+        out.append(f"Second operating point (evaluation.operating-sensitivity = "
+                   f"{format_number(second.get('target'))}): pooled {figures} at threshold "
+                   f"{format_number(second.get('threshold'))}, the highest grid edge where "
+                   "the pooled noisy histogram reaches that sensitivity (post-processing of "
+                   "the release; no extra privacy cost).")
+    return out

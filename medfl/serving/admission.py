@@ -26,6 +26,7 @@ import nibabel as nib
 import pydicom
 from PIL import Image
 
+from medfl.data.dicom import check_decodable
 from medfl.data.image_formats import FORMAT_NAMES, MAX_PIXELS, detect_format
 from medfl.errors import DataError
 from medfl.serving.tabular import InputError
@@ -104,7 +105,9 @@ def _declared(data: bytes, fmt: str) -> DeclaredImage:
             return DeclaredImage(fmt, (height, width))
     if fmt == "dicom":
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        # Colour (SamplesPerPixel > 1) is refused by the decoder before any pixel is read.
+        # A codec this service lacks is named now, before any upload is decoded. Colour
+        # (SamplesPerPixel > 1) is refused by the decoder before any pixel is read.
+        check_decodable(ds.file_meta.get("TransferSyntaxUID"))
         dims = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
                 int(ds.get("NumberOfFrames", 1) or 1))
         return DeclaredImage(fmt, dims)

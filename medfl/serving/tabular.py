@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from medfl.config import ModelConfig
 from medfl.data.scaling import Standardizer
-from medfl.data.tabular_encoding import encode_columns
+from medfl.data.tabular_encoding import encode_columns, missing_mode
 from medfl.errors import BundleError, DataError
 from medfl.models import build_model
 from medfl.serving.bundle import Bundle
@@ -25,6 +24,35 @@ class InputError(DataError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+def _check_value(col: dict[str, Any], value: Any, field: str) -> None:
+    """``InputError`` naming ``field`` unless ``value`` is valid for input column ``col``."""
+    if value is None:
+        if missing_mode(col) == "refuse":
+            raise InputError(field, "is null, but this feature does not accept a missing "
+                             "value (its schema declares \"missing\": \"refuse\"); send a "
+                             + (f"value between {col['bounds'][0]} and {col['bounds'][1]}"
+                                if col["type"] == "numeric" else f"one of {col['levels']}"))
+        return
+    text_levels = col["type"] == "categorical" and isinstance(col["levels"][0], str)
+    if text_levels:
+        ok = isinstance(value, str)
+    else:
+        try:
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+                  and math.isfinite(float(value)))
+        except OverflowError:  # an int too large for a float
+            ok = False
+    if not ok:
+        raise InputError(field, f"must be one of {col['levels']}" if text_levels
+                         else "must be a finite number")
+    if col["type"] == "numeric":
+        lo, hi = col["bounds"]
+        if not lo <= value <= hi:
+            raise InputError(field, f"must be between {lo} and {hi}")
+    elif value not in col["levels"]:
+        raise InputError(field, f"must be one of {col['levels']}")
 
 
 @dataclass
@@ -71,9 +99,10 @@ class TabularModel:
 
     def validate(self, records: list[dict[str, Any]]) -> np.ndarray:
         """Raw records -> standardised feature matrix; ``InputError`` names the first bad
-        field and what would be valid. Values outside the public bounds are refused."""
+        field and what would be valid. Values outside the public bounds are refused;
+        ``null`` is accepted only for a feature whose schema declares ``"missing"``
+        ``"impute"`` (filled with the bundle's value) or ``"level"``."""
         expected = [c["name"] for c in self.columns]
-        rows = []
         for i, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise InputError(f"records[{i}]", "must be an object of column: value")
@@ -81,35 +110,13 @@ class TabularModel:
             if unknown:
                 raise InputError(f"records[{i}].{unknown[0]}",
                                  f"unknown column; expected exactly {expected}")
-            row = {}
             for col in self.columns:
-                name, field = col["name"], f"records[{i}].{col['name']}"
-                if name not in rec:
-                    raise InputError(field, "is missing")
-                value = rec[name]
-                text_levels = col["type"] == "categorical" and isinstance(col["levels"][0], str)
-                if text_levels:
-                    ok = isinstance(value, str)
-                else:
-                    try:
-                        ok = (not isinstance(value, bool) and isinstance(value, (int, float))
-                              and math.isfinite(float(value)))
-                    except OverflowError:  # an int too large for a float
-                        ok = False
-                if not ok:
-                    raise InputError(field, f"must be one of {col['levels']}" if text_levels
-                                     else "must be a finite number")
-                if col["type"] == "numeric":
-                    lo, hi = col["bounds"]
-                    if not lo <= value <= hi:
-                        raise InputError(field, f"must be between {lo} and {hi}")
-                elif value not in col["levels"]:
-                    raise InputError(field, f"must be one of {col['levels']}")
-                row[name] = value
-            rows.append(row)
-        frame = pd.DataFrame(rows, columns=expected)
+                if col["name"] not in rec:
+                    raise InputError(f"records[{i}].{col['name']}", "is missing")
+                _check_value(col, rec[col["name"]], f"records[{i}].{col['name']}")
+        table = {name: [rec[name] for rec in records] for name in expected}
         # The encoder training used, driven by the bundle's own schema (any tabular task).
-        return self.scaler.transform(encode_columns(frame, self.columns))
+        return self.scaler.transform(encode_columns(table, self.columns))
 
     # --- output ----------------------------------------------------------------------
 

@@ -96,20 +96,30 @@ class TrainMetrics:
         )
 
 
-#: The feature moments' wire form (``query.moments``): a count and per-column sums.
+#: The feature moments' wire form (``query.moments``): a count and per-column sums, and
+#: under ``train.pos-weight = "auto"`` the count of positive labels (noised with the sums
+#: in a DP run, so not an exact count).
 MOMENTS_WIRE = WireKeys(
-    scalars=("count",), lists=("sums", "sumsq"), counts=frozenset({"count"}),
-    fixed_length={"sums": "n_numeric", "sumsq": "n_numeric"},
+    scalars=("count", "positives"), lists=("sums", "sumsq", "present"),
+    counts=frozenset({"count"}),
+    fixed_length={"sums": "n_numeric", "sumsq": "n_numeric", "present": "n_numeric"},
 )
 
 
 def moments_to_metrics(m: FeatureMoments) -> dict[str, Any]:
     """:class:`FeatureMoments` on the wire (see :data:`MOMENTS_WIRE`)."""
-    return {"count": m.count, "sums": [float(v) for v in m.sums],
-            "sumsq": [float(v) for v in m.sumsq]}
+    out: dict[str, Any] = {"count": m.count, "sums": [float(v) for v in m.sums],
+                           "sumsq": [float(v) for v in m.sumsq]}
+    if m.present is not None:  # noised with the sums: not an exact count
+        out["present"] = [float(v) for v in m.present]
+    if m.positives is not None:
+        out["positives"] = float(m.positives)
+    return out
 
 
 def moments_from_metrics(m: Mapping[str, Any]) -> FeatureMoments:
     """:func:`moments_to_metrics`' form back as :class:`FeatureMoments`."""
+    present = np.asarray(m["present"], dtype=np.float64) if "present" in m else None
     return FeatureMoments(float(m["count"]), np.asarray(m["sums"], dtype=np.float64),
-                          np.asarray(m["sumsq"], dtype=np.float64))
+                          np.asarray(m["sumsq"], dtype=np.float64), present,
+                          float(m["positives"]) if "positives" in m else None)

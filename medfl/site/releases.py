@@ -30,7 +30,8 @@ NON_DP_RELEASES = {
                     "and test rows under a model the server chooses; accounted in both "
                     "budgets, but a consent of its own)"),
     "allow_exact_moments": ("allow-exact-moments", "exact feature moments (sums of the "
-                            "training rows without noise)"),
+                            "training rows, and under train.pos-weight='auto' the count "
+                            "of positive labels, without noise)"),
     "allow_site_scaling": ("allow-site-scaling", "site-local scaling (a standardiser of "
                            "the training rows, computed outside DP)"),
 }

@@ -34,7 +34,7 @@ from medfl.site.identity import (
 )
 from medfl.site.memory import NodeMemory
 from medfl.site.metrics import moments_to_metrics
-from medfl.site.moments import feature_stats, moments_rng, site_scaler
+from medfl.site.moments import feature_stats, moments_rng, site_scaler, training_config
 from medfl.site.policy import SitePolicy
 from medfl.site.releases import (
     answer_once,
@@ -72,7 +72,7 @@ def reply_bounds(cfg: RunConfig, node_config: dict[str, Any]) -> ReplyBounds:
                              else report.SALIENCY_GRID ** 2)
     return ReplyBounds(
         k=max(cfg.privacy.k_threshold, SitePolicy.from_node_config(node_config).min_k),
-        n_numeric=len(task.feature_spec().numeric_idx) if cfg.is_tabular else 0,
+        n_numeric=len(task.feature_spec().moment_idx) if cfg.is_tabular else 0,
         n_cells=n_cells, n_explain=explain,
         n_hist=0 if seg else n_cells * 2 * N_BINS,
         n_sums=n_cells * len(SEG_SUMS) if seg else 0, n_seg=len(SEG_SUMS) if seg else 0,
@@ -154,8 +154,8 @@ class Site:
         """One ledger-checked DP-SGD round (see :func:`train_round`)."""
         scaler = self.scaler(request.scaler)
         result = train_round(
-            self.config, self.data, self.accountant, server_round=request.server_round,
-            weights=request.weights, scaler=scaler,
+            training_config(self.config, scaler), self.data, self.accountant,
+            server_round=request.server_round, weights=request.weights, scaler=scaler,
             seed=round_seed(self.config, self.name, request.server_round),
             proximal_mu=request.proximal_mu)
         logger.info("site %s round %d: trained, epsilon %.3f", self.name,
@@ -181,8 +181,9 @@ class Site:
             log_release(self.name, "allow_personal_eval")
         data = self.data
         sigma = self.accountant.reserve_test(MONITOR, server_round=r, n_test=data.n_test)
+        scaler = self.scaler(request.scaler)
         return evaluation.evaluation_metrics(
-            self.config, data, weights=request.weights, scaler=self.scaler(request.scaler),
+            training_config(self.config, scaler), data, weights=request.weights, scaler=scaler,
             seed=round_seed(self.config, self.name, r), sigma=sigma,
             rng=evaluation.release_rng(self.config, self.name, MONITOR, server_round=r),
             test_epsilon=self.accountant.test_spent())

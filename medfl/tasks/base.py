@@ -121,8 +121,13 @@ class Task(ABC):
     def make_loss(self) -> Loss:
         """The training loss: a mean over samples of per-sample losses, as DP-SGD's
         per-sample clipping assumes. Classification weighs positives by
-        ``train.pos-weight`` (a public constant, so the loss does not depend on the data)."""
-        bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(self.cfg.train.pos_weight))
+        ``train.pos-weight``: a fixed constant, or at a site the weight it derived from the
+        consortium's released prevalence (:func:`medfl.site.moments.training_config`);
+        ``"auto"`` where no prevalence was released (imaging, site-local scaling) trains
+        unweighted."""
+        setting = self.cfg.train.pos_weight
+        weight = setting if isinstance(setting, float) else 1.0
+        bce = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weight))
 
         def loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             value: torch.Tensor = bce(logits.reshape(-1), y.reshape(-1).to(logits.dtype))

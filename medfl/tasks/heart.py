@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from medfl.config import TaskName
 from medfl.data import heart
+from medfl.data.missing import with_imputation
 from medfl.data.scaling import Standardizer
 from medfl.data.tabular import FeatureSpec
 from medfl.data.types import SiteData
@@ -30,7 +31,7 @@ def tabular_model_io(task: Task, scaler: Standardizer | None, encoding: str) -> 
         "architecture": {"name": cfg.model.name, "hidden": cfg.model.hidden,
                          "n_features": len(spec.feature_names), "n_outputs": 1,
                          "output": f"logit of P({task.label_names()[1]})"},
-        "input_schema": spec.input_schema,
+        "input_schema": with_imputation(spec.input_schema, scaler),
         "preprocessing": {
             "encoding": encoding,
             "scaling": cfg.preprocessing.scaling,

@@ -36,7 +36,8 @@ def image_preprocessing(cfg: RunConfig) -> ImagePreprocessing:
     """How a site turns a file into the model's input (``data.image-size``, intensity)."""
     d = cfg.data
     return ImagePreprocessing(size=d.image_size, intensity=d.intensity,
-                              window_center=d.window_center, window_width=d.window_width)
+                              window_center=d.window_center, window_width=d.window_width,
+                              window_preset=d.window_preset)
 
 
 def _read(cfg: RunConfig, path: Path, default_site: str | None = None) -> Any:

@@ -160,7 +160,16 @@ class TabularTask(Task):
 
     @override
     def feature_spec(self) -> FeatureSpec:
-        return self.schema().spec()
+        spec = self.schema().spec()
+        scaling = self.cfg.preprocessing.scaling
+        if spec.impute_idx and scaling != "federated":
+            names = [spec.feature_names[i] for i in spec.impute_idx]
+            raise ConfigError(f"preprocessing.scaling={scaling!r}, but data.schema declares "
+                              f"\"missing\": \"impute\" for {names}: the consortium's value "
+                              "comes from the shared feature moments, so it needs "
+                              "preprocessing.scaling='federated' (or impute before the run "
+                              "and declare \"missing\": \"refuse\")")
+        return spec
 
     @override
     def label_names(self) -> tuple[str, ...]:

@@ -100,8 +100,10 @@ def test_refusal_by_policy_reaches_the_server_as_a_named_error(tmp_path):
               "site-dir": str(tmp_path / s)} for s in
              ("cleveland", "hungarian", "switzerland", "va")]
     grid = InProcessGrid(client_app, cfg, node_configs=nodes)
-    with pytest.raises(Exception, match="only 0 of 4 sites"):
-        main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))  # stops in one line, no exception
+    failed = json.loads((tmp_path / "pol" / "failed.json").read_text())
+    assert "only 0 of 4 sites" in failed["reason"] and "max-epsilon=1.0" in failed["reason"]
+    assert not (tmp_path / "pol" / "summary.json").exists()
     assert all(r.error.code == 1001 and "max-epsilon=1.0" in r.error.reason
                for r in grid.replies)
 

@@ -195,7 +195,8 @@ def test_config_json_records_seed_versions_and_hardware(dp_run):
 def _check_declared(grid, shapes, *, rounds: int, monitored: int, exact: bool) -> None:
     k = 10
     declared = {
-        "query.moments": {"count", "sums", "sumsq"},
+        # the default class weight ("auto") adds the label count to the moments' release
+        "query.moments": {"count", "sums", "sumsq", "positives"},
         "query.audit": {"member-hist", "non-member-hist", "member-std", "non-member-std"},
         "train": {"num-examples", "steps", "epsilon", "delta", "noise-multiplier",
                   "sample-rate", "max-grad-norm", "prior-noise-multipliers",
@@ -321,7 +322,6 @@ def test_tampered_site_file_stops_the_run_before_training(tmp_path):
 
     from bench.inprocess import InProcessGrid
     from client.app import app as client_app
-    from medfl.errors import DataError
     from server.app import main
 
     nodes = _deployment_nodes(tmp_path)
@@ -329,8 +329,10 @@ def test_tampered_site_file_stops_the_run_before_training(tmp_path):
     bad.write_bytes(bad.read_bytes() + b"63,1,4,140,260,0,1,112,1,3,2,?,?,2\n")
     cfg = run_config(num_server_rounds=1, output_dir=str(tmp_path / "out"), run_name="bad")
     grid = InProcessGrid(client_app, cfg, node_configs=nodes)
-    with pytest.raises(DataError, match="only 3 of 4 sites shared feature statistics"):
-        main(grid, Context(1, 0, {}, RecordDict(), cfg))
+    main(grid, Context(1, 0, {}, RecordDict(), cfg))  # stops with one line, no exception
+    failed = json.loads((tmp_path / "out" / "bad" / "failed.json").read_text())
+    assert "only 3 of 4 sites shared feature statistics" in failed["reason"]
+    assert "DataError: checksum mismatch for processed.va.data" in failed["reason"]
     errors = [r.error for r in grid.replies if r.has_error()]
     assert len(errors) == 1 and errors[0].code == 1002
     assert errors[0].reason.startswith("DataError: checksum mismatch for processed.va.data")

@@ -21,6 +21,17 @@ the report's per-site figures: the file was re-written by this run on 2026-12-05
 Changed on purpose since (issue 20): the privacy block states ``mode`` ("local" here) and
 each site its ``epsilon_local`` (distributed DP's unconditional ε, null in local mode);
 both added to the file by hand.
+
+Changed on purpose since (issue 22): the default class weight is ``train.pos-weight =
+"auto"``, (1 - p) / p for the consortium's prevalence of positive training labels (here
+p = 252 of the 486 pooled training rows, exact as the moments are: weight 0.929), so the
+model changed a little; the summary also gained ``class_weight`` and ``sites_reported``.
+With ``train.pos-weight = 1.0`` the run reproduced the previous file exactly apart from
+those two keys; the file was then re-written by this run.
+
+Since issue 21 ``auto`` times the per-sample-gradient modes and keeps the fastest, and the
+modes sum in different float orders: the run names ``ew``, which ``auto`` always chose for
+this model when the file was written.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ def _differences(got: Any, want: Any, path: str = "") -> list[str]:
 def test_a_seeded_run_reproduces_the_pinned_summary(run_inprocess):
     path, _ = run_inprocess(num_server_rounds=3, privacy__secure_noise=False, run_name="pin",
                             privacy__target_delta=1e-3,  # the pinned run's δ (before 1e-4)
+                            privacy__grad_sample_mode="ew",  # what auto was (issue 21)
                             preprocessing__stats_noise_multiplier=0.0)  # its exact moments
     got = json.loads((path / "summary.json").read_text())
     assert _differences(got, json.loads(PINNED.read_text())) == []

@@ -56,9 +56,11 @@ def test_dicom_ct_is_read_in_hounsfield_units():
 
 
 def test_dicom_window_from_the_files_tags():
+    # WindowCenter 600, WindowWidth 1600, LINEAR (the default VOI LUT Function): PS3.3
+    # C.11.2.1.2.1 by hand, onto the output range of 16 signed bits, scaled to [0, 1].
     arr = pydicom.dcmread(MR).pixel_array.astype(np.float64)
-    low, high = 600 - 1600 / 2, 600 + 1600 / 2  # WindowCenter 600, WindowWidth 1600
-    expected = (np.clip(arr, low, high) - low) / (high - low)
+    center, width = 600 - 0.5, 1600 - 1
+    expected = np.clip((arr - center) / width + 0.5, 0.0, 1.0)
     out = load_image(MR, ImagePreprocessing(size=64, intensity="window"))
     assert out.shape == (1, 64, 64) and out.dtype == np.float32
     np.testing.assert_allclose(out[0], expected, atol=1e-6)
@@ -175,7 +177,7 @@ def test_png_8bit_and_minmax(tmp_path):
     pixels, meta = read_pixels(tmp_path / "a.png")
     np.testing.assert_array_equal(pixels, arr)
     assert meta == {"format": "png", "invert": False, "window_center": None,
-                    "window_width": None}
+                    "window_width": None, "voi": None}
     a = arr.astype(np.float64)
     expected = (a - a.min()) / (a.max() - a.min())
     out = load_image(tmp_path / "a.png", ImagePreprocessing(size=16, intensity="minmax"))
@@ -333,7 +335,12 @@ def test_preprocessing_round_trips_through_json():
     again = ImagePreprocessing.from_dict(json.loads(json.dumps(prep.to_dict())))
     assert again == prep
     assert prep.to_dict() == {"size": 64, "intensity": "window", "window_center": 40.0,
-                              "window_width": 400.0}
+                              "window_width": 400.0, "window_preset": 0}
+
+
+def test_a_bundle_written_before_window_presets_still_loads():
+    old = {"size": 64, "intensity": "window", "window_center": 0.0, "window_width": 0.0}
+    assert ImagePreprocessing.from_dict(old).window_preset == 0
 
 
 @pytest.mark.parametrize(

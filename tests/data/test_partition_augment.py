@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,17 @@ def test_partition_errors_name_what_is_valid():
         partition_indices(LABELS, num_partitions=2, scheme="natural")
     with pytest.raises(DataError, match="3 rows into 4"):
         partition_indices(LABELS[:3], num_partitions=4, scheme="iid")
+
+
+def test_a_deployment_install_without_the_simulation_extra_names_it(monkeypatch):
+    # `pip install medfl` (a site, the images) has no Flower Datasets: a partitioner asked
+    # for there says which extra brings it, and that a site's own data needs none
+    monkeypatch.setitem(sys.modules, "flwr_datasets.partitioner", None)
+    with pytest.raises(ConfigError, match=r"medfl\[simulation\].*flwr_datasets"):
+        partition_indices(LABELS, num_partitions=4, scheme="iid", alpha=0.5, seed=1)
+    # the partitioner MedFL implements itself needs no extra
+    assert len(partition_indices(LABELS, num_partitions=4, scheme="dirichlet-mix",
+                                 alpha=0.5, seed=1)) == 4
 
 
 def test_segmentation_flip_moves_mask_with_image_and_keeps_it_binary():

@@ -199,3 +199,68 @@ def test_an_image_over_the_decoding_budget_is_413_naming_its_declared_size(image
         assert "at most 26214 pixels" in r.json()["detail"]
         assert client.post("/predict", files=_files(open(CT, "rb").read()),
                            headers=KEY).status_code == 200
+
+
+def test_a_real_7_mb_chest_radiograph_is_predicted_under_the_default_limits(image_run):
+    # pydicom-data's RG1_UNCR.dcm: an uncompressed 1955 x 1841 MONOCHROME1 chest CR,
+    # over the 4 MB that once bounded every body.
+    blob = open(get_testdata_file("RG1_UNCR.dcm"), "rb").read()
+    assert len(blob) > 7_000_000
+    with _client(image_run[0]) as client:
+        r = client.post("/predict", files=_files(blob), headers=KEY)
+    assert r.status_code == 200, r.text
+    expected = ImageModel.from_bundle(load_bundle(image_run[0])).predict([blob])[0]
+    got = r.json()["predictions"][0]
+    assert got["label"] == expected["label"]
+    assert got["probabilities"]["present"] == pytest.approx(
+        expected["probabilities"]["present"])
+
+
+def _dicom_of(rows: int, columns: int) -> bytes:
+    """The real CT file's header over a blank 16-bit image of ``rows`` x ``columns``."""
+    import pydicom
+
+    ds = pydicom.dcmread(CT)
+    ds.Rows, ds.Columns = rows, columns
+    ds.PixelData = np.zeros((rows, columns), np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_a_30_mb_radiograph_passes_the_body_limit_and_meets_the_decoding_budget(image_run):
+    # 3872 x 3872 x 2 bytes = 29.98 MB: admitted by the imaging default body limit, then
+    # refused by the decoding budget (256 MiB: 6.7 million pixels), before any decoding.
+    blob = _dicom_of(3872, 3872)
+    assert len(blob) > 29_900_000
+    with _client(image_run[0]) as client:
+        r = client.post("/predict", files=_files(blob), headers=KEY)
+    assert r.status_code == 413, r.text
+    assert r.json()["field"] == "files[0]"
+    assert "3872 x 3872 x 1 = 14992384 pixels" in r.json()["detail"]
+    assert "MEDFL_DECODE_BUDGET_MB" in r.json()["detail"]
+
+
+def test_a_body_over_an_explicit_limit_is_413_naming_it_and_leaves_no_file(image_run, tmp_path,
+                                                                          monkeypatch):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(spool))
+    blob = open(get_testdata_file("RG1_UNCR.dcm"), "rb").read()
+
+    def streamed():  # no Content-Length: the Guard counts as it reads
+        body = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="f"\r\n\r\n'
+                + blob + b"\r\n--b--\r\n")
+        for start in range(0, len(body), 1 << 16):
+            yield body[start:start + (1 << 16)]
+
+    with _client(image_run[0], max_body_bytes=5_000_000) as client:
+        r = client.post("/predict", content=streamed(), headers={
+            **KEY, "Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413, r.text
+        detail = r.json()["detail"]
+        assert "5000000 bytes" in detail and "MEDFL_MAX_BODY_BYTES" in detail
+        assert list(spool.iterdir()) == []
+        assert client.post("/predict", files=_files(open(CT, "rb").read()),
+                           headers=KEY).status_code == 200
+    assert list(spool.iterdir()) == []

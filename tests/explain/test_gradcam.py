@@ -13,6 +13,7 @@ from torch import nn
 
 from medfl.config import ModelConfig
 from medfl.explain import default_target_layer, gradcam, overlay_png, saliency_grid
+from medfl.explain.gradcam import feature_layer
 from medfl.models import build_model
 
 KERNELS = np.array([
@@ -77,6 +78,28 @@ def test_gradcam_runs_on_the_medfl_imaging_models(name):
     maps = gradcam(model, images, batch_size=2)
     assert maps.shape == (3, 64, 64)
     assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["resnet", "densenet121"])
+@pytest.mark.parametrize("layer", ["feature block", "last conv"])
+def test_gradcam_equals_pytorch_grad_cam_on_the_medfl_models(name, layer):
+    # the reference implementation (a test dependency only): same maps, upsampled from the
+    # target layer's resolution to the image's, at either of the layers MedFL explains
+    GradCAM = pytest.importorskip("pytorch_grad_cam").GradCAM  # noqa: N806 - a class
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name, 0, 4), image_shape=(1, 64, 64)).eval()
+    target = feature_layer(model) if layer == "feature block" else default_target_layer(model)
+    assert target is not None
+    images = np.random.default_rng(3).normal(size=(4, 1, 64, 64)).astype(np.float32)
+    ours = gradcam(model, images, target_layer=target, batch_size=3)
+    reference = GradCAM(model=model, target_layers=[target])
+    try:
+        theirs = reference(input_tensor=torch.tensor(images),
+                           targets=[lambda out: out.reshape(())] * len(images))
+    finally:
+        reference.activations_and_grads.release()
+    assert ours.shape == theirs.shape == (4, 64, 64)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
 
 
 def test_gradcam_runs_on_an_opacus_wrapped_model_without_per_sample_gradients():

@@ -178,7 +178,7 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
     s, li = "scalar", "list"
     evaluate = {"hist": li, "sums": li, "hist-std": s, "sums-std": s, "test-epsilon": s}
     assert DECLARED == {
-        "query.moments": {"count": s, "sums": li, "sumsq": li},
+        "query.moments": {"count": s, "positives": s, "sums": li, "sumsq": li, "present": li},
         "query.audit": {"member-hist": li, "non-member-hist": li, "member-std": s,
                         "non-member-std": s},
         "train": {"num-examples": s, "steps": s, "epsilon": s, "delta": s,
@@ -193,7 +193,7 @@ def test_the_contract_derived_from_the_wire_types_is_the_declared_table():
     assert COUNT_KEYS == {"query.moments": {"count"}, "query.audit": set(),
                           "train": {"num-examples"}, "evaluate": set(), "query.report": set()}
     assert FIXED_LENGTH == {
-        "query.moments": {"sums": "n_numeric", "sumsq": "n_numeric"},
+        "query.moments": {"sums": "n_numeric", "sumsq": "n_numeric", "present": "n_numeric"},
         "query.audit": {}, "train": {"int8-scales": "n_arrays"},
         "evaluate": {"hist": "n_monitor_hist", "sums": "n_monitor_sums",
                      "personal-hist": "n_monitor_hist", "personal-sums": "n_monitor_sums"},
