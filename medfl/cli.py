@@ -48,14 +48,14 @@ def audit(
     """
     from medfl import site as site_lib
     from medfl import tasks
-    from medfl.config import parse_run_config
+    from medfl.config import parse_recorded_config
     from medfl.data.scaling import Standardizer
     from medfl.errors import MedflError
     from medfl.serving import load_bundle
 
     try:
         config = json.loads((run_dir / "config.json").read_text())
-        cfg = parse_run_config(config["run_config"])
+        cfg = parse_recorded_config(config)
         bundle = load_bundle(run_dir)
         std = bundle.manifest["preprocessing"].get("standardizer")
         scaler = Standardizer.from_dict(std) if std else Standardizer((), (), ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,16 +47,58 @@ class AugmentedDataset(Dataset):
         return self.transform(self.x[i], self.y[i])
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the forward pass runs under bf16 autocast: ``train.precision`` is bf16, or
+    auto on a GPU that supports bf16."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def memory_format(channels_last: str, device: torch.device) -> torch.memory_format:
+    """The image models' memory format: channels-last when ``train.channels-last`` is
+    true, or auto on a GPU (where convolution kernels prefer it)."""
+    on = channels_last == "true" or (channels_last == "auto" and device.type == "cuda")
+    return torch.channels_last if on else torch.preserve_format
+
+
+def gpu_share(resources: dict[str, float] | None = None) -> float | None:
+    """The fraction of a GPU this process was given: Flower's simulation engine (Ray)
+    assigns each ClientApp ``client-resources-num-gpus`` of one; None for a whole GPU or
+    outside a Ray actor. ``resources``: the assigned resources (default: asked of Ray)."""
+    if resources is None:
+        try:
+            import ray
+
+            if not ray.is_initialized():
+                return None
+            resources = ray.get_runtime_context().get_assigned_resources()
+        except (ImportError, RuntimeError, AttributeError):
+            return None
+    share = resources.get("GPU")
+    return float(share) if share is not None and 0 < share < 1 else None
+
+
+def claim_gpu_share(device: torch.device) -> None:
+    """Cap PyTorch's allocator at this process's share of the GPU (:func:`gpu_share`), so
+    that simulated sites sharing one GPU cannot starve one another of memory."""
+    share = gpu_share() if device.type == "cuda" else None
+    if share is not None:
+        torch.cuda.set_per_process_memory_fraction(share, device)
+
+
 def make_loader(x: np.ndarray, y: np.ndarray, *, batch_size: int, shuffle: bool,
-                seed: int, transform: Callable | None = None) -> DataLoader:
+                seed: int, transform: Callable | None = None,
+                pin_memory: bool = False) -> DataLoader:
     """A DataLoader over float32 inputs (n, ...) and float32 targets (labels (n,) or
-    masks (n, 1, H, W)); ``transform`` augments each sample when given."""
+    masks (n, 1, H, W)); ``transform`` augments each sample when given; ``pin_memory``
+    (for a GPU) makes its batches' copies to the device asynchronous."""
     xt = torch.as_tensor(x, dtype=torch.float32)
     yt = torch.as_tensor(y, dtype=torch.float32)
     dataset = AugmentedDataset(xt, yt, transform) if transform else TensorDataset(xt, yt)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle,
-                      generator=generator)
+                      generator=generator, pin_memory=pin_memory)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -75,12 +117,48 @@ class TrainResult:
     mean_loss: float
 
 
+def _one_logit_bce() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    bce = nn.BCEWithLogitsLoss()
+
+    def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return bce(logits.squeeze(-1), y)
+    return criterion
+
+
+def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor,
+                      yb: torch.Tensor,
+                      criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *,
+                      device: torch.device, bf16: bool) -> torch.Tensor:
+    """One batch's forward pass (bf16 autocast when asked) and backward pass: the loss.
+    Under ghost clipping the optimizer carries the backward pass, which runs to the batch
+    instead of the weights (:mod:`medfl.privacy.ghost`)."""
+    clipped_backward = getattr(optimizer, "clipped_backward", None)
+    xb = xb.to(device, non_blocking=True).requires_grad_(clipped_backward is not None)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(xb)
+    logits = logits.float()
+    loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
+    if clipped_backward is None:
+        loss.backward()
+    else:
+        clipped_backward(loss, logits, xb)
+    return loss
+
+
+@torch.no_grad()
+def _pull(params: Sequence[torch.Tensor], anchors: Sequence[torch.Tensor], rate: float) -> None:
+    """FedProx's step ``params -= rate * (params - anchors)`` (none without anchors)."""
+    if not anchors:
+        return
+    for p, a in zip(params, anchors, strict=True):
+        p.sub_(rate * (p - a))
+
+
 def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                  epochs: int, device: torch.device,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 proximal_mu: float = 0.0,
-                 before_step: Callable[[], None] | None = None,
-                 max_steps: int | None = None) -> TrainResult:
+                 proximal_mu: float = 0.0, before_step: Callable[[], None] | None = None,
+                 max_steps: int | None = None, bf16: bool = False) -> TrainResult:
     """Run ``epochs`` passes of training; one optimizer step per batch, and at most
     ``max_steps`` steps in all when given (distributed DP's one DP-SGD step a round).
 
@@ -93,7 +171,11 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
 
     Works with plain and Opacus-wrapped model/optimizer/loader. Under Poisson sampling a
     batch may be empty: the step is still taken (Opacus adds noise and the accountant
-    counts it), with a zero loss.
+    counts it), with a zero loss. A logical batch split into physical ones
+    (``train.max-physical-batch-size``) is one step.
+
+    ``bf16``: the forward pass under bf16 autocast, the loss (and under DP the clipping,
+    :mod:`medfl.privacy.ghost`) in float32.
 
     ``before_step`` runs between each ``backward()`` and ``optimizer.step()``; under DP it
     drops non-finite per-sample gradients (:func:`medfl.privacy.dp.drop_nonfinite_samples`),
@@ -101,33 +183,26 @@ def train_epochs(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Op
     not fail or succeed depending on a row's value. Without it a non-finite loss raises.
     """
     model.train()
-    if criterion is None:
-        bce = nn.BCEWithLogitsLoss()
-
-        def criterion(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return bce(logits.squeeze(-1), y)
+    loss_fn = criterion or _one_logit_bce()
     steps, loss_sum, loss_n = 0, 0.0, 0
     params = [p for p in model.parameters() if p.requires_grad]
     anchors = [p.detach().clone() for p in params] if proximal_mu > 0 else []
-    batches = itertools.chain.from_iterable(loader for _ in range(epochs))
-    for xb, yb in itertools.islice(batches, max_steps):
-        xb, yb = xb.to(device), yb.to(device)
+    for xb, yb in itertools.chain.from_iterable(loader for _ in range(epochs)):
         optimizer.zero_grad()
-        logits = model(xb)
-        loss = criterion(logits, yb) if len(yb) else logits.sum() * 0.0
-        loss.backward()
+        loss = _forward_backward(model, optimizer, xb, yb.to(device, non_blocking=True),
+                                 loss_fn, device=device, bf16=bf16)
         if before_step is not None:
             before_step()
         optimizer.step()
-        if anchors:
-            pull = optimizer.param_groups[0]["lr"] * proximal_mu
-            with torch.no_grad():
-                for p, a in zip(params, anchors, strict=True):
-                    p.sub_(pull * (p - a))
-        steps += 1
         if len(yb) and (before_step is None or math.isfinite(float(loss.item()))):
             loss_sum += float(loss.item()) * len(yb)
             loss_n += len(yb)
+        if getattr(optimizer, "_is_last_step_skipped", False):
+            continue  # a physical part of a logical batch (Opacus' BatchMemoryManager)
+        _pull(params, anchors, optimizer.param_groups[0]["lr"] * proximal_mu)
+        steps += 1
+        if steps == max_steps:
+            break
     mean_loss = loss_sum / loss_n if loss_n else math.nan
     if not math.isfinite(mean_loss) and loss_n and before_step is None:
         raise FloatingPointError("training loss is not finite; lower train.lr")

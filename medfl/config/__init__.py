@@ -7,11 +7,13 @@ tables flatten with dots (``privacy.target-epsilon``); fields are snake_case.
 - :mod:`medfl.config.options`: the tasks and the allowed values of each choice key;
 - :mod:`medfl.config.sections`: the frozen dataclasses, one per config table;
 - :mod:`medfl.config.schema`: per key, its type, what is valid and the check;
-- :mod:`medfl.config.parse`: :func:`parse_run_config` and the cross-field rules.
+- :mod:`medfl.config.parse`: :func:`parse_run_config` and the cross-field rules;
+- :mod:`medfl.config.image_size`: the image size a run uses (reduced on a CPU-only run).
 """
 
 from __future__ import annotations
 
+from medfl.config.image_size import effective_image_size
 from medfl.config.options import (
     ACCOUNTANTS,
     ATTACKS,
@@ -29,7 +31,7 @@ from medfl.config.options import (
     TASKS,
     TaskName,
 )
-from medfl.config.parse import parse_run_config
+from medfl.config.parse import parse_recorded_config, parse_run_config
 from medfl.config.schema import KNOWN_KEYS
 from medfl.config.sections import (
     AttackConfig,
@@ -51,5 +53,5 @@ __all__ = [
     "STRATEGIES", "TASKS", "TASK_MODELS", "AttackConfig", "DataConfig", "EvaluationConfig",
     "ModelConfig", "PreprocessingConfig", "PrivacyConfig", "RunConfig", "StrategyConfig",
     "SecureAggregationConfig", "TaskName", "TrainConfig", "TransportConfig",
-    "parse_run_config",
+    "effective_image_size", "parse_recorded_config", "parse_run_config",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from enum import Enum
 
 __all__ = ["ACCOUNTANTS", "AUGMENTATIONS", "COMPRESSIONS", "DEVICES", "GRAD_SAMPLE_MODES",
-           "INTENSITIES", "MODELS", "OPTIMIZERS", "PARTITIONS", "SCALINGS", "STRATEGIES",
-           "TASKS", "TASK_MODELS", "ATTACKS", "PRIVACY_MODES", "TaskName"]
+           "INTENSITIES", "PRECISIONS", "MODELS", "OPTIMIZERS", "PARTITIONS", "SCALINGS",
+           "STRATEGIES", "TASKS", "TASK_MODELS", "ATTACKS", "PRIVACY_MODES", "TaskName"]
 
 
 class TaskName(str, Enum):
@@ -50,4 +50,5 @@ ACCOUNTANTS = ("rdp", "prv")
 SCALINGS = ("federated", "site", "none")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("sgd", "adam")
-GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch")  # Opacus per-sample gradients
+GRAD_SAMPLE_MODES = ("auto", "ghost", "hooks", "ew", "functorch")  # Opacus per-sample gradients
+PRECISIONS = ("fp32", "bf16", "auto")  # the forward pass (bf16: autocast; clipping stays fp32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from medfl.config.image_size import with_effective_image_size
 from medfl.config.options import TASK_MODELS, TaskName
 from medfl.config.schema import KNOWN_KEYS, SCHEMA, coerce
 from medfl.config.sections import (
@@ -22,11 +23,16 @@ from medfl.config.sections import (
 )
 from medfl.errors import ConfigError
 
-__all__ = ["parse_run_config"]
+__all__ = ["parse_recorded_config", "parse_run_config"]
 
 
-def parse_run_config(raw: dict[str, Any]) -> RunConfig:
+def parse_run_config(raw: dict[str, Any], *, device: str | None = None) -> RunConfig:
     """Validate a flattened run config and build the typed :class:`RunConfig`.
+
+    ``data.image_size`` is the size the run uses: ``data.cpu-image-size`` when the run's
+    device is the CPU and that is smaller (``medfl.config.image_size``). ``device``
+    (``"cpu"`` or ``"cuda"``) says where the run trains; None: ``device`` resolved in this
+    process (``auto``: a visible CUDA GPU, else the CPU).
 
     Raises ``ConfigError`` naming the first unknown key (with a suggestion), missing key,
     or invalid value (with what would be valid).
@@ -63,7 +69,16 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     )
     _check_cross_fields(cfg)
     _check_secure_aggregation(cfg)
-    return cfg
+    return with_effective_image_size(cfg, device=device)
+
+
+def parse_recorded_config(record: dict[str, Any]) -> RunConfig:
+    """The config of a finished run from its ``config.json`` (``record``): its raw run
+    config, with the image size the run used, wherever it is read again (a report rebuilt
+    on a machine without the run's GPU must not shrink the images the model was trained on).
+    """
+    reduced = record.get("config", {}).get("data", {}).get("reduced_from", 0)
+    return parse_run_config(record["run_config"], device="cpu" if reduced else "cuda")
 
 
 def _check_keys(raw: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from medfl.config.options import (
     MODELS,
     OPTIMIZERS,
     PARTITIONS,
+    PRECISIONS,
     PRIVACY_MODES,
     SCALINGS,
     STRATEGIES,
@@ -61,9 +62,15 @@ SCHEMA: dict[str, Rule] = {
     "train.optimizer": _choice(OPTIMIZERS),
     "train.momentum": (float, "a number in [0, 1)", lambda v: 0 <= v < 1),
     "train.weight-decay": (float, "a number >= 0", lambda v: v >= 0),
-    "train.pos-weight": (float, "a number > 0 (1: unweighted)",
-                         lambda v: v > 0 and math.isfinite(v)),
+    "train.pos-weight": (object, "\"auto\" (from the consortium's released prevalence) or "
+                         "a number > 0 (1: unweighted)", lambda v: v == "auto" or (
+                             isinstance(v, float) and v > 0 and math.isfinite(v))),
     "train.augment": _choice(AUGMENTATIONS),
+    "train.precision": _choice(PRECISIONS),
+    "train.channels-last": _choice(("auto", "true", "false")),
+    "train.max-physical-batch-size": (int, "an integer >= 0 (0: no limit): the most rows "
+                                      "a DP-SGD batch is processed in at once",
+                                      lambda v: v >= 0),
     "privacy.enabled": (bool, "true or false", lambda v: True),
     "privacy.target-epsilon": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "privacy.target-delta": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
@@ -98,14 +105,22 @@ SCHEMA: dict[str, Rule] = {
                     and len({x.strip() for x in v.split(",")}) == 2),
     "data.image-size": (int, "an integer in [16, 1024] (pixels per side)",
                         lambda v: 16 <= v <= 1024),
+    "data.cpu-image-size": (int, "0 (never reduced) or an integer in [16, 1024]: pixels per "
+                            "side when the run's device is the CPU",
+                            lambda v: v == 0 or 16 <= v <= 1024),
     "data.intensity": _choice(INTENSITIES),
     "data.window-center": (float, "a number (modality units, e.g. HU)", math.isfinite),
     "data.window-width": (float, "a number >= 0 (0: the DICOM file's own window)",
                           lambda v: v >= 0 and math.isfinite(v)),
+    "data.window-preset": (int, "an integer >= 0: which of a DICOM file's own display presets "
+                           "(VOI LUTs, then windows; 0: the file's default)", lambda v: v >= 0),
     "data.test-fraction": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
     "data.partition": _choice(PARTITIONS),
     "data.dirichlet-alpha": (float, "a number > 0", lambda v: v > 0 and math.isfinite(v)),
     "evaluation.threshold": (float, "a number in (0, 1)", lambda v: 0 < v < 1),
+    "evaluation.operating-sensitivity": (float, "a number in (0, 1]: the report's second "
+                                         "operating point, where the pooled sensitivity "
+                                         "reaches it", lambda v: 0 < v <= 1),
     "evaluation.personal-epochs": (int, "an integer in [0, 100]: local fine-tuning epochs "
                                    "before the personalised evaluation (0: off)",
                                    lambda v: 0 <= v <= 100),
@@ -164,6 +179,12 @@ KNOWN_KEYS = frozenset(SCHEMA)
 def coerce(key: str, value: Any) -> Any:
     """``value`` as ``key``'s type, checked; ``ConfigError`` names the key and what is valid."""
     typ, valid, check = SCHEMA[key]
+    if typ is object:  # a word or a number (e.g. train.pos-weight)
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not check(value):
+            raise ConfigError(f"config key {key!r} has value {value!r}; expected {valid}")
+        return value
     ok_type = (
         isinstance(value, bool) if typ is bool
         else isinstance(value, int) and not isinstance(value, bool) if typ is int

@@ -35,8 +35,15 @@ class TrainConfig:
     optimizer: str
     momentum: float
     weight_decay: float
-    pos_weight: float
+    #: a fixed weight, or "auto": from the consortium's prevalence (medfl.data.prevalence)
+    pos_weight: float | str
     augment: str
+    #: the forward pass's precision: fp32, bf16 (autocast), auto (bf16 on a GPU that has it)
+    precision: str
+    #: channels-last memory format for image models: auto (on a GPU), true, false
+    channels_last: str
+    #: DP-SGD batches processed in parts of at most this many rows (0: whole), one step
+    max_physical_batch_size: int
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,16 @@ class DataConfig:
     intensity: str
     window_center: float
     window_width: float
+    #: with the file's own window: which of its display presets (VOI LUTs, then windows)
+    window_preset: int
     test_fraction: float
     partition: str
     dirichlet_alpha: float
+    #: on a CPU-only run, images are this size instead of ``image_size`` when smaller (0: off)
+    cpu_image_size: int
+    #: the configured ``data.image-size`` when the CPU reduction replaced it, else 0
+    #: (set by ``parse_run_config``; ``image_size`` is always the size the run uses)
+    reduced_from: int = 0
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -105,6 +119,8 @@ class EvaluationConfig:
     personal_lr: float
     #: a noisy monitoring evaluation every this many rounds and at the last (0: none)
     monitor_every: int
+    #: the report's second operating point: where the pooled sensitivity reaches this
+    operating_sensitivity: float = 0.8
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ from medfl.federation.records import (
     QUERY_FEATURE_MOMENTS,
     QUERY_REPORT,
     StateMemory,
+    check_image_size,
     from_array_record,
+    image_size_to_config,
     moments_from_metrics,
     moments_to_metrics,
     reply,
@@ -50,7 +52,8 @@ from medfl.federation.validation import check_update, norm_outliers
 
 __all__ = [
     "ERROR_CODES", "ERROR_EGRESS", "ERROR_OTHER", "QUERY_AUDIT", "QUERY_FEATURE_MOMENTS",
-    "QUERY_REPORT", "ask", "central_dp_report", "CentralDP", "check_fedbn", "check_update",
+    "QUERY_REPORT", "ask", "central_dp_report", "CentralDP", "check_fedbn", "check_image_size",
+    "check_update", "image_size_to_config",
     "egress_guard", "final_query_nodes", "from_array_record", "guarded", "is_report_request",
     "keep_local_norm",
     "model_request", "moments_from_metrics", "moments_to_metrics", "norm_outliers", "open_site",

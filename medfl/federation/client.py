@@ -25,6 +25,7 @@ from medfl.federation.fedbn import keep_local_norm, with_local_norm
 from medfl.federation.records import (
     Handler,
     StateMemory,
+    check_image_size,
     from_array_record,
     reply,
     run_key,
@@ -67,6 +68,7 @@ def model_request(msg: Message, context: Context, site: Site) -> ModelRequest:
     normalisation entries put back in, and the round's settings from its config."""
     config = _config(msg)
     cfg = site.config
+    check_image_size(cfg, config)
     is_train = msg.metadata.message_type == "train"
     return ModelRequest(
         weights=with_local_norm(cfg, from_array_record(msg.content.array_records["arrays"]),

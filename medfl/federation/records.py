@@ -15,7 +15,10 @@ from flwr.app import (
     RecordDict,
 )
 
+from medfl.config import RunConfig
+from medfl.data.prevalence import checked_prevalence
 from medfl.data.scaling import FeatureMoments, Standardizer
+from medfl.errors import ConfigError
 from medfl.site import metrics as site_metrics
 
 QUERY_FEATURE_MOMENTS = "moments"  # message type "query.moments"
@@ -38,21 +41,36 @@ def from_array_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
 
 # --- the standardiser travels in every train/evaluate ConfigRecord ---------------------
 
-def scaler_to_config(scaler: Standardizer | None) -> dict[str, list[Any]]:
-    """A standardiser as ConfigRecord entries (none: no entries)."""
+def scaler_to_config(scaler: Standardizer | None) -> dict[str, Any]:
+    """A standardiser as ConfigRecord entries (none: no entries), with the consortium's
+    prevalence when it carries one."""
     if scaler is None:
         return {}
-    return {"scaler-columns": list(scaler.columns), "scaler-mean": list(scaler.mean),
-            "scaler-std": list(scaler.std)}
+    out: dict[str, Any] = {"scaler-columns": list(scaler.columns),
+                           "scaler-mean": list(scaler.mean), "scaler-std": list(scaler.std)}
+    if scaler.impute_columns:  # the consortium's values of the features to impute
+        out |= {"scaler-impute-columns": list(scaler.impute_columns),
+                "scaler-impute-values": list(scaler.impute_values)}
+    if scaler.prevalence is not None:
+        out["scaler-prevalence"] = scaler.prevalence
+    return out
 
 
 def scaler_from_config(config: Mapping[str, Any]) -> Standardizer | None:
-    """The standardiser in a message's config, if the server sent one."""
+    """The standardiser in a message's config, if the server sent one; its prevalence is
+    untrusted input, refused when not finite and clipped (:func:`checked_prevalence`)."""
     if "scaler-mean" not in config:
         return None
+    columns = tuple(int(c) for c in config.get("scaler-impute-columns", ()))
+    values = tuple(float(v) for v in config.get("scaler-impute-values", ()))
+    if len(columns) != len(values):
+        raise ConfigError("the server's scaler-impute-columns and scaler-impute-values "
+                          "differ in length; refused")
+    prevalence = config.get("scaler-prevalence")
     return Standardizer(tuple(int(c) for c in config["scaler-columns"]),
                         tuple(float(v) for v in config["scaler-mean"]),
-                        tuple(float(v) for v in config["scaler-std"]))
+                        tuple(float(v) for v in config["scaler-std"]), columns, values,
+                        checked_prevalence(prevalence) if prevalence is not None else None)
 
 
 # --- the node's memory across messages of a run ------------------------------------------
@@ -74,6 +92,34 @@ class StateMemory:
     def put(self, key: str, record: dict[str, Any]) -> None:
         """Keep ``record`` under ``key`` as a ``ConfigRecord``."""
         self.state[key] = ConfigRecord(record)
+
+
+def _imaging(cfg: RunConfig) -> bool:
+    from medfl import tasks  # the task registry imports the federation's records
+
+    return not tasks.task_for(cfg).is_tabular
+
+
+def image_size_to_config(cfg: RunConfig) -> dict[str, Any]:
+    """The image size the server's model and bundle are for (imaging runs; none else)."""
+    return {"image-size": cfg.data.image_size} if _imaging(cfg) else {}
+
+
+def check_image_size(cfg: RunConfig, config: Mapping[str, Any]) -> None:
+    """Refuse a message whose server works at another image size than this site: each
+    process reduces ``data.image-size`` to ``data.cpu-image-size`` when it has no GPU, so
+    a server and a site that see different devices would train one model at two sizes
+    and label the bundle with the server's."""
+    sent = config.get("image-size")
+    if sent is None or not _imaging(cfg) or int(sent) == cfg.data.image_size:
+        return
+    reason = (f" (data.cpu-image-size: this site has no GPU; data.image-size is "
+              f"{cfg.data.reduced_from})" if cfg.data.reduced_from else "")
+    raise ConfigError(
+        f"the server's model is for {int(sent)}x{int(sent)} images, this site's are "
+        f"{cfg.data.image_size}x{cfg.data.image_size}{reason}; give every site and the "
+        "server the same devices (in a simulation, a GPU share for the ClientApps) or set "
+        "data.cpu-image-size = 0")
 
 
 def run_key(config: Mapping[str, Any], run_id: int) -> int:

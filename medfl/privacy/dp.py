@@ -22,12 +22,14 @@ from opacus import PrivacyEngine
 from opacus.accountants import create_accountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.utils.batch_memory_manager import wrap_data_loader
 from torch import nn, optim
 from torch.utils.data import DataLoader
 
 from medfl.config import ACCOUNTANTS
 from medfl.errors import ConfigError, PrivacyBudgetExceeded
 from medfl.privacy import calibration_cache
+from medfl.privacy.ghost import GhostBackward, book_keep
 
 History = list[tuple[float, float, int]]
 
@@ -169,18 +171,6 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     return model
 
 
-def choose_grad_sample_mode(model: nn.Module, requested: str) -> str:
-    """The per-sample-gradient mode to use: ``requested``, or for ``auto`` the fastest
-    measured to work (``ew`` for models made of linear layers, ``hooks`` otherwise;
-    BENCHMARKS.md, "DP-SGD throughput")."""
-    if requested != "auto":
-        return requested
-    with_params = [m for m in model.modules()
-                   if any(True for _ in m.parameters(recurse=False))]
-    return "ew" if with_params and all(isinstance(m, nn.Linear) for m in with_params) \
-        else "hooks"
-
-
 class _ContiguousGrad(torch.autograd.Function):
     """Identity on the way forward; makes the gradient contiguous on the way back."""
 
@@ -296,13 +286,16 @@ def attach_dp(
     noise_generator: torch.Generator | None = None,
     grad_sample_mode: str = "hooks",
     secure_mode: bool = False,
+    physical_batch: int = 0,
 ) -> tuple[nn.Module, optim.Optimizer, DataLoader, PrivacyEngine]:
     """Make model/optimizer/loader private with Opacus, restoring the accountant history.
 
     Poisson sampling is on (the accounting assumes it) and draws from the loader's own
     generator; the Gaussian noise draws from ``noise_generator``. Both must be secret to
     the server (see :func:`dp_generator`). The returned engine's ``accountant.history``
-    grows with every ``optimizer.step()``.
+    grows with every ``optimizer.step()``. ``physical_batch`` > 0 splits each Poisson
+    batch into parts of at most that many rows (Opacus' BatchMemoryManager): one step,
+    accounted once, in bounded memory.
     """
     try:
         engine = PrivacyEngine(accountant=plan.accountant, secure_mode=secure_mode)
@@ -317,19 +310,21 @@ def attach_dp(
     engine.accountant.history = [(float(s), float(q), int(n)) for s, q, n in history]
     if grad_sample_mode == "ew":
         _contiguous_conv_grads(model)
-    model, optimizer, dp_loader = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
-        noise_multiplier=plan.noise_multiplier,
-        max_grad_norm=plan.max_grad_norm,
-        poisson_sampling=True,
-        noise_generator=noise_generator,
-        grad_sample_mode=grad_sample_mode,
+    ghost = grad_sample_mode == "ghost"
+    model, optimizer, *_, dp_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.max_grad_norm,
+        poisson_sampling=True, noise_generator=noise_generator,
+        grad_sample_mode=grad_sample_mode, criterion=nn.MSELoss(),  # criterion: ghost only
     )
+    if ghost:  # train_epochs backpropagates through it (medfl.privacy.ghost)
+        cast(Any, optimizer).clipped_backward = GhostBackward(book_keep(model), optimizer)
     if abs(dp_loader.sample_rate - plan.sample_rate) > 1e-12:
         raise ConfigError(
             f"loader sample rate {dp_loader.sample_rate} differs from the planned "
             f"{plan.sample_rate}; the training set size changed during the run"
         )
+    if physical_batch > 0:
+        dp_loader = wrap_data_loader(data_loader=dp_loader, max_batch_size=physical_batch,
+                                     optimizer=cast(Any, optimizer))
     return model, optimizer, dp_loader, engine

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medfl import tasks
-from medfl.config import parse_run_config
+from medfl.config import parse_recorded_config
 from medfl.errors import ConfigError, DataError
 from medfl.evaluation.release import ReportStats
 from medfl.evaluation.release_sum import site_releases
@@ -65,11 +65,16 @@ def _merge(metrics: Metrics, figures: Metrics) -> None:
     metrics.subgroups = figures.subgroups
 
 
+def _site_values(report: Report, name: str) -> list[float]:
+    """Figure ``name`` of each site whose report figure is defined (and shown)."""
+    figures = [p.metrics.get(name) for p in report.site_populations]
+    return [f.value for f in figures if f is not None and f.value is not None]
+
+
 def _site_mean(report: Report, name: str) -> float | None:
     """The unweighted mean of figure ``name`` over the sites whose report figure is
     defined (and shown)."""
-    figures = [p.metrics.get(name) for p in report.site_populations]
-    values = [f.value for f in figures if f is not None and f.value is not None]
+    values = _site_values(report, name)
     return sum(values) / len(values) if values else None
 
 
@@ -93,10 +98,13 @@ def merge_into_summary(summary: Summary, report: Report) -> Summary:
     summary.pooled.n_test = pooled.n_test
     summary.pooled.auroc_sites_excluded = len(
         [s for s in summary.sites if s.name not in (pooled.sites_included or [])])
+    headline = "dice" if summary.segmentation else "accuracy"
     if report.site_populations and summary.segmentation:
         summary.mean_site_dice = _site_mean(report, "dice")
     elif report.site_populations:
         summary.mean_site_accuracy = _site_mean(report, "accuracy")
+    if report.site_populations:
+        summary.sites_reported = len(_site_values(report, headline))
     return summary
 
 
@@ -126,7 +134,7 @@ def write_reports(run_path: Path) -> dict[str, Any]:
     """
     run_path = Path(run_path)
     config = read_json(run_path / "config.json")
-    cfg = parse_run_config(config["run_config"])
+    cfg = parse_recorded_config(config)
     summary = Summary.load(run_path / "summary.json")
     raw = read_json(run_path / EVALUATION_FILE)
     n_cells = len(tasks.task_for(cfg).cells())

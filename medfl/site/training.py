@@ -40,7 +40,6 @@ from medfl.privacy.dp import (
     DPPlan,
     History,
     attach_dp,
-    choose_grad_sample_mode,
     dp_generator,
     dp_seed,
     drop_nonfinite_samples,
@@ -48,13 +47,16 @@ from medfl.privacy.dp import (
     extend_history,
     make_dp_compatible,
 )
+from medfl.privacy.modes import autocast_bf16, choose_grad_sample_mode, probe_batch
 from medfl.site.accountant import SiteAccountant
 from medfl.site.identity import check_local_epsilon
 from medfl.site.metrics import TrainMetrics
 from medfl.training import (
     TrainResult,
+    claim_gpu_share,
     make_loader,
     make_optimizer,
+    memory_format,
     resolve_device,
     train_epochs,
 )
@@ -97,10 +99,11 @@ def _setup(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     p = cfg.privacy
     torch.manual_seed(seed)
     device = resolve_device(cfg.device)
+    claim_gpu_share(device)  # several simulated sites on one GPU: each keeps to its share
     model = model_from(cfg, weights)
     if p.enabled:
         model = make_dp_compatible(model)
-    model = model.to(device)
+    model = model.to(device).to(memory_format=memory_format(cfg.train.channels_last, device))
     optimizer = make_optimizer(model, cfg.train)
     x = scaler.transform(data.x_train)
     # Under DP the batch sampling and the noise come from two independent secret seeds
@@ -110,7 +113,7 @@ def _setup(cfg: RunConfig, data: SiteData, *, weights: dict[str, torch.Tensor],
     augment = build_augmentation(cfg.train.augment, seed=sampling_seed + 7,
                                  segmentation=tasks.task_for(cfg).segmentation)
     loader = make_loader(x, data.y_train, batch_size=cfg.train.batch_size, shuffle=True,
-                         seed=sampling_seed, transform=augment)
+                         seed=sampling_seed, transform=augment, pin_memory=device.type == "cuda")
     return _Setup(model, optimizer, loader, device, noise_seed)
 
 
@@ -172,22 +175,22 @@ def _train_dp(cfg: RunConfig, setup: _Setup, *, plan: DPPlan, history: History,
     updates add up; the engine accounts that step alone, and the run's (binding) history
     is the reserved ``after``, at σ_eff.
     """
-    distributed = is_distributed(cfg)
+    distributed, criterion = is_distributed(cfg), tasks.task_for(cfg).make_loss()
     engine_plan = (replace(plan, noise_multiplier=local_sigma(plan, run_share(cfg)))
                    if distributed else plan)
     model, optimizer, loader, engine = attach_dp(
         setup.model, setup.optimizer, setup.loader, plan=engine_plan,
-        history=[] if distributed else history,
-        noise_generator=dp_generator(setup.noise_seed),
-        grad_sample_mode=choose_grad_sample_mode(setup.model, cfg.privacy.grad_sample_mode),
-        secure_mode=cfg.privacy.secure_mode,
-    )
+        history=[] if distributed else history, noise_generator=dp_generator(setup.noise_seed),
+        grad_sample_mode=(mode := choose_grad_sample_mode(
+            setup.model, cfg.privacy.grad_sample_mode, criterion=criterion, device=setup.device,
+            **probe_batch(setup.loader, cfg.train.batch_size))),
+        secure_mode=cfg.privacy.secure_mode, physical_batch=cfg.train.max_physical_batch_size)
     if distributed and isinstance(optimizer, DPOptimizer):
         optimizer.expected_batch_size = cfg.train.batch_size
     result = train_epochs(model, loader, optimizer, epochs=cfg.train.local_epochs,
-                          device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
-                          proximal_mu=proximal_mu,
+                          device=setup.device, criterion=criterion, proximal_mu=proximal_mu,
                           before_step=functools.partial(drop_nonfinite_samples, optimizer),
+                          bf16=autocast_bf16(cfg.train.precision, setup.device, mode),
                           max_steps=plan.steps_per_round if distributed else None)
     spent = [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]
     if not distributed:
@@ -226,9 +229,9 @@ def fit(
     if not cfg.privacy.enabled:
         model = setup.model
         result = train_epochs(model, setup.loader, setup.optimizer,
-                              epochs=cfg.train.local_epochs,
-                              device=setup.device, criterion=tasks.task_for(cfg).make_loss(),
-                              proximal_mu=proximal_mu)
+                              epochs=cfg.train.local_epochs, device=setup.device,
+                              criterion=tasks.task_for(cfg).make_loss(), proximal_mu=proximal_mu,
+                              bf16=autocast_bf16(cfg.train.precision, setup.device))
         metrics = TrainMetrics(num_examples=data.n_train, epsilon=float("inf"), delta=0.0,
                                noise_multiplier=0.0, sample_rate=0.0, max_grad_norm=0.0,
                                steps=result.steps)

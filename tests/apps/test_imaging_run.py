@@ -95,6 +95,9 @@ def test_classification_from_a_dicom_manifest_runs_with_dp(run_inprocess, cls_ma
     bundle = load_bundle(run)
     prep = ImagePreprocessing.from_dict(bundle.manifest["preprocessing"]["image"])
     assert prep.size == SIZE and bundle.manifest["input_schema"]["type"] == "image"
+    # every train round tells the sites the size the server's model and bundle are for
+    train = [m for m in grid.sent if m.metadata.message_type == "train"]
+    assert train and all(m.content["config"]["image-size"] == SIZE for m in train)
     cfg = _parsed(cls_manifest, task="image-classification", model__name="resnet")
     data = site_lib.load_site(cfg, "alpha")
     model = tasks.task_for(cfg).build_model()

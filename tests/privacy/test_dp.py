@@ -163,18 +163,7 @@ def test_models_are_made_dp_compatible():
     assert type(lstm[0]).__name__ == "DPLSTM"  # Opacus' per-sample-gradient LSTM
 
 
-def test_auto_grad_sample_mode_is_ew_for_linear_models_else_hooks():
-    from torch import nn
-
-    from medfl.privacy.dp import choose_grad_sample_mode
-
-    assert choose_grad_sample_mode(build_model(ModelConfig("mlp", 8, 8), n_features=3), "auto") \
-        == "ew"
-    assert choose_grad_sample_mode(nn.Sequential(nn.Conv1d(1, 2, 3)), "auto") == "hooks"
-    assert choose_grad_sample_mode(nn.Sequential(nn.Linear(2, 1)), "functorch") == "functorch"
-
-
-@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "ghost"])
 def test_every_grad_sample_mode_clips_the_same(mode):
     # the same one noiseless step under each mode moves the weights identically
     x = np.random.default_rng(1).normal(0, 3, (40, 4)).astype(np.float32)
