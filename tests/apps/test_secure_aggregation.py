@@ -103,8 +103,11 @@ def test_a_masked_update_alone_does_not_correlate_with_the_update(runs):
         quantised = (np.clip(update, -CLIP, CLIP) + CLIP) * LEVELS / (2 * CLIP)
         assert np.corrcoef(quantised, update)[0, 1] > 0.99
         assert abs(np.corrcoef(values, update)[0, 1]) < 5 / np.sqrt(update.size)
-        # and the masked values spread over the whole 2^32 modulus, not the 2^22 range
-        assert values.max() > 2 ** 31 and values.min() < 2 ** 31 - 2 ** 30
+        # and the masked values spread over the whole 2^32 modulus, not the 2^22 range:
+        # uniform there, so some lie in each half of it (each check fails by chance with
+        # probability 2^-n for n values; "below 2^30", checked before, failed in CI once:
+        # (3/4)^n is 0.3% for the model's ~20 weights)
+        assert values.max() >= 2 ** 31 > values.min()
 
 
 def test_a_site_that_drops_mid_protocol_leaves_the_mean_of_the_others(runs):
