@@ -184,14 +184,17 @@ def guarded(handler: Handler) -> Handler:
     def wrapped(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
-        except MedflError as exc:
-            code = next((c for t, c in ERROR_CODES.items() if isinstance(exc, t)), ERROR_OTHER)
-            reason = f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001 - fail closed: reply with the type only
-            code, reason = ERROR_OTHER, f"{type(exc).__name__} at the site (details withheld)"
+        except Exception as exc:  # noqa: BLE001 - fail closed: see the docstring
+            error = exc
+        if isinstance(error, MedflError):
+            code = next((c for t, c in ERROR_CODES.items() if isinstance(error, t)),
+                        ERROR_OTHER)
+            reason = f"{type(error).__name__}: {error}"
+        else:  # reply with the type only
+            code, reason = ERROR_OTHER, f"{type(error).__name__} at the site (details withheld)"
         logger.error("%s message refused: %s", msg.metadata.message_type, reason)
-        if os.environ.get("MEDFL_DEBUG") == "1":
-            logger.error("traceback (site-local, MEDFL_DEBUG=1)", exc_info=True)
+        if os.environ.get("MEDFL_DEBUG") == "1":  # after the except block: pass the exception
+            logger.error("traceback (site-local, MEDFL_DEBUG=1)", exc_info=error)
         return Message(Error(code=code, reason=reason), reply_to=msg)
 
     return wrapped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -108,18 +109,33 @@ def test_refusal_by_policy_reaches_the_server_as_a_named_error(tmp_path):
                for r in grid.replies)
 
 
-def test_unexpected_exception_text_never_leaves_the_site():
+@pytest.mark.parametrize("debug", [False, True], ids=["default", "MEDFL_DEBUG=1"])
+def test_unexpected_exception_text_never_leaves_the_site(caplog, monkeypatch, debug):
+    """The reply names only the exception's type; the full traceback (with the text) goes
+    to the site's own log only when the site sets MEDFL_DEBUG=1."""
     secret = "/hospital/data/patient-4711.csv"
+    if debug:
+        monkeypatch.setenv("MEDFL_DEBUG", "1")
+    else:
+        monkeypatch.delenv("MEDFL_DEBUG", raising=False)
 
     @fed.guarded
     def handler(msg, context):
         raise FileNotFoundError(f"No such file: {secret}")
 
     ins = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=1, message_type="train")
-    reply = handler(ins, Context(1, 1, {}, RecordDict(), {}))
+    with caplog.at_level(logging.ERROR, logger="medfl.federation.client"):
+        reply = handler(ins, Context(1, 1, {}, RecordDict(), {}))
     assert reply.has_error()
     assert reply.error.reason == "FileNotFoundError at the site (details withheld)"
     assert secret not in reply.error.reason
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    if debug:  # the site's own traceback: the exception, its text, the raising frame
+        (record,) = tracebacks
+        assert record.exc_info[0] is FileNotFoundError
+        assert secret in caplog.text and "in handler" in caplog.text
+    else:
+        assert tracebacks == [] and secret not in caplog.text
 
 
 class LostNodeGrid(InProcessGrid):
