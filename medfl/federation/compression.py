@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from numpy.typing import NDArray
 
 from medfl.config import RunConfig
+from medfl.federation.records import array_values, from_array_record
 from medfl.site.metrics import INT8_SCALES, TrainMetrics
 
 SCALES_KEY = INT8_SCALES
@@ -67,7 +68,7 @@ def decode(mode: str, content: RecordDict, global_arrays: dict[str, NDArray[Any]
     if mode == "none" or not isinstance(record, ArrayRecord) \
             or not isinstance(metrics, MetricRecord):
         return
-    arrays = {k: v.numpy() for k, v in record.items()}
+    arrays = {k: array_values(v) for k, v in record.items()}
     if mode == "float16":
         decoded = {k: a.astype(np.float32) if a.dtype.kind == "f" else a
                    for k, a in arrays.items()}
@@ -91,7 +92,7 @@ def train_payload(cfg: RunConfig, msg: Message, metrics: TrainMetrics,
                   ) -> tuple[dict[str, torch.Tensor], TrainMetrics]:
     """A train reply's weights and metrics, encoded as configured against the global model
     as received (not as modified locally, e.g. by FedBN); int8 adds its scales."""
-    received = dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    received = from_array_record(msg.content.array_records["arrays"])
     arrays, extra = encode(cfg.transport.compression, received, weights)
     if SCALES_KEY in extra:
         metrics = replace(metrics, int8_scales=tuple(extra[SCALES_KEY]))

@@ -24,6 +24,7 @@ from torch import nn
 from medfl import tasks
 from medfl.config import RunConfig
 from medfl.errors import ConfigError
+from medfl.federation.records import from_array_record
 
 STATE_KEY = "fedbn-local-norm"
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -61,7 +62,7 @@ def with_local_norm(cfg: RunConfig, weights: dict[str, torch.Tensor],
     """The global ``weights`` with this site's own normalisation entries, once it has them."""
     if not cfg.strategy.fedbn or STATE_KEY not in state.array_records:
         return weights  # off, or this site's first round: start from the aggregate
-    local = dict(state.array_records[STATE_KEY].to_torch_state_dict())  # norm entries only
+    local = from_array_record(state.array_records[STATE_KEY])  # norm entries only
     return {k: local.get(k, v) for k, v in weights.items()}
 
 

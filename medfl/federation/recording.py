@@ -33,7 +33,7 @@ from medfl.federation import compression
 from medfl.federation.client import ERROR_CODES
 from medfl.federation.monitoring import evaluation_record, parse_evaluations
 from medfl.federation.nodes import wait_for_nodes
-from medfl.federation.records import site_of
+from medfl.federation.records import array_values, site_of
 from medfl.federation.validation import check_update, finite, norm_outliers
 from medfl.site.metrics import TrainMetrics
 
@@ -167,7 +167,7 @@ class Recording(_StrategyBase):
         run_round = self.run_round(server_round)
         self._wait_for_round_nodes(grid, run_round)
         self._expected = {k: tuple(v.shape) for k, v in arrays.items()}
-        self._global = {k: v.numpy() for k, v in arrays.items()}
+        self._global = {k: array_values(v) for k, v in arrays.items()}
         messages = list(super().configure_train(run_round, arrays, config, grid))
         self._sent["train"] = messages
         return messages

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import (
+    Array,
     ArrayRecord,
     ConfigRecord,
     Context,
@@ -34,9 +37,24 @@ def to_array_record(weights: dict[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu() for k, v in weights.items()})
 
 
+#: One decode at a time in a process. Flower decodes an ``Array`` with ``np.load``, which
+#: reads the header with ``ast.literal_eval``; CPython 3.11's AST constructor keeps its
+#: recursion depth per interpreter, not per thread, so two threads decoding at once can
+#: fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905;
+#: seen in CI with eight runs training at once at one site).
+_DECODING = threading.Lock()
+
+
 def from_array_record(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """A Flower ``ArrayRecord`` as a PyTorch state dict."""
-    return dict(record.to_torch_state_dict())
+    with _DECODING:
+        return dict(record.to_torch_state_dict())
+
+
+def array_values(array: Array) -> np.ndarray:
+    """One Flower ``Array`` as a NumPy array (decoded as :func:`from_array_record` does)."""
+    with _DECODING:
+        return array.numpy()
 
 
 # --- the standardiser travels in every train/evaluate ConfigRecord ---------------------

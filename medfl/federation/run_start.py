@@ -25,7 +25,7 @@ from medfl.federation import checkpoint as ckpt
 from medfl.federation.nodes import sample_nodes
 from medfl.federation.queries import query_feature_moments
 from medfl.federation.recording import Recording
-from medfl.federation.records import to_array_record
+from medfl.federation.records import array_values, to_array_record
 from medfl.reporting.run_dir import RunDirectory, config_record, resolve_output_root
 
 
@@ -42,7 +42,7 @@ class CheckpointWriter:
         """Write the checkpoint of ``run_round`` (see ``checkpoint.save``)."""
         ckpt.save(self.run_dir, ckpt.Checkpoint(
             round=run_round, run_key=self.run_key,
-            weights={name: array.numpy() for name, array in arrays.items()},
+            weights={name: array_values(array) for name, array in arrays.items()},
             strategy=ckpt.strategy_state(strategy),
             scaler=self.scaler.to_dict() if self.scaler is not None else None,
             records=strategy.records()))

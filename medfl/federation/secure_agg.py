@@ -45,6 +45,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 
 from medfl.config import SecureAggregationConfig
+from medfl.federation.records import array_values
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def _aggregated_model(msg: Message, mean_update: list[np.ndarray] | None) -> Arr
         raise ValueError("the unmasked sum does not match the model's arrays")
     out = {}
     for name, delta in zip(names, mean_update, strict=True):
-        base = sent[name].numpy()
+        base = array_values(sent[name])
         out[name] = Array((base.astype(np.float64) + delta.reshape(base.shape))
                           .astype(base.dtype))
     return ArrayRecord(out)

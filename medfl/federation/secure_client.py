@@ -40,6 +40,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from medfl.config import RunConfig, parse_run_config
 from medfl.evaluation.release_sum import VALUE_KEYS, ReportLayout, split_release
+from medfl.federation.records import array_values
 from medfl.federation.secure_agg import ERROR_SECAGG, MAX_WEIGHT, MODULUS, share_plan
 from medfl.federation.secure_report import is_report_request
 from medfl.privacy.egress import check_metrics
@@ -121,7 +122,7 @@ def _update(msg: Message, out: Message) -> list[np.ndarray]:
     got = out.content.array_records["arrays"]
     if list(got.keys()) != list(sent.keys()):
         raise ValueError("the trained model's arrays differ from the global model's")
-    return [got[name].numpy().astype(np.float64) - sent[name].numpy().astype(np.float64)
+    return [array_values(got[name]).astype(np.float64) - array_values(sent[name]).astype(np.float64)
             for name in sent.keys()]
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from numpy.typing import NDArray
 
+from medfl.federation.records import array_values
+
 
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else ``None``."""
@@ -37,7 +39,7 @@ def check_update(content: RecordDict, expected: dict[str, tuple[int, ...]]) -> s
         return (f"array names differ from the global model's (missing "
                 f"{sorted(set(expected) - names)}, unexpected {sorted(names - set(expected))})")
     for name, arr in arrays.items():
-        values = arr.numpy()
+        values = array_values(arr)
         if tuple(values.shape) != expected[name]:
             return f"array {name!r} has shape {tuple(values.shape)}, expected {expected[name]}"
         if not np.all(np.isfinite(values)):
@@ -51,8 +53,9 @@ def check_update(content: RecordDict, expected: dict[str, tuple[int, ...]]) -> s
 def update_distance(content: RecordDict, global_arrays: dict[str, NDArray[Any]]) -> float:
     """Euclidean distance between an update's arrays and the global model's (float64)."""
     arrays = content.array_records["arrays"]
-    squared: float = sum(float(np.sum((arrays[name].numpy().astype(np.float64) - values) ** 2))
-                  for name, values in global_arrays.items())
+    squared: float = sum(
+        float(np.sum((array_values(arrays[name]).astype(np.float64) - values) ** 2))
+        for name, values in global_arrays.items())
     return math.sqrt(squared)
 
 
