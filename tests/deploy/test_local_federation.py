@@ -195,9 +195,9 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         # No audit: a stage after the last round that this test does not check (the
         # resume test below runs it on this deployment). The monitoring evaluation stays:
         # it is the slack in which a thawed Hungarian catches up before round 3.
-        # No norm check: with three sites under DP noise an honest update lands over 3x the
-        # median by chance (VA's rejoined update, at 3.4x, was rejected in CI), and this
-        # test is about dropping and rejoining, not about outliers.
+        # No norm check: with three sites whose data differ, under DP noise, an honest
+        # update can land over 3x the median (VA's rejoined update, at 3.4x, was rejected in
+        # CI), and this test is about dropping and rejoining, not about outliers.
         proc, log = _submit(fed, f"num-server-rounds=4 output-dir='{out}' run-name='faults' "
                                  "strategy.round-timeout=45.0 strategy.min-round-nodes=1 "
                                  "strategy.norm-ratio=0.0 "
