@@ -42,3 +42,17 @@ def test_free_port_pair_gives_two_bindable_loopback_ports():
     with socket.socket() as a, socket.socket() as b:
         a.bind(("127.0.0.1", port))
         b.bind(("127.0.0.1", port + 1))
+
+
+def test_free_port_never_gives_the_same_port_twice_in_a_process():
+    """SuperNodes started together each take a free_port(); Linux can answer consecutive
+    binds to port 0 with the same port, and two SuperNodes once got it (one then failed
+    to bind its runtime API). Each call must give a port no earlier call gave."""
+    import socket
+
+    from medfl.deployment.processes import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[-1]))  # and the port is bindable

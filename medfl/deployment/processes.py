@@ -10,16 +10,27 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+_GIVEN: set[int] = set()
+_GIVEN_LOCK = threading.Lock()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, and never one this process gave
+    out before: Linux can answer two binds to port 0 in a row with the same port, and two
+    SuperNodes started together then fight over it (seen here)."""
+    with _GIVEN_LOCK:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = int(s.getsockname()[1])
+            if port not in _GIVEN:
+                _GIVEN.add(port)
+                return port
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

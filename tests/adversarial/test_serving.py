@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medfl.deployment.processes import free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "k-adversarial-0123456789"
@@ -39,16 +40,10 @@ MIB = 1 << 20
 MAX_GROWTH = 64 * MIB
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run: Path, *args: str, **env_extra: str) -> tuple[subprocess.Popen, int]:
     """``medfl serve RUN`` from this checkout (PYTHONPATH), without any MEDFL_* variable
     the test does not set."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDFL_")}
     env.update(PYTHONPATH=str(ROOT), **env_extra)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "medfl"), "serve", str(run),
