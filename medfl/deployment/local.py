@@ -25,21 +25,17 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medfl.deployment import certs
-from medfl.deployment.processes import (  # noqa: F401 - the tests' helpers
-    alive,
-    free_port,
-    process_tree,
-    stop_tree,
-    stop_trees,
-)
+from medfl.deployment.processes import free_port, process_tree, stop_tree, stop_trees
 from medfl.errors import MedflError
 
 logger = logging.getLogger(__name__)
@@ -265,11 +261,26 @@ class LocalFederation:
                "--port", str(free_port()), "--node-config", self.node_config(site)]
         return self._spawn(name, cmd, self.site_dir(site) / f"{name}.log")
 
+    def online_until(self, site: str) -> float:
+        """Until when (``time.time()``) the SuperLink counts ``site``'s node online (last
+        heartbeat + 2 x 30 s), from its own database; 0.0 where it has no such record."""
+        node = self.node_ids[site]
+        db = f"file:{self.workdir / 'superlink' / 'state.db'}?mode=ro"
+        try:
+            with closing(sqlite3.connect(db, uri=True, timeout=10)) as conn:
+                row = conn.execute("SELECT online_until FROM node WHERE node_id = ?",  # int64
+                                   (node - 2**64 if node >= 2**63 else node,)).fetchone()
+        except sqlite3.Error:  # another Flower's schema: rejoin() retries instead
+            return 0.0
+        return float(row[0]) if row and row[0] else 0.0
+
     def rejoin(self, site: str, *, timeout: float = 180.0) -> subprocess.Popen:
         """Restart a site's SuperNode until the SuperLink takes it back: it refuses (code
         305) a node it still counts as online, until that node's heartbeat expires. A
-        supervisor (systemd, Docker's restart policy) does the same at a hospital."""
+        supervisor (systemd, Docker's restart policy) does the same at a hospital. The
+        first try waits for that expiry: each refused try costs a SuperNode's start-up."""
         deadline = time.monotonic() + timeout
+        time.sleep(max(0.0, self.online_until(site) + 0.5 - time.time()))
         while True:
             proc = self.start_supernode(site)
             try:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from medfl.deployment import certs
-from medfl.deployment.local import ROOT, free_port, stop_tree
+from medfl.deployment.local import ROOT
+from medfl.deployment.processes import free_port, stop_tree
 from medfl.errors import MedflError
 from medfl.federation.superlink import FleetOnly, check_loopback, fleet_paths
 

@@ -16,14 +16,8 @@ from pathlib import Path
 import pytest
 
 from medfl.deployment import certs
-from medfl.deployment.local import (
-    EXIT_REFUSED,
-    ROOT,
-    LocalFederation,
-    alive,
-    flower_bin,
-    process_tree,
-)
+from medfl.deployment.local import EXIT_REFUSED, ROOT, LocalFederation, flower_bin
+from medfl.deployment.processes import alive, process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +177,12 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
     """In round 2 VA's SuperNode is killed and Hungarian's is frozen (SIGSTOP) past the
     round timeout. The round completes with Cleveland (strategy.min-round-nodes=1),
     rounds.jsonl says who dropped and why; Hungarian, thawed, and VA, restarted, take part
-    again by the last round."""
+    again by the last round.
+
+    Flower's SuperLink refuses the restarted VA until its killed node's heartbeat expires
+    (up to 2 x 30 s after the kill, past round 2's close), and samples only the nodes
+    online when a round starts: five rounds, so that the rounds after VA is back outlast
+    its start-up (with four, in CI, rounds 3 and 4 both started before VA was back)."""
     out = tmp_path / "out"
     run = out / "faults"
     with LocalFederation(tmp_path / "fed", sites=("cleveland", "hungarian", "va")) as fed:
@@ -198,7 +197,7 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         # No norm check: with three sites whose data differ, under DP noise, an honest
         # update can land over 3x the median (VA's rejoined update, at 3.4x, was rejected in
         # CI), and this test is about dropping and rejoining, not about outliers.
-        proc, log = _submit(fed, f"num-server-rounds=4 output-dir='{out}' run-name='faults' "
+        proc, log = _submit(fed, f"num-server-rounds=5 output-dir='{out}' run-name='faults' "
                                  "strategy.round-timeout=45.0 strategy.min-round-nodes=1 "
                                  "strategy.norm-ratio=0.0 "
                                  "privacy.accountant='rdp' privacy.audit=false")
@@ -214,14 +213,14 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
             finally:
                 _signal_all(frozen, signal.SIGCONT)
             _wait_for(lambda: len(_rounds(run)) >= 2, timeout=300, what="round 2")
-            fed.rejoin("va")  # same key, so the same node id
+            fed.rejoin("va")  # same key, so the same node id; once its old one expired
             assert proc.wait(timeout=600) == 0, (fed.workdir / "flwr-run.log").read_text()[-3000:]
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             log.close()
     rounds = _rounds(run)
-    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert sorted(rounds[0]["train"]) == ["cleveland", "hungarian", "va"]
     assert sorted(rounds[1]["train"]) == ["cleveland"]
     assert "not_aggregated" not in rounds[1]
@@ -235,12 +234,11 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         "no reply within the round timeout (45 s)",
         "Error: Node Unavailable — The destination node failed to report a heartbeat within "
         "2 × its expected interval.")
-    # Both take part again after the faults, each in round 3 or 4. Not necessarily in the
-    # same round: Hungarian may miss round 3, thawed while round 2 closes, it takes round 3's
-    # message, but until its next heartbeat lands the SuperLink still counts it offline and
-    # answers the ServerApp "Node Unavailable" for it (seen in CI and here under load); and
-    # in CI the restarted VA once missed round 4 (why was not on record: the message below
-    # now prints each later round's problems).
+    # Both take part again after the faults, each in some round from 3 on. Not necessarily
+    # in the same round: Hungarian may miss round 3, thawed while round 2 closes, it takes
+    # round 3's message, but until its next heartbeat lands the SuperLink still counts it
+    # offline and answers the ServerApp "Node Unavailable" for it (seen in CI and here under
+    # load); VA misses the rounds that start before it is back (see the docstring).
     later = {r["round"]: (sorted(r["train"]), r.get("train_problems")) for r in rounds[2:]}
     for site in ("hungarian", "va"):
         assert any(site in r["train"] for r in rounds[2:]), (site, later)  # rejoined
@@ -251,7 +249,7 @@ def test_a_site_killed_mid_round_and_a_straggler_are_dropped_and_rejoin(tmp_path
         ("hungarian", "dropped"), ("va", "dropped")}
     summary = json.loads((run / "summary.json").read_text())
     trained = {s["name"]: s["rounds_trained"] for s in summary["sites"]}
-    assert trained["cleveland"] == 4 and trained["hungarian"] >= 2 and trained["va"] >= 2
+    assert trained["cleveland"] == 5 and trained["hungarian"] >= 2 and trained["va"] >= 2
     # VA's restarted SuperNode continued its accountant from its state folder: its ε
     # covers every round it trained in, within the run's target
     assert all(s["epsilon"] <= 3.0 for s in summary["sites"])
