@@ -278,9 +278,10 @@ class LocalFederation:
         """Restart a site's SuperNode until the SuperLink takes it back: it refuses (code
         305) a node it still counts as online, until that node's heartbeat expires. A
         supervisor (systemd, Docker's restart policy) does the same at a hospital. The
-        first try waits for that expiry: each refused try costs a SuperNode's start-up."""
+        first try waits for that expiry (within ``timeout``): each refused try costs a
+        SuperNode's start-up."""
         deadline = time.monotonic() + timeout
-        time.sleep(max(0.0, self.online_until(site) + 0.5 - time.time()))
+        time.sleep(min(timeout, max(0.0, self.online_until(site) + 0.5 - time.time())))
         while True:
             proc = self.start_supernode(site)
             try:
