@@ -24,13 +24,15 @@ def free_port() -> int:
     out before: Linux can answer two binds to port 0 in a row with the same port, and two
     SuperNodes started together then fight over it (seen here)."""
     with _GIVEN_LOCK:
-        while True:
+        for _ in range(1000):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = int(s.getsockname()[1])
             if port not in _GIVEN:
                 _GIVEN.add(port)
                 return port
+    raise OSError(f"no loopback port left that this process has not given out "
+                  f"({len(_GIVEN)} given)")
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
